@@ -1,0 +1,3 @@
+"""anomaly-ae: image anomaly detection with convolutional autoencoders."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,241 @@
+"""Decoding and the preprocessing policy: one image file or array in, working-size uint8 pixels out.
+
+This module owns how an image becomes pixels, at ingest and at scoring time alike, so the
+two can never disagree. It imports neither torch nor pyarrow, so decode workers start fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from anomaly_ae.errors import ConfigError
+
+RESIZE_METHODS = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "area": Image.Resampling.BOX,
+    "lanczos": Image.Resampling.LANCZOS,
+    "nearest": Image.Resampling.NEAREST,
+}
+IMAGE_EXTENSIONS = (
+    ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm", ".pbm",
+)
+GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+DEFAULT_MAX_PIXELS = 64_000_000
+# A common image size is kept up to this side; beyond it, or when sizes differ, DEFAULT_SIZE applies.
+MAX_KEPT_SIDE = 1024
+DEFAULT_SIZE = (256, 256)
+
+
+class Rejected(Exception):
+    """An input that cannot be used; the message is the reason recorded in the rejects table."""
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How every image is turned into the model's input: working size, channels, resize method.
+
+    Recorded in each dataset and checkpoint and applied again at scoring time.
+    """
+
+    height: int
+    width: int
+    channels: str = "L"
+    resize: str = "bilinear"
+
+    def __post_init__(self):
+        if self.channels not in ("L", "RGB"):
+            raise ConfigError(f"channels must be 'L' or 'RGB', got {self.channels!r}.")
+        if self.resize not in RESIZE_METHODS:
+            raise ConfigError(
+                f"resize must be one of {', '.join(RESIZE_METHODS)}, got {self.resize!r}."
+            )
+        if not (1 <= self.height <= 8192 and 1 <= self.width <= 8192):
+            raise ConfigError(f"image size must be within 1..8192, got {self.height}x{self.width}.")
+
+    @property
+    def n_channels(self) -> int:
+        """1 for grayscale, 3 for RGB."""
+        return 1 if self.channels == "L" else 3
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(height, width, channels) of the stored pixels."""
+        return (self.height, self.width, self.n_channels)
+
+    def to_dict(self) -> dict:
+        """Plain dict for JSON metadata and checkpoints."""
+        return {"height": self.height, "width": self.width, "channels": self.channels,
+                "resize": self.resize, "exif_orientation": True, "alpha": "composited on black"}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocess":
+        """Inverse of `to_dict` (unknown informational keys are ignored)."""
+        return cls(int(d["height"]), int(d["width"]), str(d["channels"]), str(d["resize"]))
+
+
+@dataclass(frozen=True)
+class PolicyRequest:
+    """What the user asked for; parts left as None are inferred from the data."""
+
+    size: tuple[int, int] | None = None
+    channels: str | None = None
+    resize: str = "bilinear"
+
+    def resolve(self, height: int, width: int, gray: bool) -> Preprocess:
+        """The policy for a dataset whose first image has this size and colour."""
+        size = self.size or ((height, width) if max(height, width) <= MAX_KEPT_SIDE else DEFAULT_SIZE)
+        channels = self.channels or ("L" if gray else "RGB")
+        return Preprocess(size[0], size[1], channels, self.resize)
+
+    def revise(self, policy: Preprocess, height: int, width: int, gray: bool) -> Preprocess | None:
+        """A corrected policy if an image contradicts an inferred part of `policy`, else None."""
+        new = policy
+        if self.size is None and (height, width) != (policy.height, policy.width):
+            if (policy.height, policy.width) != DEFAULT_SIZE:
+                new = Preprocess(*DEFAULT_SIZE, new.channels, new.resize)
+        if self.channels is None and not gray and policy.channels == "L":
+            new = Preprocess(new.height, new.width, "RGB", new.resize)
+        return None if new == policy else new
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """'256', '256x192' (height x width) or None -> (height, width)."""
+    if text is None or str(text).strip().lower() in ("", "auto"):
+        return None
+    parts = str(text).lower().replace("*", "x").split("x")
+    try:
+        dims = [int(p) for p in parts]
+    except ValueError:
+        raise ConfigError(f"size must look like 256 or 256x192 (height x width), got {text!r}.") from None
+    if len(dims) == 1:
+        dims = dims * 2
+    if len(dims) != 2 or min(dims) < 1 or max(dims) > 8192:
+        raise ConfigError(f"size must look like 256 or 256x192 within 1..8192, got {text!r}.")
+    return dims[0], dims[1]
+
+
+def read_file_bytes(path) -> bytes:
+    """The file's bytes, or `Rejected` with a reason a user understands."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        raise Rejected("file disappeared before it could be read (deleted or renamed)") from None
+    except IsADirectoryError:
+        raise Rejected("is a directory, not an image file") from None
+    except PermissionError:
+        raise Rejected("permission denied: the file is not readable") from None
+    except OSError as exc:
+        raise Rejected(f"could not read the file: {exc.strerror or exc}") from None
+    if not data:
+        raise Rejected("empty file (0 bytes)")
+    return data
+
+
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode the first frame of an encoded image, EXIF orientation applied.
+
+    Raises:
+        Rejected: unrecognised format, corrupt or truncated data, or more than `max_pixels`.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise Rejected(
+                    f"too large: {w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} "
+                    "(decompression-bomb guard; raise it with --max-pixels)"
+                )
+            img.load()
+            return ImageOps.exif_transpose(img)
+    except Rejected:
+        raise
+    except UnidentifiedImageError:
+        raise Rejected("not a recognised image format (unreadable header)") from None
+    except Image.DecompressionBombError as exc:
+        raise Rejected(f"too large (decompression-bomb guard): {exc}") from None
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... for bad data
+        raise Rejected(f"corrupt or truncated image: {type(exc).__name__}: {exc}") from None
+
+
+def is_gray(img: Image.Image) -> bool:
+    """True when the image carries no colour (gray modes, or a palette of grays only)."""
+    if img.mode in GRAY_MODES:
+        return True
+    if img.mode in ("P", "PA"):
+        palette = np.asarray(img.getpalette() or [0, 0, 0], dtype=np.int32).reshape(-1, 3)
+        return bool((palette[:, 0] == palette[:, 1]).all() and (palette[:, 1] == palette[:, 2]).all())
+    return False
+
+
+def _to_8bit_gray(img: Image.Image) -> Image.Image:
+    """High bit-depth and float gray images scaled (not clipped) to 8 bits."""
+    a = np.asarray(img)
+    if img.mode == "F":
+        a = a * 255.0 if np.nanmax(a, initial=0) <= 1.0 else a
+    elif img.mode.startswith("I;16") or (img.mode == "I" and a.max(initial=0) > 255):
+        a = a / 257.0
+    a = np.nan_to_num(a, nan=0.0)
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+
+
+def _flatten(img: Image.Image) -> Image.Image:
+    """Any mode -> 'L' or 'RGB'; transparency composited on black."""
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        return _to_8bit_gray(img)
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "La", "RGBa", "PA"):
+        rgba = img.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(base, rgba).convert("RGB")
+    if img.mode in ("L", "RGB"):
+        return img
+    return img.convert("RGB")
+
+
+def to_pixels(img: Image.Image, policy: Preprocess) -> np.ndarray:
+    """Apply the policy: flatten, convert channels, resize. Returns (H, W, C) uint8."""
+    img = _flatten(img)
+    if img.mode != policy.channels:
+        img = img.convert(policy.channels)
+    if img.size != (policy.width, policy.height):
+        img = img.resize((policy.width, policy.height), RESIZE_METHODS[policy.resize])
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr.reshape(policy.height, policy.width, policy.n_channels)
+
+
+def mask_pixels(data: bytes, policy: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A ground-truth mask resized (nearest) to the working size: (H, W) uint8 of 0 and 255."""
+    img = _flatten(open_image(data, max_pixels)).convert("L")
+    if img.size != (policy.width, policy.height):
+        img = img.resize((policy.width, policy.height), Image.Resampling.NEAREST)
+    return np.where(np.asarray(img) > 127, 255, 0).astype(np.uint8)
+
+
+def array_to_pixels(arr: np.ndarray, policy: Preprocess) -> np.ndarray:
+    """An in-memory uint8 image (H, W) or (H, W, C) -> working-size (H, W, C) uint8."""
+    arr = np.asarray(arr)
+    if arr.dtype != np.uint8:
+        raise Rejected(f"array images must be uint8, got {arr.dtype}")
+    c = 1 if arr.ndim == 2 else arr.shape[2]
+    if arr.shape[:2] == (policy.height, policy.width) and c == policy.n_channels:
+        return arr.reshape(policy.shape)
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(c)
+    if mode is None:
+        raise Rejected(f"array images must have 1, 3 or 4 channels, got shape {arr.shape}")
+    return to_pixels(Image.fromarray(arr.reshape(arr.shape[:2]) if c == 1 else arr, mode), policy)
+
+
+def sha256_hex(data: bytes) -> str:
+    """Hex sha256 of bytes (the source file's, or an array's raw pixels)."""
+    return hashlib.sha256(data).hexdigest()

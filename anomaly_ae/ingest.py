@@ -1,0 +1,209 @@
+"""Source -> Parquet dataset: decoded once, streamed row group by row group, written atomically.
+
+A dataset is a folder:
+
+- ``images.parquet``: one row per image (schema ``images`` in schema.py), pixels at the
+  working size; the footer holds the dataset metadata (shape, classes, preprocessing, counts);
+- ``rejects.parquet``: every input that could not be used, with the reason;
+- ``dataset.json``: the same metadata, for people.
+
+The folder appears only when complete; the same ingest run twice gives the same rows, ids and order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from anomaly_ae import __version__
+from anomaly_ae.errors import DataError
+from anomaly_ae.fsio import atomic_dir, atomic_write_json
+from anomaly_ae.imaging import DEFAULT_MAX_PIXELS, PolicyRequest, Preprocess, Rejected, array_to_pixels, sha256_hex
+from anomaly_ae.parallel import Decoded, decode_files, decode_one
+from anomaly_ae.schema import TableWriter, write_table
+from anomaly_ae.sources import Item, Listing, assign_test_split, require_items
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (done, total)
+ROW_GROUP_BYTES = 16 * 2**20
+UNSPLIT, UNLABELLED = "unsplit", "(unlabelled)"
+
+
+class _Revise(Exception):
+    """An image contradicts an inferred part of the policy: start again with `policy`."""
+
+    def __init__(self, policy: Preprocess):
+        self.policy = policy
+
+
+def image_id(key: str) -> str:
+    """Stable id of an image from its source key (relative path or split/index)."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+
+
+def rows_per_group(policy: Preprocess) -> int:
+    """Rows per row group: about ROW_GROUP_BYTES of pixels, within 64..8192 rows."""
+    return int(np.clip(ROW_GROUP_BYTES // (policy.height * policy.width * policy.n_channels), 64, 8192))
+
+
+def fingerprint(listing: Listing, request: PolicyRequest, options: dict) -> str:
+    """A hash of what the dataset is made from: the files' names, sizes and times, and the options."""
+    payload = json.dumps([listing.description.get("spec"), listing.fingerprint_parts,
+                          [request.size, request.channels, request.resize], options], default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def ingest(
+    listing: Listing, out: Path, *, request: PolicyRequest = PolicyRequest(),
+    test_fraction: float | None = None, seed: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS,
+    workers: int | None = None, overwrite: bool = False, progress: Progress | None = None,
+) -> dict:
+    """Write `listing`'s images as a Parquet dataset in folder `out`.
+
+    Args:
+        listing: what a source listed (see anomaly_ae.sources).
+        out: the dataset folder to create.
+        request: working size / channels / resize; unset parts are inferred from the data.
+        test_fraction: for unsplit data, the seeded per-class share marked 'test'.
+        seed: seed of that split.
+        max_pixels: images with more pixels are rejected (decompression-bomb guard).
+        workers: decode processes (default: all cores).
+        overwrite: replace an existing dataset at `out`.
+        progress: called with (done, total) as images are processed.
+
+    Returns:
+        The dataset metadata (as written to dataset.json).
+
+    Raises:
+        DataError: no images, none readable, or `out` exists without `overwrite`.
+    """
+    require_items(listing, listing.description.get("spec", str(out)))
+    if test_fraction is not None and all(i.split is None for i in listing.items):
+        assign_test_split(listing.items, test_fraction, seed)
+    options = {"test_fraction": test_fraction, "seed": seed, "max_pixels": max_pixels}
+    extra = {"fingerprint": fingerprint(listing, request, options), "options": options,
+             "anomaly_ae_version": __version__, "source": listing.description}
+    policy = _initial_policy(listing.items, request, max_pixels)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for _ in range(3):  # at most a size and a channel revision
+            try:
+                meta = _write(tmp, listing, policy, request, max_pixels, workers, progress, extra)
+                break
+            except _Revise as rev:
+                log.info("images differ from the first one; restarting with %s", rev.policy)
+                policy = rev.policy
+        atomic_write_json(tmp / "dataset.json", meta)
+    return meta
+
+
+def _initial_policy(items: list[Item], request: PolicyRequest, max_pixels: int) -> Preprocess:
+    if request.size and request.channels:
+        return Preprocess(*request.size, request.channels, request.resize)
+    probe = Preprocess(1, 1, "L", request.resize)
+    for item in items[:1000]:
+        if item.reject_reason:
+            continue
+        if item.array is not None:
+            a = item.array
+            return request.resolve(a.shape[0], a.shape[1], a.ndim == 2 or a.shape[2] == 1)
+        d = decode_one(item.path, None, probe, max_pixels)
+        if d.reason is None:
+            return request.resolve(d.orig_height, d.orig_width, d.gray)
+    return request.resolve(*(request.size or (256, 256)), True)
+
+
+def _decoded_stream(items: list[Item], policy: Preprocess, max_pixels, workers):
+    """(item, Decoded) in listing order, files decoded in parallel, arrays in this process."""
+    files = [i for i in items if i.array is None and not i.reject_reason]
+    results = iter(decode_files(((i.path, i.mask_path) for i in files), policy,
+                                max_pixels=max_pixels, workers=workers, n_jobs=len(files)))
+    for item in items:
+        if item.reject_reason:
+            yield item, Decoded(None, None, 0, 0, "", "", False, item.reject_reason)
+        elif item.array is None:
+            yield item, next(results)
+        else:
+            yield item, _decode_array(item.array, policy)
+
+
+def _decode_array(arr: np.ndarray, policy: Preprocess) -> Decoded:
+    try:
+        pixels = array_to_pixels(arr, policy).tobytes()
+    except Rejected as exc:
+        return Decoded(None, None, 0, 0, "", "", False, str(exc))
+    gray = arr.ndim == 2 or arr.shape[2] == 1
+    return Decoded(pixels, None, arr.shape[0], arr.shape[1], "L" if gray else "RGB",
+                   sha256_hex(np.ascontiguousarray(arr).tobytes()), gray)
+
+
+def _write(tmp: Path, listing: Listing, policy: Preprocess, request: PolicyRequest,
+           max_pixels: int, workers, progress, extra: dict) -> dict:
+    writer = TableWriter(tmp / "images.parquet", "images")
+    counts: Counter = Counter()
+    rejects: list[tuple[str, str]] = []
+    n_masks, group, total = 0, _empty_columns(), len(listing.items)
+    per_group = rows_per_group(policy)
+    for done, (item, d) in enumerate(_decoded_stream(listing.items, policy, max_pixels, workers), 1):
+        if d.reason is not None:
+            rejects.append((item.key, d.reason))
+        else:
+            revised = request.revise(policy, d.orig_height, d.orig_width, d.gray)
+            if revised is not None:
+                writer.close()
+                raise _Revise(revised)
+            _append(group, item, d)
+            counts[(item.split or UNSPLIT, item.class_name or UNLABELLED)] += 1
+            n_masks += d.mask is not None
+        if len(group["image_id"]) >= per_group:
+            writer.write(group)
+            group = _empty_columns()
+        if progress and (done % 256 == 0 or done == total):
+            progress(done, total)
+    if group["image_id"]:
+        writer.write(group)
+    if writer.rows == 0:
+        writer.close()
+        reasons = Counter(r for _, r in rejects).most_common(3)
+        raise DataError(f"None of the {total} images could be used. Most common reasons: "
+                        + "; ".join(f"{r} ({n})" for r, n in reasons))
+    meta = {**_metadata(listing, policy, counts, n_masks, rejects, per_group), **extra}
+    writer.set_metadata(meta)
+    writer.close()
+    write_table(tmp / "rejects.parquet", "rejects",
+                {"source": [s for s, _ in rejects], "reason": [r for _, r in rejects]})
+    return meta
+
+
+def _empty_columns() -> dict:
+    return {k: [] for k in ("image_id", "source", "label", "class_name", "split", "orig_height",
+                            "orig_width", "orig_mode", "sha256", "pixels", "mask")}
+
+
+def _append(cols: dict, item: Item, d: Decoded) -> None:
+    for key, value in (("image_id", image_id(item.key)), ("source", item.key), ("label", item.label),
+                       ("class_name", item.class_name), ("split", item.split),
+                       ("orig_height", d.orig_height), ("orig_width", d.orig_width),
+                       ("orig_mode", d.orig_mode), ("sha256", d.sha256), ("pixels", d.pixels),
+                       ("mask", d.mask)):
+        cols[key].append(value)
+
+
+def _metadata(listing: Listing, policy: Preprocess, counts: Counter, n_masks: int,
+              rejects: list, per_group: int) -> dict:
+    by_split: dict = {}
+    for (split, cls), n in sorted(counts.items()):
+        by_split.setdefault(split, {})[cls] = n
+    return {
+        "image_shape": list(policy.shape), "preprocess": policy.to_dict(), "classes": listing.classes,
+        "counts": {"images": sum(counts.values()), "by_split": by_split, "masks": n_masks,
+                   "rejects": len(rejects),
+                   "ignored_files": listing.description.get("ignored_files", 0)},
+        "row_group_rows": per_group,
+    }

@@ -1,0 +1,176 @@
+"""Image folders in the layouts people have.
+
+- split layout: ``root/{train,test,val}/<class>/*`` with optional masks in
+  ``root/ground_truth/<class>/<stem>_mask.png`` (the anomaly-benchmark layout);
+- class layout: ``root/<class>/**/*``;
+- flat layout: ``root/*`` (unlabelled).
+
+Listing is deterministic (sorted names), never follows directory links (so link loops cannot
+trap it) and rejects file links that lead outside the folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+
+from anomaly_ae.errors import DataError
+from anomaly_ae.imaging import IMAGE_EXTENSIONS
+from anomaly_ae.sources import Item, Listing
+
+log = logging.getLogger(__name__)
+
+SPLIT_NAMES = ("train", "test", "val", "valid", "validation")
+MASK_FOLDER = "ground_truth"
+MASK_SUFFIXES = ("_mask", "")
+
+
+def display_name(name: str) -> str:
+    """A file name as valid UTF-8 text (undecodable bytes shown as \\xNN escapes)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def is_image_name(name: str) -> bool:
+    """True for names with a known image extension (case-insensitive)."""
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+class FolderSource:
+    """A folder of images in the split, class or flat layout."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def list(self) -> Listing:
+        """List the folder's images with their classes, splits and masks."""
+        root = self.root
+        if not root.exists():
+            raise DataError(f"{root} does not exist. Check the path.")
+        if not root.is_dir():
+            raise DataError(f"{root} is not a folder. Pass a folder of images, torchvision:<Name> or sample:<name>.")
+        walker = _Walker(root)
+        layout, items = self._layout_items(walker)
+        classes = sorted({i.class_name for i in items if i.class_name is not None})
+        index = {c: k for k, c in enumerate(classes)}
+        for item in items:
+            item.label = index.get(item.class_name) if item.class_name is not None else None
+        description = {
+            "kind": "folder", "spec": str(root), "root": os.fsdecode(root.resolve()),
+            "layout": layout, "ignored_files": walker.ignored,
+        }
+        return Listing(items, classes, description, walker.stats)
+
+    def _layout_items(self, walker: "_Walker") -> tuple[str, list[Item]]:
+        children = walker.children(self.root)
+        dirs = [e for e in children if e.is_dir(follow_symlinks=False)]
+        split_dirs = [d for d in dirs if d.name.lower() in SPLIT_NAMES]
+        if split_dirs:
+            masks = walker.mask_index(self.root / MASK_FOLDER)
+            items = []
+            for split_dir in split_dirs:
+                for item in self._class_items(walker, Path(split_dir.path)):
+                    item.split = split_dir.name.lower()
+                    item.mask_path = masks.get((item.class_name, _stem(item.path)))
+                    items.append(item)
+            return "split", items
+        items = self._class_items(walker, self.root)
+        return ("class" if any(i.class_name is not None for i in items) else "flat"), items
+
+    def _class_items(self, walker: "_Walker", top: Path) -> list[Item]:
+        """Loose images under `top` (unlabelled) and images in its sub-folders (one class each)."""
+        items = []
+        for entry in walker.children(top):
+            if entry.is_dir(follow_symlinks=False):
+                if entry.name == MASK_FOLDER and top == self.root:
+                    continue
+                cls = display_name(entry.name)
+                items += [_with_class(i, cls) for i in walker.files_under(Path(entry.path))]
+            else:
+                items += walker.file_item(entry)
+        return items
+
+
+def _with_class(item: Item, cls: str) -> Item:
+    item.class_name = cls
+    return item
+
+
+def _stem(path: Path | None) -> str:
+    return os.path.splitext(os.path.basename(path))[0] if path else ""
+
+
+class _Walker:
+    """Sorted, link-safe directory walking that keeps the facts a fingerprint needs."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.real_root = os.path.realpath(root)
+        self.ignored = 0
+        self.stats: list = []
+
+    def children(self, top: Path) -> list[os.DirEntry]:
+        try:
+            with os.scandir(top) as it:
+                return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        except PermissionError:
+            log.warning("skipping %s: permission denied", top)
+            self.ignored += 1
+            return []
+
+    def files_under(self, top: Path) -> list[Item]:
+        out: list[Item] = []
+        for entry in self.children(top):
+            if entry.is_dir(follow_symlinks=False):
+                out += self.files_under(Path(entry.path))
+            else:
+                out += self.file_item(entry)
+        return out
+
+    def file_item(self, entry: os.DirEntry) -> list[Item]:
+        """[] for a non-image name, else one Item (with a reject reason when unusable)."""
+        if not is_image_name(entry.name):
+            self.ignored += 1
+            return []
+        rel = display_name(os.path.relpath(entry.path, self.root))
+        item = Item(key=rel, path=Path(entry.path))
+        reason = self._link_problem(entry) if entry.is_symlink() else None
+        try:
+            st = os.stat(entry.path)
+            self.stats.append((rel, st.st_size, st.st_mtime_ns))
+            if reason is None and not stat.S_ISREG(st.st_mode):
+                reason = "not a regular file"
+        except OSError:
+            reason = reason or "broken symbolic link (its target does not exist)"
+        item.reject_reason = reason
+        return [item]
+
+    def _link_problem(self, entry: os.DirEntry) -> str | None:
+        target = os.path.realpath(entry.path)
+        if not os.path.exists(target):
+            return "broken symbolic link (its target does not exist)"
+        if os.path.commonpath([target, self.real_root]) != self.real_root:
+            return f"symbolic link points outside the folder (to {display_name(target)}); not followed"
+        return None
+
+    def mask_index(self, mask_root: Path) -> dict:
+        """{(class, image stem): mask path} for ``ground_truth/<class>/<stem>[_mask].<ext>``."""
+        index: dict = {}
+        if not mask_root.is_dir():
+            return index
+        for cls_entry in self.children(mask_root):
+            if not cls_entry.is_dir(follow_symlinks=False):
+                continue
+            for entry in self.children(Path(cls_entry.path)):
+                if not is_image_name(entry.name):
+                    continue
+                stem = _stem(Path(entry.name))
+                for suffix in MASK_SUFFIXES:
+                    if suffix and stem.endswith(suffix):
+                        stem = stem[: -len(suffix)]
+                        break
+                index.setdefault((display_name(cls_entry.name), stem), Path(entry.path))
+                st = entry.stat()
+                self.stats.append((os.path.relpath(entry.path, self.root), st.st_size, st.st_mtime_ns))
+        return index

@@ -153,5 +153,170 @@ def info(
             out_console.print(f"... and {len(s['rejects']) - 50} more (use --json for all).")
 
 
+def _detector_config(config: Optional[Path], **overrides):
+    """DetectorConfig from defaults, a pipeline/config TOML file, then command-line overrides."""
+    import dataclasses
+
+    from anomaly_ae.config import DetectorConfig, load_detector_config
+
+    cfg = load_detector_config(config) if config else DetectorConfig()
+    for section, values in overrides.items():
+        values = {k: v for k, v in values.items() if v is not None}
+        if values:
+            cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **values)})
+    return cfg
+
+
+@app.command()
+def train(
+    dataset: Annotated[Path, typer.Argument(help="A dataset folder written by `anomaly-ae ingest`.")],
+    normal: Annotated[Optional[list[str]], typer.Option("--normal", "-n", help="A normal class (name or label); "
+                                                        "repeat for several. Default: 'good' when present.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Model folder \\[default: data/models/<dataset>-<normal>].")] = None,
+    model: Annotated[Optional[str], typer.Option(help="ae (classic), denoising or vae.")] = None,
+    latent_dim: Annotated[Optional[int], typer.Option(help="Size of the bottleneck.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Most epochs (early stopping may end sooner).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per step.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate.")] = None,
+    score: Annotated[Optional[str], typer.Option(help="Image score: mse, topk (smoothed top-k error) or ssim.")] = None,
+    target_fpr: Annotated[Optional[float], typer.Option(help="False-positive rate the threshold holds on normal images.")] = None,
+    calib_fraction: Annotated[Optional[float], typer.Option(help="Share of normal images held out to calibrate.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the split, the initial weights and the batches.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto (GPU when present), cpu or cuda.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="A TOML file with [model], [train], [score], [threshold].")] = None,
+    allow_collapsed: Annotated[bool, typer.Option(help="Keep a model whose output barely depends on its input.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted training run of the same settings.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing model at --out.")] = False,
+    force: Annotated[bool, typer.Option(help="Train again even if --out is up to date.")] = False,
+    as_json: Json = False, verbose: Verbose = False,
+) -> None:
+    """Train an autoencoder on the normal classes and calibrate its threshold on held-out normals."""
+    _setup_logging(verbose)
+    from anomaly_ae import steps
+
+    cfg = _detector_config(
+        config, model={"kind": model, "latent_dim": latent_dim},
+        train={"epochs": epochs, "batch_size": batch_size, "lr": lr, "calib_fraction": calib_fraction,
+               "seed": seed, "device": device, "allow_collapsed": allow_collapsed or None},
+        score={"method": score}, threshold={"target_fpr": target_fpr})
+    out = out or Path("data") / "models" / f"{Path(dataset).name}-{'-'.join(normal or ['good'])}"
+    with _progress("train") as update:
+        s = steps.train(dataset, out, normal=normal, config=cfg, overwrite=overwrite, force=force,
+                        resume=resume, progress=update)
+    if as_json:
+        return _print_json(s)
+    verb = "is up to date (use --force to train again)" if s["cached"] else "trained"
+    out_console.print(
+        f"Model {s['model']} {verb}: {s['kind']} on {', '.join(s['normal_classes'])} ({s['n_train']} images, "
+        f"{s['epochs']} epochs on {s['device']}, {s['seconds']:.1f} s); threshold {s['threshold']:.4g} for "
+        f"target FPR {s['target_fpr']:g} from {s['n_calibration']} held-out images.")
+
+
+@app.command()
+def calibrate(
+    model: Annotated[Path, typer.Argument(help="A model folder written by `anomaly-ae train`.")],
+    target_fpr: Annotated[Optional[float], typer.Option(help="New false-positive rate to hold on normal images.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Other normal images (a dataset or a folder) to calibrate on; "
+                                                      "they must not have been used for training.")] = None,
+    normal: Annotated[Optional[list[str]], typer.Option("--normal", "-n", help="Normal classes in --data "
+                                                        "\\[default: the model's].")] = None,
+    split: Annotated[Optional[str], typer.Option(help="Only this split of --data.")] = None,
+    as_json: Json = False, verbose: Verbose = False,
+) -> None:
+    """Recalibrate a model's threshold without retraining."""
+    _setup_logging(verbose)
+    from anomaly_ae import steps
+
+    s = steps.calibrate(model, target_fpr=target_fpr, data=data, normal=normal, split=split)
+    if as_json:
+        return _print_json(s)
+    out_console.print(f"Model {s['model']}: threshold {s['threshold']:.4g} for target FPR {s['target_fpr']:g} "
+                      f"from {s['n_calibration']} scores ({s['source']}).")
+
+
+@app.command()
+def score(
+    input: Annotated[Path, typer.Argument(help="A folder of images or a dataset written by `anomaly-ae ingest`.")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="A model folder written by `anomaly-ae train`.")],
+    out: Annotated[Optional[Path], typer.Option(help="Run folder \\[default: data/runs/<input>-<time>].")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help="Flag scores above this value instead of the calibrated threshold.")] = None,
+    target_fpr: Annotated[Optional[float], typer.Option(help="Recompute the threshold for this false-positive rate.")] = None,
+    split: Annotated[Optional[str], typer.Option(help="Only this split (e.g. test) of the input.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per batch \\[default: from the image size].")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Decode processes \\[default: all cores].")] = None,
+    device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
+    report: Annotated[bool, typer.Option(help="Write report.html into the run folder.")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder at --out.")] = False,
+    as_json: Json = False, verbose: Verbose = False,
+) -> None:
+    """Score a folder or dataset: every item's score, the flagged items, metrics when labels are known."""
+    _setup_logging(verbose)
+    import datetime as dt
+
+    from anomaly_ae import steps
+
+    out = out or Path("data") / "runs" / f"{_default_name(str(input))}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    with _progress("score") as update:
+        s = steps.score(input, model, out, threshold=threshold, target_fpr=target_fpr, split=split,
+                        batch_size=batch_size, workers=workers, device=device, report=report,
+                        overwrite=overwrite, progress=update)
+    if as_json:
+        return _print_json(s)
+    _print_score_summary(s)
+
+
+def _print_score_summary(s: dict) -> None:
+    from rich.table import Table
+
+    table = Table("", "", show_header=False, box=None)
+    rows = [("scored", s["scored"]), ("flagged", f"{s['flagged']} ({s['flagged'] / max(s['scored'], 1):.1%})"),
+            ("rejected", s["rejects"]), ("threshold", f"{s['threshold']:.4g}")]
+    if s.get("target_fpr") is not None:
+        rows.append(("target FPR", f"{s['target_fpr']:g}"))
+    for key, label in (("auroc", "AUROC"), ("auprc", "AUPRC"), ("fpr", "FPR at threshold"),
+                       ("tpr", "TPR at threshold"), ("f1", "F1 at threshold"), ("pixel_auroc", "pixel AUROC")):
+        if s.get(key) is not None:
+            rows.append((label, f"{s[key]:.4f}"))
+    if s.get("drift"):
+        rows.append(("drift", "this batch's scores differ from the calibration images' (see the report)"))
+    for k, v in rows:
+        table.add_row(k, str(v))
+    out_console.print(table)
+    out_console.print(f"Run folder: {s['run']}" + (f"  report: {Path(s['run']) / s['report']}" if s.get("report") else ""))
+
+
+@app.command()
+def demo(
+    normal: Annotated[str, typer.Option(help="The digit treated as normal.")] = "0",
+    workdir: Annotated[Path, typer.Option(help="Workspace for the dataset, model and run.")] = Path("data"),
+    device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
+    verbose: Verbose = False,
+) -> None:
+    """The whole pipeline on the bundled MNIST digits: ingest, train, calibrate, score, report."""
+    _setup_logging(verbose)
+    from anomaly_ae import steps
+
+    with _progress("demo") as update:
+        s = steps.demo(workdir, normal=normal, device=device, progress=update)
+    out_console.print(f"Dataset {s['dataset']['dataset']}: {s['dataset']['counts']['images']} real MNIST digits "
+                      f"(bundled). Model {s['model']['model']}: digit {normal} is normal, trained in "
+                      f"{s['model']['seconds']:.1f} s.")
+    out_console.print(f"Scored the test split ({s['score']['scored']} digits; every digit but {normal} is an anomaly):")
+    _print_score_summary(s["score"])
+
+
+@app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="A run folder written by `anomaly-ae score`.")],
+    verbose: Verbose = False,
+) -> None:
+    """Rebuild a run folder's report.html."""
+    _setup_logging(verbose)
+    from anomaly_ae import steps
+
+    path = steps.report(run)
+    out_console.print(f"Report written: {path}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -123,8 +123,10 @@ class Dataset:
                          else np.zeros(shape, np.uint8) for v in col.to_pylist()])
 
     def iter_batches(self, rows: np.ndarray | None = None, batch_size: int = 512,
-                     with_masks: bool = False) -> Iterator[tuple[pa.Table, np.ndarray, np.ndarray | None]]:
-        """(index columns, pixels, masks or None) for sorted `rows`, at most `batch_size` at a time.
+                     with_masks: bool = False) -> Iterator[tuple[pa.Table, np.ndarray, list | None]]:
+        """(index columns, pixels, masks) for sorted `rows`, at most `batch_size` at a time.
+
+        Masks (when asked for) are a list of (h, w) arrays, None where an image has no mask.
 
         Reads one row group at a time, so memory does not grow with the dataset.
         """
@@ -138,7 +140,8 @@ class Dataset:
                 table = self._pf.read_row_group(g, columns=columns).take(pa.array(rows[lo:hi] - start))
                 for b in range(0, table.num_rows, batch_size):
                     part = table.slice(b, batch_size)
-                    masks = self._decode_column(part["mask"], self.shape[:2], "mask") if with_masks else None
+                    masks = [None if v is None else np.frombuffer(v, np.uint8).reshape(self.shape[:2])
+                             for v in part["mask"].to_pylist()] if with_masks else None
                     yield (part.select(list(INDEX_COLUMNS)),
                            binary_to_array(part["pixels"], self.shape), masks)
             start += n

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import sys
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -72,10 +73,11 @@ def _decode_chunk(jobs, policy_dict, max_pixels) -> list[Decoded]:
 
 
 def _make_pool(workers: int) -> ProcessPoolExecutor:
-    # forkserver: workers start from a clean process, never from one holding torch's threads.
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["anomaly_ae.parallel"])
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    # fork on Linux: workers start at once and never re-run the caller's script (as spawn and
+    # forkserver do when a script lacks a __main__ guard). Workers only decode with Pillow and
+    # numpy; they never touch torch, whose threads a fork would not carry over.
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
 
 
 def decode_files(

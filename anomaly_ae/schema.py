@@ -132,9 +132,11 @@ class TableWriter:
         self._meta: dict = {}
         self.rows = 0
 
-    def write(self, columns: dict) -> None:
-        """Append one row group from a dict of equally long columns."""
-        table = validate(pa.Table.from_pydict(columns, schema=SCHEMAS[self.name][1]), self.name)
+    def write(self, columns: dict | pa.Table) -> None:
+        """Append one row group from a table or a dict of equally long columns."""
+        if isinstance(columns, dict):
+            columns = pa.Table.from_pydict(columns, schema=SCHEMAS[self.name][1])
+        table = validate(columns, self.name).replace_schema_metadata(None)
         self._writer.write_table(table, row_group_size=max(1, table.num_rows))
         self.rows += table.num_rows
 

@@ -73,3 +73,272 @@ def info(path: str | Path) -> dict:
         raise DataError(f"{path}: metadata says {summary['counts']['images']} images but the file "
                         f"holds {summary['rows']}; the dataset is damaged. Ingest it again.")
     return summary
+
+
+def _fingerprint(*parts) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _normal_rows(ds, normal: list[str] | None, split: str | None = "auto"):
+    """Rows of the normal classes: from the train split when the dataset has one."""
+    classes = ds.resolve_classes(normal) if normal else ds.default_normal()
+    if not classes:
+        raise DataError(f"Say which classes are normal with --normal (a class name or label). "
+                        f"Classes in {ds.path}: {', '.join(ds.classes) or 'none (unlabelled)'}.")
+    if split == "auto":
+        split = "train" if ds.has_split("train") else None
+    rows = ds.rows(split=split, classes=classes)
+    return classes, split, rows
+
+
+def train(dataset: str | Path, out: str | Path, *, normal: list[str] | None = None, config=None,
+          overwrite: bool = False, force: bool = False, resume: bool = False,
+          progress: Progress | None = None) -> dict:
+    """Train a detector on the normal classes of a dataset and calibrate it on a held-out part.
+
+    The held-out share (``train.calib_fraction``) is drawn with ``train.seed``; the dataset's
+    test split is never used. A model folder trained from the same data and settings is kept
+    (``cached: True``) unless `force`.
+    """
+    import numpy as np
+
+    from anomaly_ae import checkpoint
+    from anomaly_ae.config import DetectorConfig, dump_toml
+    from anomaly_ae.dataset import Dataset
+    from anomaly_ae.detector import AutoencoderDetector
+    from anomaly_ae.fsio import atomic_dir, atomic_write_text
+
+    config = config or DetectorConfig()
+    ds, out = Dataset(dataset), Path(out)
+    classes, split, rows = _normal_rows(ds, normal)
+    if len(rows) < 4:
+        raise DataError(f"Only {len(rows)} normal images ({', '.join(classes)}) in {dataset}; at least 4 are "
+                        "needed (some train the model, the rest calibrate its threshold).")
+    perm = np.random.default_rng(config.train.seed).permutation(rows)
+    n_cal = min(len(rows) - 2, max(1, int(round(config.train.calib_fraction * len(rows)))))
+    cal, fit = np.sort(perm[:n_cal]), np.sort(perm[n_cal:])
+    fp = _fingerprint(ds.meta.get("fingerprint"), classes, split, config.to_dict())
+    if (out / "model.pt").exists() and not force:
+        try:
+            existing = checkpoint.read(out)
+        except Exception:  # a damaged model is simply retrained
+            existing = {}
+        if existing.get("data", {}).get("fingerprint") == fp:
+            log.info("%s is up to date; skipping training", out)
+            return _model_summary(out, existing, cached=True)
+    state = out.parent / f".{out.name}.train-{fp[:12]}.pt"
+    with atomic_dir(out, overwrite=overwrite or force) as tmp:
+        det = AutoencoderDetector(config).fit(ds.load(fit), validation=ds.load(cal), progress=progress,
+                                              state_path=state, resume=resume)
+        det.calibrate(ds.load(cal))
+        index = ds.index()
+        data = {"dataset": str(ds.path.resolve()), "dataset_fingerprint": ds.meta.get("fingerprint"),
+                "fingerprint": fp, "split": split, "n_train": len(fit), "n_calibration": len(cal),
+                "train_sha256": _fingerprint(index["sha256"].take(fit).to_pylist())}
+        det.save(tmp, preprocess=ds.meta["preprocess"], classes=ds.classes, normal_classes=classes, data=data)
+        atomic_write_text(tmp / "config.toml", dump_toml(config.to_dict()))
+    state.unlink(missing_ok=True)
+    return _model_summary(out, checkpoint.read(out), cached=False)
+
+
+def _model_summary(out: Path, ckpt: dict, cached: bool) -> dict:
+    h, t = ckpt["history"], ckpt["threshold"]
+    return {"model": str(out), "cached": cached, "kind": ckpt["config"]["model"]["kind"],
+            "score": ckpt["config"]["score"]["method"], "normal_classes": ckpt.get("normal_classes"),
+            "n_train": ckpt.get("data", {}).get("n_train"), "n_calibration": t["n_calibration"],
+            "epochs": len(h["train_loss"]), "best_epoch": h["best_epoch"] + 1,
+            "train_loss": h["train_loss"][h["best_epoch"]], "held_out_loss": h["val_loss"][h["best_epoch"]],
+            "seconds": h["seconds"], "device": h["device"], "threshold": t["threshold"],
+            "target_fpr": t["target_fpr"], "guaranteed_fpr": t.get("guaranteed_fpr"),
+            "collapse": ckpt.get("collapse")}
+
+
+def calibrate(model: str | Path, *, target_fpr: float | None = None, data: str | Path | None = None,
+              normal: list[str] | None = None, split: str | None = None) -> dict:
+    """Recalibrate a model's threshold without retraining.
+
+    With `data` (a dataset's normal classes, or a folder of normal images) the calibration
+    scores are recomputed on those images; without it the stored held-out scores are reused.
+    """
+    import shutil
+
+    from anomaly_ae import checkpoint
+    from anomaly_ae.detector import AutoencoderDetector
+    from anomaly_ae.fsio import atomic_dir
+
+    folder = checkpoint.model_file(model).parent
+    det = AutoencoderDetector.load(folder)
+    fpr = target_fpr if target_fpr is not None else det.threshold_info_["target_fpr"]
+    if data is None:
+        det.calibrate_scores(det.calibration_scores_, fpr)
+        source = "stored held-out scores"
+    else:
+        det.calibrate_scores(_normal_scores(det, data, normal, split), fpr)
+        source = str(data)
+    det.threshold_info_["source"] = source
+    with atomic_dir(folder, overwrite=True) as tmp:
+        for f in folder.iterdir():
+            if f.name not in ("model.pt", "model.json") and f.is_file():
+                shutil.copy2(f, tmp / f.name)
+        det.save(tmp)
+    return {"model": str(folder), "source": source, **det.threshold_info_}
+
+
+def _normal_scores(det, data, normal, split):
+    """Scores of held-out normal images: a dataset's normal classes, or every image of a folder."""
+    import numpy as np
+
+    from anomaly_ae.dataset import Dataset
+    from anomaly_ae.imaging import Preprocess
+    from anomaly_ae.scoring import is_dataset, iter_batches, plan
+
+    policy = Preprocess.from_dict(det.meta_["preprocess"])
+    classes = None
+    if is_dataset(data):
+        classes = Dataset(data).resolve_classes(normal or det.meta_.get("normal_classes") or [])
+    rejects: list = []
+    scores = [det.score_samples(px) for part in plan(data, policy, split=split, classes=classes)
+              for _, px, _ in iter_batches(part, policy, 256, None, rejects)]
+    if rejects:
+        log.warning("%d files could not be read and were skipped", len(rejects))
+    return np.concatenate(scores) if scores else np.zeros(0)
+
+
+def score(input: str | Path, model: str | Path, out: str | Path, *, threshold: float | None = None,
+          target_fpr: float | None = None, split: str | None = None, batch_size: int | None = None,
+          workers: int | None = None, overwrite: bool = False, report: bool = True, device: str = "auto",
+          partitions: int = 1, map_partitions=None, progress: Progress | None = None) -> dict:
+    """Score a folder or dataset with a model into the run folder `out` (written atomically).
+
+    `map_partitions(parts, part_dirs, threshold, normal)`, when given, scores the partitions
+    elsewhere (a task runner) and returns their summaries; by default they run here in turn.
+    """
+    import time
+
+    from anomaly_ae import checkpoint, scoring
+    from anomaly_ae.detector import AutoencoderDetector
+    from anomaly_ae.fsio import FileLock, atomic_dir, atomic_write_json
+    from anomaly_ae.imaging import Preprocess
+
+    t0, out = time.perf_counter(), Path(out)
+    det = AutoencoderDetector.load(model, device=device)
+    th = scoring.resolve_threshold(det, threshold, target_fpr)
+    policy = Preprocess.from_dict(det.meta_["preprocess"])
+    with FileLock(out.parent / f".{out.name}.lock", f"Run folder {out}"), atomic_dir(out, overwrite=overwrite) as tmp:
+        parts = scoring.plan(input, policy, partitions, split)
+        normal = scoring.normal_names(det.meta_.get("normal_classes") or [])
+        normal = normal if scoring.labels_known(parts, normal) else None
+        part_dirs = [tmp / ".parts" / f"{k:05d}" for k in range(len(parts))]
+        total = sum(len(p) for p in parts)
+        if map_partitions is None:
+            done = [0]
+
+            def part_progress(n, _total, base=done):
+                if progress:
+                    progress(base[0] + n, total)
+            results = []
+            for part, d in zip(parts, part_dirs):
+                results.append(scoring.score_partition(det, part, d, threshold=th["threshold"], normal=normal,
+                                                       batch_size=batch_size, workers=workers, progress=part_progress))
+                done[0] += len(part)
+        else:
+            results = map_partitions(parts, part_dirs, th["threshold"], normal)
+        t1 = time.perf_counter()
+        merged = scoring.finalize(part_dirs, tmp, threshold_info=th, cal_scores=det.calibration_scores_)
+        _remove_tree(tmp / ".parts")
+        if merged["metrics"] is not None:
+            atomic_write_json(tmp / "metrics.json", merged["metrics"])
+        run = _run_record(det, model, input, split, th, parts, results, merged,
+                          {"total": time.perf_counter() - t0, "finalize": time.perf_counter() - t1}, normal)
+        atomic_write_json(tmp / "run.json", run)
+        if report:
+            run["report"] = _build_report(tmp)
+            atomic_write_json(tmp / "run.json", run)
+    return _score_summary(out, run, merged)
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _build_report(run_dir: Path) -> str | None:
+    """Build report.html; a failure is logged, never loses the scores."""
+    from anomaly_ae import report
+
+    try:
+        return report.build(run_dir).name
+    except Exception:  # a broken report must not cost the user the run's results
+        log.exception("building the report failed; the scores are kept")
+        return None
+
+
+def _run_record(det, model, input, split, th, parts, results, merged, timings, normal) -> dict:
+    import datetime as dt
+    import secrets
+
+    from anomaly_ae.checkpoint import model_file, versions
+
+    for key in ("decode", "model"):
+        timings[key] = sum(r["seconds"][key] for r in results)
+    n_items = sum(len(p) for p in parts)
+    m = det.meta_
+    return {
+        "run_id": dt.datetime.now().strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "input": str(Path(input).resolve()), "input_kind": parts[0].kind, "split": split,
+        "model": {"path": str(model_file(model).resolve()), "kind": det.config.model.kind,
+                  "score_method": det.config.score.method, "normal_classes": m.get("normal_classes"),
+                  "classes": m.get("classes"), "image_shape": list(det.shape_),
+                  "dataset": m.get("data", {}).get("dataset"), "trained": m.get("created")},
+        "threshold": th, "labels_known": normal is not None,
+        "counts": {"items": n_items, "scored": merged["n_scored"], "flagged": merged["n_flagged"],
+                   "rejects": sum(r["rejects"] for r in results)},
+        "drift": merged["drift"], "timings": timings, "versions": versions(), "partitions": len(parts),
+        "calibration_scores": det.calibration_scores_.tolist(), "history": det.history_,
+    }
+
+
+def _score_summary(out: Path, run: dict, merged: dict) -> dict:
+    m = merged["metrics"] or {}
+    return {"run": str(out), "scored": run["counts"]["scored"], "flagged": run["counts"]["flagged"],
+            "rejects": run["counts"]["rejects"], "threshold": run["threshold"]["threshold"],
+            "target_fpr": run["threshold"].get("target_fpr"), "auroc": m.get("auroc"),
+            "auprc": m.get("auprc"), "fpr": m.get("fpr"), "tpr": m.get("tpr"), "f1": m.get("f1"),
+            "pixel_auroc": m.get("pixel_auroc"), "drift": run["drift"]["drift"],
+            "report": run.get("report"), "seconds": run["timings"]["total"]}
+
+
+def report(run_dir: str | Path) -> Path:
+    """Rebuild a run folder's report.html from its tables."""
+    from anomaly_ae import report as report_module
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "run.json").exists():
+        raise DataError(f"{run_dir} is not a run folder (no run.json). Score something with `anomaly-ae score`.")
+    return report_module.build(run_dir)
+
+
+DEMO_SOURCE = "sample:mnist5k"
+
+
+def demo(workdir: str | Path = "data", *, normal: str = "0", device: str = "auto",
+         progress: Progress | None = None) -> dict:
+    """The whole pipeline on the bundled MNIST digits: ingest, train (one digit normal), calibrate,
+    score the test split and report. Reruns reuse the dataset and model when up to date."""
+    import dataclasses
+
+    from anomaly_ae.config import DetectorConfig, TrainConfig
+
+    workdir = Path(workdir)
+    ds = ingest(DEMO_SOURCE, workdir / "datasets" / "mnist5k", progress=progress)
+    cfg = DetectorConfig(train=dataclasses.replace(TrainConfig(), device=device))
+    model = train(ds["dataset"], workdir / "models" / f"mnist5k-{normal}", normal=[normal], config=cfg,
+                  overwrite=True, progress=progress)
+    run = score(ds["dataset"], model["model"], workdir / "runs" / f"mnist5k-{normal}-demo", split="test",
+                overwrite=True, device=device, progress=progress)
+    return {"dataset": ds, "model": model, "score": run}

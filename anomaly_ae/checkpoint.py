@@ -1,0 +1,159 @@
+"""Model folders: one plain-dict checkpoint (``model.pt``) plus a readable summary (``model.json``).
+
+The checkpoint holds only tensors, numbers, strings, lists and dicts, and is always loaded
+with ``torch.load(..., weights_only=True)``: loading a model someone sent you never runs code.
+``model.json`` records the checkpoint's sha256, so a file changed after training is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anomaly_ae import __version__
+from anomaly_ae.config import DetectorConfig
+from anomaly_ae.errors import ConfigError, DataError, ModelError
+from anomaly_ae.fsio import atomic_path, atomic_write_json
+from anomaly_ae.models import build_model
+
+FORMAT = "anomaly-ae/checkpoint"
+FORMAT_VERSION = 1
+# Keys the detector rebuilds itself on save; everything else is caller metadata kept in meta_.
+_DETECTOR_KEYS = {"format", "format_version", "state_dict", "config", "image_shape", "normalisation",
+                  "threshold", "calibration_scores", "history", "collapse", "versions", "created"}
+REQUIRED = ("format", "format_version", "state_dict", "config", "image_shape", "preprocess",
+            "threshold", "calibration_scores", "history", "versions")
+
+
+def model_file(path: Path | str) -> Path:
+    """The checkpoint file of a model folder (or the file itself)."""
+    path = Path(path)
+    return path / "model.pt" if path.is_dir() or path.suffix != ".pt" else path
+
+
+def versions() -> dict:
+    """Versions recorded with every model and run."""
+    return {"anomaly_ae": __version__, "torch": str(torch.__version__), "python": platform.python_version(),
+            "numpy": np.__version__}
+
+
+def plain(obj):
+    """Only the types weights_only loading accepts: dict, list, str, int, float, bool, None, tensors."""
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, torch.Tensor) or obj is None or type(obj) in (str, int, float, bool):
+        return obj
+    if isinstance(obj, (np.generic,)):
+        return obj.item()
+    if isinstance(obj, str):
+        return str(obj)
+    if isinstance(obj, (Path,)):
+        return str(obj)
+    raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint")
+
+
+def build_checkpoint(det, meta: dict) -> dict:
+    """The checkpoint dict of a fitted, calibrated detector plus `meta` (classes, data facts)."""
+    return plain({
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "state_dict": {k: v.detach().cpu() for k, v in det.model_.state_dict().items()},
+        "config": det.config.to_dict(), "image_shape": list(det.shape_),
+        "normalisation": {"input_scale": 1.0 / 255.0, "input_offset": 0.0, "output": "sigmoid"},
+        "threshold": dict(det.threshold_info_),
+        "calibration_scores": torch.from_numpy(np.asarray(det.calibration_scores_, dtype=np.float64)),
+        "history": det.history_, "collapse": dict(det.collapse_), "versions": versions(),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **meta,
+    })
+
+
+def write(folder: Path, ckpt: dict) -> Path:
+    """Write ``model.pt`` and ``model.json`` into `folder` (each atomically)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "model.pt"
+    with atomic_path(target) as tmp:
+        torch.save(ckpt, tmp)
+        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    summary = {k: v for k, v in ckpt.items() if k not in ("state_dict", "calibration_scores")}
+    summary["sha256"] = digest
+    summary["n_parameters"] = int(sum(v.numel() for v in ckpt["state_dict"].values()))
+    atomic_write_json(folder / "model.json", summary)
+    return target
+
+
+def read(path: Path | str) -> dict:
+    """Load and check a checkpoint without running any code from it.
+
+    Raises:
+        DataError: no such file.
+        ModelError: truncated, damaged, tampered with, or of an unknown format version.
+    """
+    file = model_file(path)
+    if not file.exists():
+        raise DataError(f"No model at {path} (looked for {file}). Train one with `anomaly-ae train`.")
+    data = file.read_bytes()
+    _check_digest(file, data)
+    try:
+        import io
+
+        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"{file} is not a loadable anomaly-ae checkpoint (truncated, damaged or a "
+                         f"different kind of file): {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ModelError(f"{file} is not an anomaly-ae checkpoint.")
+    if ckpt.get("format_version") != FORMAT_VERSION:
+        raise ModelError(f"{file} has checkpoint format version {ckpt.get('format_version')}; this "
+                         f"anomaly-ae reads version {FORMAT_VERSION}. Retrain, or use a matching anomaly-ae.")
+    missing = [k for k in REQUIRED if k not in ckpt]
+    if missing:
+        raise ModelError(f"{file} lacks {', '.join(missing)}; it is damaged. Retrain the model.")
+    return ckpt
+
+
+def _check_digest(file: Path, data: bytes) -> None:
+    summary = file.parent / "model.json"
+    if file.name != "model.pt" or not summary.exists():
+        return
+    try:
+        expected = json.loads(summary.read_text()).get("sha256")
+    except (OSError, ValueError):
+        raise ModelError(f"{summary} is unreadable; it is damaged. Retrain the model.") from None
+    if expected and hashlib.sha256(data).hexdigest() != expected:
+        raise ModelError(f"{file} does not match the checksum recorded in {summary.name}: the checkpoint "
+                         "was changed after training (damaged or tampered with). Retrain, or restore it.")
+
+
+def restore(ckpt: dict, device: str = "auto"):
+    """A ready AutoencoderDetector from a checkpoint dict."""
+    from anomaly_ae.detector import AutoencoderDetector
+    from anomaly_ae.train import resolve_device
+
+    try:
+        cfg = DetectorConfig.from_dict(ckpt["config"])
+    except (ConfigError, TypeError) as exc:
+        raise ModelError(f"The checkpoint's configuration is invalid: {exc}") from None
+    det = AutoencoderDetector(cfg)
+    det.device_ = resolve_device(device)
+    det.shape_ = tuple(int(v) for v in ckpt["image_shape"])
+    m = cfg.model
+    det.model_ = build_model(m.kind, det.shape_, m.latent_dim, m.base_channels, m.max_channels)
+    try:
+        det.model_.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, KeyError) as exc:
+        raise ModelError(f"The checkpoint's weights do not fit its model: {str(exc).splitlines()[0]}") from None
+    det.model_.to(det.device_).eval()
+    det.history_ = ckpt["history"]
+    det.collapse_ = ckpt.get("collapse", {})
+    det.calibration_scores_ = ckpt["calibration_scores"].numpy().astype(np.float64)
+    det.threshold_info_ = dict(ckpt["threshold"])
+    det.threshold_ = float(det.threshold_info_["threshold"])
+    det.meta_ = {k: v for k, v in ckpt.items() if k not in _DETECTOR_KEYS}
+    return det

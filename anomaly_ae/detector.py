@@ -1,0 +1,170 @@
+"""The detector: fit on normal images, calibrate a threshold, score, predict, save and load.
+
+    det = AutoencoderDetector(DetectorConfig()).fit(normal_train, validation=held_out)
+    det.calibrate(held_out, target_fpr=0.01)   # sets threshold_
+    det.score_samples(images)                   # higher = more anomalous
+    det.predict(images)                         # 1 = anomaly, 0 = normal
+
+Images are uint8 arrays (n, height, width, channels). Fitted attributes end in ``_``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from anomaly_ae.config import DetectorConfig
+from anomaly_ae.errors import DataError, ModelError
+from anomaly_ae.measures import anomaly_map, image_scores
+from anomaly_ae.models import build_model
+from anomaly_ae.threshold import check_fpr, conformal_threshold, p_values
+from anomaly_ae.train import as_float, autocast, resolve_device, to_device_uint8, train
+
+log = logging.getLogger(__name__)
+
+# A model whose reconstructions vary across images by less than this share of the inputs'
+# own variation outputs (nearly) one image whatever the input: it has collapsed.
+COLLAPSE_SPREAD = 0.05
+SCORE_BATCH = 256
+
+
+class AutoencoderDetector:
+    """A convolutional autoencoder with a calibrated reconstruction-error threshold."""
+
+    def __init__(self, config: DetectorConfig | None = None):
+        self.config = config or DetectorConfig()
+
+    # -- fitting -------------------------------------------------------------------------
+    def fit(self, images: np.ndarray, validation: np.ndarray | None = None, *, progress=None,
+            state_path=None, resume: bool = False) -> "AutoencoderDetector":
+        """Train on normal images; `validation` (held-out normals) drives early stopping.
+
+        Raises:
+            DataError: images of the wrong shape or type.
+            ModelError: training diverged, or the model collapsed to one output (unless
+                ``train.allow_collapsed``).
+        """
+        images = _check_images(images)
+        cfg = self.config
+        self.device_ = resolve_device(cfg.train.device)
+        self.shape_ = tuple(int(v) for v in images.shape[1:])
+        torch.manual_seed(cfg.train.seed)
+        m = cfg.model
+        self.model_ = build_model(m.kind, self.shape_, m.latent_dim, m.base_channels, m.max_channels).to(self.device_)
+        data = to_device_uint8(images, self.device_)
+        val = to_device_uint8(_check_images(validation, self.shape_), self.device_) if validation is not None else None
+        self.history_ = train(self.model_, data, val, m, cfg.train, progress=progress,
+                              state_path=state_path, resume=resume).to_dict()
+        self.collapse_ = self._collapse_check(validation if validation is not None else images)
+        if self.collapse_["collapsed"] and not cfg.train.allow_collapsed:
+            raise ModelError(
+                "The model collapsed: its reconstructions barely depend on the input "
+                f"(spread {self.collapse_['spread_ratio']:.3f} of the inputs'), so its scores would only "
+                "measure distance to one average image. Try more epochs, a larger --latent-dim, a lower "
+                "--lr or more normal images; pass --allow-collapsed to keep it anyway."
+            )
+        return self
+
+    def _collapse_check(self, images: np.ndarray) -> dict:
+        """Compare how much reconstructions vary across images with how much the inputs do."""
+        sample = images[:512]
+        recon = np.concatenate([r for _, r, _ in self._batches(sample)]) if len(sample) else sample
+        x = sample.astype(np.float32) / 255.0
+        spread_in = float(x.std(axis=0).mean())
+        spread_out = float(recon.std(axis=0).mean())
+        ratio = spread_out / spread_in if spread_in > 1e-8 else 1.0
+        return {"spread_ratio": ratio, "collapsed": bool(len(sample) >= 2 and ratio < COLLAPSE_SPREAD)}
+
+    # -- scoring -------------------------------------------------------------------------
+    def _batches(self, images: np.ndarray, batch_size: int = SCORE_BATCH) -> Iterator[tuple]:
+        """(scores, reconstructions (n,h,w,c) float, maps (n,h,w) float) per batch."""
+        self._require_fitted()
+        images = _check_images(images, self.shape_)
+        s = self.config.score
+        self.model_.eval()
+        for i in range(0, len(images), batch_size):
+            x = as_float(to_device_uint8(images[i: i + batch_size], self.device_))
+            with torch.no_grad(), autocast(self.device_):
+                recon = self.model_(x).float()
+            maps = anomaly_map(x, recon, s.method, s.sigma)
+            scores = image_scores(maps, s.method, s.top_fraction)
+            yield (scores.double().cpu().numpy(), recon.permute(0, 2, 3, 1).cpu().numpy(),
+                   maps.cpu().numpy())
+
+    def score_samples(self, images: np.ndarray) -> np.ndarray:
+        """Anomaly score per image (higher = more anomalous)."""
+        parts = [s for s, _, _ in self._batches(images)]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def score_with_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(scores, reconstructions (n,h,w,c) in [0,1], error maps (n,h,w)) for one batch."""
+        out = list(self._batches(images, batch_size=max(1, len(images))))
+        if not out:
+            h, w, c = self.shape_
+            return np.zeros(0), np.zeros((0, h, w, c), np.float32), np.zeros((0, h, w), np.float32)
+        return out[0]
+
+    # -- threshold -----------------------------------------------------------------------
+    def calibrate(self, images: np.ndarray, target_fpr: float | None = None) -> "AutoencoderDetector":
+        """Set `threshold_` from held-out normal images (never the training images)."""
+        scores = self.score_samples(images)
+        return self.calibrate_scores(scores, target_fpr)
+
+    def calibrate_scores(self, scores: np.ndarray, target_fpr: float | None = None) -> "AutoencoderDetector":
+        """Set `threshold_` from scores of held-out normal images."""
+        fpr = check_fpr(target_fpr if target_fpr is not None else self.config.threshold.target_fpr)
+        self.calibration_scores_ = np.asarray(scores, dtype=np.float64)
+        self.threshold_info_ = conformal_threshold(self.calibration_scores_, fpr)
+        self.threshold_ = self.threshold_info_["threshold"]
+        if self.threshold_info_["limited"]:
+            log.warning("only %d calibration images: the smallest false-positive rate that can be "
+                        "guaranteed is %.3g, above the target %.3g", self.threshold_info_["n_calibration"],
+                        1 / (self.threshold_info_["n_calibration"] + 1), fpr)
+        return self
+
+    def p_values(self, scores: np.ndarray) -> np.ndarray:
+        """Conformal p-values of scores against the calibration scores."""
+        if not hasattr(self, "calibration_scores_"):
+            raise ModelError("The detector is not calibrated: call calibrate() first.")
+        return p_values(scores, self.calibration_scores_)
+
+    def predict(self, images: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """1 where the score exceeds the threshold (anomaly), else 0."""
+        t = self.threshold_ if threshold is None else threshold
+        return (self.score_samples(images) > t).astype(np.int64)
+
+    # -- persistence ---------------------------------------------------------------------
+    def save(self, folder, **meta):
+        """Write the model folder (model.pt + model.json); `meta` adds classes, data facts..."""
+        from pathlib import Path
+
+        from anomaly_ae import checkpoint
+
+        self._require_fitted()
+        if not hasattr(self, "threshold_"):
+            raise ModelError("Calibrate the detector before saving it: a model without a threshold cannot flag.")
+        self.meta_ = {**getattr(self, "meta_", {}), **meta}
+        return checkpoint.write(Path(folder), checkpoint.build_checkpoint(self, self.meta_))
+
+    @classmethod
+    def load(cls, path, device: str = "auto") -> "AutoencoderDetector":
+        """A detector from a model folder or ``model.pt`` (weights_only: runs no code)."""
+        from anomaly_ae import checkpoint
+
+        return checkpoint.restore(checkpoint.read(path), device)
+
+    def _require_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise ModelError("The detector is not fitted: call fit() or load a checkpoint first.")
+
+
+def _check_images(images, shape: tuple | None = None) -> np.ndarray:
+    a = np.asarray(images)
+    if a.dtype != np.uint8 or a.ndim != 4:
+        raise DataError(f"Images must be a uint8 array (n, height, width, channels), got {a.dtype} {a.shape}.")
+    if shape is not None and tuple(a.shape[1:]) != tuple(shape):
+        raise DataError(f"Images are {a.shape[1:]} but the model expects {tuple(shape)} (height, width, channels).")
+    return a

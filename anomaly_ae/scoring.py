@@ -1,0 +1,333 @@
+"""Batch scoring: a folder or Parquet dataset in, the run's tables out, in bounded memory.
+
+Scoring runs in partitions (one by default; several when a task runner fans out), each
+streaming bounded batches through the model and writing part files; `finalize` merges the
+parts into the run folder:
+
+- ``scores.parquet``: every item with score, p-value, flag and rank (1 = most anomalous);
+- ``flagged.csv``: the flagged items by descending score;
+- ``error_maps.parquet``: the per-pixel error map of every flagged item;
+- ``examples.parquet``: top-scoring and borderline items with image, reconstruction and map;
+- ``metrics.json`` (when labels are known), ``rejects.parquet`` and ``run.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from anomaly_ae.dataset import NORMAL_NAMES, Dataset
+from anomaly_ae.errors import DataError
+from anomaly_ae.fsio import atomic_write_text
+from anomaly_ae.imaging import Preprocess
+from anomaly_ae.ingest import image_id
+from anomaly_ae.metrics import PixelSamples
+from anomaly_ae.parallel import decode_files
+from anomaly_ae.schema import TableWriter, write_table
+
+EXAMPLES_PER_KIND = 16
+META_COLUMNS = ("image_id", "path", "split", "label", "class_name", "sha256")
+
+
+@dataclass
+class Partition:
+    """A slice of the input as plain values, so it can be sent to another process."""
+
+    kind: str  # "dataset" or "files"
+    dataset: str | None = None
+    rows: list[int] = field(default_factory=list)
+    files: list[tuple] = field(default_factory=list)  # (key, path, mask_path, class, split, reject)
+
+    def __len__(self) -> int:
+        return len(self.rows) if self.kind == "dataset" else len(self.files)
+
+
+def is_dataset(path: Path | str) -> bool:
+    """True for a dataset folder (or its images.parquet)."""
+    p = Path(path)
+    return (p / "images.parquet").exists() or (p.suffix == ".parquet" and p.exists())
+
+
+def plan(path: Path | str, policy: Preprocess, n_partitions: int = 1, split: str | None = None,
+         classes: list[str] | None = None) -> list[Partition]:
+    """Partitions covering a folder or dataset (optionally one split, some classes), in input order.
+
+    Raises:
+        DataError: no images, a dataset preprocessed differently from the model, or an
+            unknown split.
+    """
+    n_partitions = max(1, int(n_partitions))
+    if is_dataset(path):
+        ds = Dataset(path)
+        if ds.policy.shape != policy.shape:
+            raise DataError(
+                f"{path} holds {'x'.join(map(str, ds.shape))} images but the model expects "
+                f"{'x'.join(map(str, policy.shape))} (height x width x channels). Ingest the images again with "
+                f"--size {policy.height}x{policy.width} --channels {policy.channels}, or score the image folder itself.")
+        if split is not None and not ds.has_split(split):
+            raise DataError(f"{path} has no '{split}' split. Splits: {', '.join(ds.meta['counts']['by_split'])}.")
+        rows = ds.rows(split=split, classes=classes).tolist()
+        if not rows:
+            raise DataError(f"{path} has no images to score.")
+        return [Partition("dataset", dataset=str(path), rows=chunk) for chunk in _split(rows, n_partitions)]
+    from anomaly_ae.sources import require_items
+    from anomaly_ae.sources.folder import FolderSource
+
+    listing = require_items(FolderSource(Path(path)).list(), str(path))
+    files = [(i.key, str(i.path), str(i.mask_path) if i.mask_path else None, i.class_name, i.split, i.reject_reason)
+             for i in listing.items if (split is None or i.split == split)
+             and (classes is None or i.class_name in classes)]
+    if not files:
+        raise DataError(f"No images in {path} for split {split or 'any'} and classes {classes or 'any'}.")
+    return [Partition("files", files=chunk) for chunk in _split(files, n_partitions)]
+
+
+def _split(seq: list, n: int) -> list[list]:
+    bounds = np.linspace(0, len(seq), min(n, len(seq)) + 1).round().astype(int)
+    return [seq[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def batch_size_for(policy: Preprocess) -> int:
+    """Images per batch: about 16M pixel values, within 8..256."""
+    return int(np.clip(2**24 // (policy.height * policy.width * policy.n_channels), 8, 256))
+
+
+def iter_batches(part: Partition, policy: Preprocess, batch_size: int, workers: int | None,
+                 rejects: list) -> Iterator[tuple[dict, np.ndarray, list]]:
+    """(metadata columns, pixels (n,h,w,c), masks (list of (h,w) or None)) per batch.
+
+    Files that cannot be decoded are appended to `rejects` as (path, reason).
+    """
+    if part.kind == "dataset":
+        ds = Dataset(part.dataset)
+        with_masks = ds.meta["counts"].get("masks", 0) > 0
+        for index, pixels, masks in ds.iter_batches(np.asarray(part.rows), batch_size, with_masks):
+            meta = {c: index[c].to_pylist() for c in ("image_id", "split", "label", "class_name", "sha256")}
+            meta["path"] = index["source"].to_pylist()
+            yield meta, pixels, masks if masks is not None else [None] * len(pixels)
+        return
+    usable = [f for f in part.files if f[5] is None]
+    rejects.extend((f[0], f[5]) for f in part.files if f[5] is not None)
+    results = decode_files(((Path(f[1]), Path(f[2]) if f[2] else None) for f in usable), policy,
+                           workers=workers, n_jobs=len(usable))
+    meta, pix, masks = _empty_meta(), [], []
+    for f, d in zip(usable, results):
+        if d.reason is not None:
+            rejects.append((f[0], d.reason))
+            continue
+        for k, v in zip(META_COLUMNS, (image_id(f[0]), f[0], f[4], None, f[3], d.sha256)):
+            meta[k].append(v)
+        pix.append(np.frombuffer(d.pixels, np.uint8).reshape(policy.shape))
+        masks.append(np.frombuffer(d.mask, np.uint8).reshape(policy.shape[:2]) if d.mask else None)
+        if len(pix) == batch_size:
+            yield meta, np.stack(pix), masks
+            meta, pix, masks = _empty_meta(), [], []
+    if pix:
+        yield meta, np.stack(pix), masks
+
+
+def _empty_meta() -> dict:
+    return {k: [] for k in META_COLUMNS}
+
+
+def labels_known(parts: list[Partition], normal: set[str]) -> bool:
+    """Labels count as known when some input class is a normal class (or good/normal/ok)."""
+    for part in parts:
+        if part.kind == "files":
+            if any(f[3] in normal for f in part.files):
+                return True
+        else:
+            ds = Dataset(part.dataset)
+            if any(c in normal for c in ds.classes):
+                return True
+    return False
+
+
+def normal_names(model_normal: list[str]) -> set[str]:
+    """Class names that count as normal: the model's normal classes plus good/normal/ok."""
+    return set(model_normal) | set(NORMAL_NAMES)
+
+
+class _Best:
+    """Keep the `k` records with the largest key (bounded, order-independent on ties)."""
+
+    def __init__(self, k: int):
+        self.k, self.items = k, []
+
+    def add(self, key: float, record: dict) -> None:
+        self.items.append((key, record["image_id"], record))
+        if len(self.items) > 4 * self.k:
+            self.prune()
+
+    def prune(self) -> list[dict]:
+        self.items.sort(key=lambda t: (-t[0], t[1]))
+        del self.items[self.k:]
+        return [r for _, _, r in self.items]
+
+
+def score_partition(det, part: Partition, part_dir: Path, *, threshold: float, normal: set[str] | None,
+                    batch_size: int | None = None, workers: int | None = None, progress=None) -> dict:
+    """Score one partition into part files in `part_dir`; returns counts and timings.
+
+    `normal` is the set of normal class names, or None when labels are unknown.
+    """
+    part_dir.mkdir(parents=True, exist_ok=True)
+    policy = Preprocess.from_dict(det.meta_["preprocess"])
+    batch_size = batch_size or batch_size_for(policy)
+    scores_w = TableWriter(part_dir / "scores.parquet", "scores")
+    maps_w = TableWriter(part_dir / "error_maps.parquet", "error_maps")
+    top, border = _Best(EXAMPLES_PER_KIND), _Best(EXAMPLES_PER_KIND)
+    pixels, rejects = PixelSamples(), []
+    timing = {"decode": 0.0, "model": 0.0}
+    done, batches = 0, iter_batches(part, policy, batch_size, workers, rejects)
+    while True:
+        t0 = time.perf_counter()
+        batch = next(batches, None)
+        timing["decode"] += time.perf_counter() - t0
+        if batch is None:
+            break
+        meta, px, masks = batch
+        t0 = time.perf_counter()
+        scores, recon, maps = det.score_with_maps(px)
+        timing["model"] += time.perf_counter() - t0
+        pvals = det.p_values(scores)
+        flagged = scores > threshold
+        anomalous = [None if normal is None or c is None else c not in normal for c in meta["class_name"]]
+        scores_w.write({**meta, "is_anomaly": anomalous, "score": scores, "p_value": pvals,
+                        "flagged": flagged, "rank": np.zeros(len(scores), np.int64)})
+        f_idx = np.flatnonzero(flagged)
+        if len(f_idx):
+            maps_w.write({"image_id": [meta["image_id"][k] for k in f_idx], "path": [meta["path"][k] for k in f_idx],
+                          "score": scores[f_idx], "error_map": [maps[k].astype("<f2").tobytes() for k in f_idx]})
+        for k in range(len(scores)):
+            if masks[k] is not None or anomalous[k] is False:
+                pixels.add(meta["image_id"][k], maps[k], masks[k] if masks[k] is not None else np.zeros(maps[k].shape, np.uint8))
+        for k in _candidates(scores, threshold):
+            rec = _example(meta, k, scores, pvals, flagged, anomalous, px, recon, maps, masks)
+            top.add(scores[k], rec)
+            border.add(-abs(scores[k] - threshold), rec)
+        done += len(scores)
+        if progress:
+            progress(done, len(part))
+    scores_w.close()
+    maps_w.close()
+    examples = [dict(r, kind="top") for r in top.prune()] + [dict(r, kind="borderline") for r in border.prune()]
+    write_table(part_dir / "examples.parquet", "examples", _columns(examples, "examples"))
+    np.savez(part_dir / "pixels.npz", *pixels.arrays())
+    write_table(part_dir / "rejects.parquet", "rejects",
+                {"source": [s for s, _ in rejects], "reason": [r for _, r in rejects]})
+    return {"scored": done, "rejects": len(rejects), "seconds": timing}
+
+
+def _candidates(scores: np.ndarray, threshold: float) -> set[int]:
+    k = EXAMPLES_PER_KIND
+    return set(np.argsort(-scores, kind="stable")[:k].tolist()) | set(
+        np.argsort(np.abs(scores - threshold), kind="stable")[:k].tolist())
+
+
+def _example(meta, k, scores, pvals, flagged, anomalous, px, recon, maps, masks) -> dict:
+    return {"image_id": meta["image_id"][k], "path": meta["path"][k], "class_name": meta["class_name"][k],
+            "is_anomaly": anomalous[k], "score": float(scores[k]), "p_value": float(pvals[k]),
+            "flagged": bool(flagged[k]), "pixels": px[k].tobytes(),
+            "recon": np.clip(np.rint(recon[k] * 255), 0, 255).astype(np.uint8).tobytes(),
+            "error_map": maps[k].astype("<f2").tobytes(),
+            "mask": masks[k].tobytes() if masks[k] is not None else None}
+
+
+def _columns(records: list[dict], table: str) -> dict:
+    from anomaly_ae.schema import SCHEMAS
+
+    return {name: [r.get(name) for r in records] for name in SCHEMAS[table][1].names}
+
+
+def resolve_threshold(det, threshold: float | None = None, target_fpr: float | None = None) -> dict:
+    """The operating point of a run: the calibrated one, a fixed `threshold`, or a new target FPR."""
+    from anomaly_ae.threshold import conformal_threshold
+
+    if threshold is not None and target_fpr is not None:
+        raise DataError("Give either --threshold or --target-fpr, not both.")
+    if threshold is not None:
+        if not np.isfinite(threshold):
+            raise DataError(f"--threshold must be a finite number, got {threshold}.")
+        fpr = float((det.calibration_scores_ > threshold).mean())
+        return {"threshold": float(threshold), "method": "fixed", "target_fpr": None,
+                "calibration_fpr": fpr, "n_calibration": len(det.calibration_scores_)}
+    if target_fpr is not None:
+        return conformal_threshold(det.calibration_scores_, target_fpr)
+    return dict(det.threshold_info_)
+
+
+def finalize(part_dirs: list[Path], out: Path, *, threshold_info: dict, cal_scores: np.ndarray) -> dict:
+    """Merge partition outputs into the run's tables; returns {metrics, counts, drift}."""
+    from anomaly_ae.metrics import detection_metrics, drift_check, per_class, pixel_auroc
+    from anomaly_ae.threshold import f1_optimal_threshold
+
+    table = pa.concat_tables([pq.read_table(d / "scores.parquet") for d in part_dirs])
+    scores = table["score"].to_numpy()
+    rank = np.empty(len(scores), np.int64)
+    rank[np.argsort(-scores, kind="stable")] = np.arange(1, len(scores) + 1)
+    table = table.set_column(table.schema.get_field_index("rank"), "rank", pa.array(rank))
+    write_table(out / "scores.parquet", "scores", table, extra={"threshold": threshold_info["threshold"]})
+    flagged = table["flagged"].to_numpy(zero_copy_only=False)
+    _write_flagged_csv(out / "flagged.csv", table.filter(pa.array(flagged)))
+    _concat_parts(part_dirs, out, "error_maps")
+    _concat_parts(part_dirs, out, "rejects")
+    _merge_examples(part_dirs, out, threshold_info["threshold"])
+    px = [np.load(d / "pixels.npz") for d in part_dirs]
+    errors = np.concatenate([p["arr_0"] for p in px])
+    pixel_labels = np.concatenate([p["arr_1"] for p in px])
+    t = threshold_info["threshold"]
+    target = threshold_info.get("target_fpr") or float((cal_scores > t).mean()) or 1e-9
+    result = {"n_scored": len(scores), "n_flagged": int(flagged.sum()),
+              "drift": drift_check(scores, cal_scores, int(flagged.sum()), target), "metrics": None}
+    labels = table["is_anomaly"].to_pylist()
+    known = np.array([v is not None for v in labels])
+    if known.any():
+        y = np.array([bool(v) for v in labels])[known]
+        m = detection_metrics(y, scores[known], flagged[known], t)
+        m["per_class"] = per_class(np.array(table["class_name"].to_pylist(), object)[known], y, scores[known], flagged[known])
+        m["pixel_auroc"] = pixel_auroc(errors, pixel_labels)
+        m["n_pixels_sampled"] = int(len(errors))
+        m["f1_optimal"] = f1_optimal_threshold(scores[known], y) if 0 < y.sum() < len(y) else None
+        normal_scores = scores[known][~y]
+        m["drift_normal_only"] = drift_check(normal_scores, cal_scores, int(flagged[known][~y].sum()), target)
+        result["metrics"] = m
+    return result
+
+
+def _write_flagged_csv(path: Path, flagged: pa.Table) -> None:
+    flagged = flagged.sort_by([("rank", "ascending")])
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["rank", "path", "score", "p_value", "class_name"])
+    for row in zip(*(flagged[c].to_pylist() for c in ("rank", "path", "score", "p_value", "class_name"))):
+        w.writerow([row[0], row[1], f"{row[2]:.6g}", f"{row[3]:.6g}", row[4] or ""])
+    atomic_write_text(path, buf.getvalue())
+
+
+def _concat_parts(part_dirs: list[Path], out: Path, name: str) -> None:
+    """Stream the parts' `name` tables into one file, row group by row group."""
+    writer = TableWriter(out / f"{name}.parquet", name)
+    for d in part_dirs:
+        pf = pq.ParquetFile(d / f"{name}.parquet")
+        for g in range(pf.num_row_groups):
+            writer.write(pf.read_row_group(g))
+    writer.close()
+
+
+def _merge_examples(part_dirs: list[Path], out: Path, threshold: float) -> None:
+    table = pa.concat_tables([pq.read_table(d / "examples.parquet") for d in part_dirs])
+    rows = table.to_pylist()
+    seen_top, seen_border = _Best(EXAMPLES_PER_KIND), _Best(EXAMPLES_PER_KIND)
+    for r in rows:
+        (seen_top if r["kind"] == "top" else seen_border).add(
+            r["score"] if r["kind"] == "top" else -abs(r["score"] - threshold), r)
+    write_table(out / "examples.parquet", "examples", _columns(seen_top.prune() + seen_border.prune(), "examples"))

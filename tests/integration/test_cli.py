@@ -1,0 +1,97 @@
+"""The command line as a user runs it: real subprocesses of the installed `anomaly-ae`."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import write_png
+
+EXE = Path(sys.executable).with_name("anomaly-ae")
+COMMANDS = ["ingest", "info", "train", "calibrate", "score", "report", "demo"]
+
+
+def cli(*args, cwd=None, check=True):
+    proc = subprocess.run([str(EXE), *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "COLUMNS": "200"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_help_is_fast_to_import():
+    code = (
+        "import sys\nimport anomaly_ae.cli as c\n"
+        f"for cmd in [[], *[[x] for x in {COMMANDS!r}]]:\n"
+        "    try:\n        c.app([*cmd, '--help'])\n    except SystemExit as e:\n        assert e.code == 0, cmd\n"
+        "heavy = [m for m in ('torch', 'torchvision', 'prefect', 'sklearn') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_library_never_imports_prefect():
+    code = ("import sys, anomaly_ae.steps, anomaly_ae.scoring, anomaly_ae.detector, anomaly_ae.ingest\n"
+            "assert 'prefect' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_command_has_help():
+    for cmd in COMMANDS:
+        out = cli(cmd, "--help").stdout
+        assert "Usage" in out and "--help" in out
+
+
+def test_ingest_with_bad_files_reports_rejects_and_exits_zero(tmp_path):
+    src = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for k in range(5):
+        write_png(src / f"good{k}.png", rng.integers(0, 255, (16, 16), dtype=np.uint8))
+    (src / "zero.png").write_bytes(b"")
+    (src / "text.png").write_text("not an image at all")
+    data = (src / "good0.png").read_bytes()
+    (src / "truncated.png").write_bytes(data[: len(data) // 2])
+    proc = cli("ingest", src, "--out", tmp_path / "ds")
+    assert "5 images" in proc.stdout and "3 rejected" in proc.stdout
+    info = json.loads(cli("info", tmp_path / "ds", "--json").stdout)
+    assert info["counts"]["images"] == 5 and len(info["rejects"]) == 3
+    assert {r["source"] for r in info["rejects"]} == {"zero.png", "text.png", "truncated.png"}
+    text = cli("info", tmp_path / "ds").stdout
+    assert "truncated.png" in text and "empty file" in text
+
+
+@pytest.mark.parametrize("args,message", [
+    (["ingest", "/no/such/folder"], "does not exist"),
+    (["info", "/no/such/dataset"], "not an anomaly-ae dataset"),
+    (["ingest", "sample:nothing"], "Unknown bundled sample"),
+    (["score", ".", "--model", "/no/model"], "No model"),
+])
+def test_user_errors_are_one_line_with_exit_code_2(args, message, tmp_path):
+    proc = cli(*args, cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_train_score_calibrate_report_end_to_end(mnist_ds, tmp_path):
+    proc = cli("train", mnist_ds, "--normal", "1", "--out", tmp_path / "m", "--epochs", "3")
+    assert "trained" in proc.stdout
+    summary = json.loads(cli("score", mnist_ds, "--model", tmp_path / "m", "--split", "test",
+                             "--out", tmp_path / "run", "--json").stdout)
+    assert summary["scored"] == 1500 and summary["auroc"] > 0.9
+    assert (tmp_path / "run" / "scores.parquet").exists()
+    cal = json.loads(cli("calibrate", tmp_path / "m", "--target-fpr", "0.2", "--json").stdout)
+    assert cal["target_fpr"] == 0.2
+    again = cli("score", mnist_ds, "--model", tmp_path / "m", "--out", tmp_path / "run", check=False)
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_demo_is_the_whole_pipeline(tmp_path):
+    proc = cli("demo", "--workdir", tmp_path / "ws")
+    assert "AUROC" in proc.stdout and "flagged" in proc.stdout
+    m = json.loads((tmp_path / "ws" / "runs" / "mnist5k-0-demo" / "metrics.json").read_text())
+    assert m["auroc"] > 0.95

@@ -1,0 +1,165 @@
+"""The detector on real digits: quality floors, calibration, checkpoints, collapse detection."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from anomaly_ae import checkpoint, steps
+from anomaly_ae.config import DetectorConfig, ModelConfig, TrainConfig
+from anomaly_ae.detector import AutoencoderDetector
+from anomaly_ae.errors import DataError, ModelError
+from tests.conftest import FAST
+
+
+def split_digit(mnist_images, digit, seed=0):
+    pixels, classes, splits = mnist_images
+    train = np.random.default_rng(seed).permutation(np.flatnonzero((splits == "train") & (classes == digit)))
+    n_cal = len(train) // 5
+    test = np.flatnonzero(splits == "test")
+    return pixels[train[n_cal:]], pixels[train[:n_cal]], pixels[test], classes[test] != digit
+
+
+@pytest.fixture(scope="module")
+def fitted(mnist_images):
+    out = {}
+    for digit in ("0", "1"):
+        fit, cal, test, y = split_digit(mnist_images, digit)
+        det = AutoencoderDetector(FAST).fit(fit, validation=cal).calibrate(cal, target_fpr=0.05)
+        out[digit] = (det, test, y)
+    return out
+
+
+@pytest.mark.parametrize("digit", ["0", "1"])
+def test_one_class_mnist_auroc_floor(fitted, digit):
+    det, test, y = fitted[digit]
+    assert roc_auc_score(y, det.score_samples(test)) > 0.95
+
+
+def test_realised_false_positive_rate_near_target(fitted):
+    # 150 unseen normal digits per class: the FPR at a 5% target stays near 5%.
+    rates = [float(det.predict(test[~y]).mean()) for det, test, y in fitted.values()]
+    assert 0.0 < np.mean(rates) < 0.12
+
+
+def test_predict_and_p_values_agree(fitted):
+    det, test, _ = fitted["0"]
+    scores = det.score_samples(test)
+    assert np.array_equal(det.predict(test), (scores > det.threshold_).astype(int))
+    p = det.p_values(scores)
+    assert p.min() > 0 and p.max() <= 1 and np.all(np.diff(p[np.argsort(scores)]) <= 1e-12)
+
+
+def test_variants_train(mnist_images):
+    fit, cal, test, y = split_digit(mnist_images, "1")
+    for kind in ("denoising", "vae"):
+        cfg = DetectorConfig(model=ModelConfig(kind=kind), train=TrainConfig(epochs=4))
+        det = AutoencoderDetector(cfg).fit(fit, validation=cal).calibrate(cal)
+        assert roc_auc_score(y, det.score_samples(test)) > 0.9, kind
+
+
+def test_training_is_reproducible_on_cpu(mnist_images):
+    fit, cal, test, _ = split_digit(mnist_images, "7")
+    cfg = DetectorConfig(train=TrainConfig(epochs=2, device="cpu"))
+    a = AutoencoderDetector(cfg).fit(fit[:100], validation=cal[:20]).score_samples(test[:50])
+    b = AutoencoderDetector(cfg).fit(fit[:100], validation=cal[:20]).score_samples(test[:50])
+    assert np.array_equal(a, b)
+
+
+def test_collapsed_model_is_detected(fitted, mnist_images):
+    det, test, _ = fitted["0"]
+    healthy = det._collapse_check(test[:200])
+    assert not healthy["collapsed"]
+    constant = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 1))
+
+    class Constant(torch.nn.Module):
+        def forward(self, x):
+            return torch.full_like(x, 0.2) + 0.0 * constant(x).sum()
+
+    broken = AutoencoderDetector(FAST)
+    broken.__dict__.update(det.__dict__)
+    broken.model_ = Constant()
+    assert broken._collapse_check(test[:200])["collapsed"]
+
+
+def test_collapse_stops_training_unless_allowed(mnist_images, monkeypatch):
+    fit, cal, _, _ = split_digit(mnist_images, "0")
+    monkeypatch.setattr(AutoencoderDetector, "_collapse_check",
+                        lambda self, images: {"spread_ratio": 0.001, "collapsed": True})
+    cfg = DetectorConfig(train=TrainConfig(epochs=1))
+    with pytest.raises(ModelError, match="collapsed"):
+        AutoencoderDetector(cfg).fit(fit[:50], validation=cal[:10])
+    allowed = DetectorConfig(train=TrainConfig(epochs=1, allow_collapsed=True))
+    assert AutoencoderDetector(allowed).fit(fit[:50], validation=cal[:10]).collapse_["collapsed"]
+
+
+def test_checkpoint_round_trip_gives_identical_scores(fitted, tmp_path):
+    det, test, _ = fitted["0"]
+    det.save(tmp_path / "m", preprocess={"height": 28, "width": 28, "channels": "L", "resize": "bilinear"},
+             classes=[str(d) for d in range(10)], normal_classes=["0"])
+    loaded = AutoencoderDetector.load(tmp_path / "m")
+    assert np.array_equal(loaded.score_samples(test), det.score_samples(test))
+    assert loaded.threshold_ == det.threshold_ and loaded.meta_["normal_classes"] == ["0"]
+
+
+def test_checkpoint_tampered_truncated_or_malicious_is_refused(mnist_model, tmp_path):
+    import shutil
+
+    m = tmp_path / "m"
+    shutil.copytree(mnist_model, m)
+    data = (m / "model.pt").read_bytes()
+    (m / "model.pt").write_bytes(data[:-10] + b"0123456789")
+    with pytest.raises(ModelError, match="changed after training"):
+        AutoencoderDetector.load(m)
+    (m / "model.json").unlink()
+    (m / "model.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match="not a loadable"):
+        AutoencoderDetector.load(m)
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    torch.save({"format": "anomaly-ae/checkpoint", "x": Evil()}, m / "model.pt", pickle_protocol=2)
+    with pytest.raises(ModelError, match="not a loadable"):
+        AutoencoderDetector.load(m)
+    assert not (tmp_path / "pwned").exists()
+    with pytest.raises(DataError, match="No model"):
+        AutoencoderDetector.load(tmp_path / "none")
+
+
+def test_wrong_format_version_is_refused(mnist_model, tmp_path):
+    ckpt = checkpoint.read(mnist_model)
+    ckpt["format_version"] = 99
+    (tmp_path / "m").mkdir()
+    torch.save(ckpt, tmp_path / "m" / "model.pt")
+    with pytest.raises(ModelError, match="format version 99"):
+        AutoencoderDetector.load(tmp_path / "m")
+
+
+def test_wrong_image_shape_is_refused(fitted):
+    det, _, _ = fitted["0"]
+    with pytest.raises(DataError, match="model expects"):
+        det.score_samples(np.zeros((2, 32, 32, 1), np.uint8))
+
+
+def test_train_step_uses_the_train_split_only(mnist_model):
+    ckpt = checkpoint.read(mnist_model)
+    data = ckpt["data"]
+    assert data["split"] == "train" and data["n_train"] + data["n_calibration"] == 350
+    assert ckpt["normal_classes"] == ["0"] and ckpt["threshold"]["n_calibration"] == 70
+    assert (mnist_model / "config.toml").exists()
+
+
+def test_calibrate_step_retargets_without_retraining(mnist_model, tmp_path):
+    import shutil
+
+    m = tmp_path / "m"
+    shutil.copytree(mnist_model, m)
+    before = checkpoint.read(m)
+    s = steps.calibrate(m, target_fpr=0.1)
+    after = checkpoint.read(m)
+    assert s["threshold"] < before["threshold"]["threshold"] and after["threshold"]["target_fpr"] == 0.1
+    assert all(torch.equal(before["state_dict"][k], after["state_dict"][k]) for k in before["state_dict"])

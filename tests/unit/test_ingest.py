@@ -1,0 +1,153 @@
+"""Ingest: pixels read back equal a direct decode, rejects, policy, atomicity, determinism."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from anomaly_ae import steps
+from anomaly_ae.dataset import Dataset
+from anomaly_ae.errors import DataError
+from anomaly_ae.imaging import PolicyRequest
+from anomaly_ae.ingest import image_id, ingest
+from anomaly_ae.sources import open_source
+from tests.conftest import write_png
+
+RNG = np.random.default_rng(1)
+
+
+def make_folder(root, n=6, size=(12, 10), rgb=False):
+    arrays = {}
+    for k in range(n):
+        shape = (*size, 3) if rgb else size
+        arr = RNG.integers(0, 256, shape, dtype=np.uint8)
+        arrays[f"{'ab'[k % 2]}/{k:02d}.png"] = arr
+        write_png(root / ("ab"[k % 2]) / f"{k:02d}.png", arr)
+    return arrays
+
+
+def test_pixels_read_back_equal_direct_decode(tmp_path):
+    arrays = make_folder(tmp_path / "src", rgb=True)
+    meta = ingest(open_source(str(tmp_path / "src")).list(), tmp_path / "ds", workers=1)
+    assert meta["image_shape"] == [12, 10, 3] and meta["preprocess"]["channels"] == "RGB"
+    ds = Dataset(tmp_path / "ds")
+    index = ds.index()
+    pixels = ds.load()
+    for k, key in enumerate(index["source"].to_pylist()):
+        direct = np.asarray(Image.open(tmp_path / "src" / key))
+        assert np.array_equal(pixels[k], direct)
+        assert index["image_id"][k].as_py() == image_id(key)
+    assert index["class_name"].to_pylist() == ["a", "a", "a", "b", "b", "b"]
+
+
+def test_dataset_is_plain_parquet_with_metadata(tmp_path):
+    make_folder(tmp_path / "src")
+    ingest(open_source(str(tmp_path / "src")).list(), tmp_path / "ds")
+    table = pq.read_table(tmp_path / "ds" / "images.parquet")
+    assert {"image_id", "source", "label", "class_name", "split", "sha256", "pixels", "mask"} <= set(table.column_names)
+    meta = json.loads(pq.read_metadata(tmp_path / "ds" / "images.parquet").metadata[b"anomaly_ae"])
+    assert meta["schema_version"] == 1 and meta["classes"] == ["a", "b"]
+    assert meta["counts"]["by_split"] == {"unsplit": {"a": 3, "b": 3}}
+    assert json.loads((tmp_path / "ds" / "dataset.json").read_text())["fingerprint"] == meta["fingerprint"]
+    assert pq.ParquetFile(tmp_path / "ds" / "images.parquet").metadata.row_group(0).column(0).compression == "ZSTD"
+
+
+def test_same_ingest_twice_gives_same_rows(tmp_path):
+    make_folder(tmp_path / "src", n=70)  # enough files for the process pool
+    ingest(open_source(str(tmp_path / "src")).list(), tmp_path / "one", workers=2)
+    ingest(open_source(str(tmp_path / "src")).list(), tmp_path / "two", workers=1)
+    one, two = pq.read_table(tmp_path / "one" / "images.parquet"), pq.read_table(tmp_path / "two" / "images.parquet")
+    assert one.equals(two)
+
+
+def test_bad_files_are_rejected_and_the_rest_ingested(tmp_path):
+    src = tmp_path / "src"
+    make_folder(src)
+    (src / "a" / "zero.png").write_bytes(b"")
+    (src / "a" / "text.png").write_text("this is not an image")
+    good = (src / "b" / "01.png").read_bytes()
+    (src / "b" / "truncated.png").write_bytes(good[: len(good) // 2])
+    meta = ingest(open_source(str(src)).list(), tmp_path / "ds")
+    assert meta["counts"]["images"] == 6 and meta["counts"]["rejects"] == 3
+    rejects = Dataset(tmp_path / "ds").rejects().to_pylist()
+    reasons = {r["source"]: r["reason"] for r in rejects}
+    assert "empty file" in reasons["a/zero.png"]
+    assert "not a recognised image" in reasons["a/text.png"]
+    assert "corrupt or truncated" in reasons["b/truncated.png"]
+
+
+def test_mixed_sizes_use_the_default_size_and_mixed_colour_uses_rgb(tmp_path):
+    write_png(tmp_path / "src" / "a.png", np.zeros((10, 10), np.uint8))
+    write_png(tmp_path / "src" / "b.png", np.zeros((12, 10, 3), np.uint8))
+    meta = ingest(open_source(str(tmp_path / "src")).list(), tmp_path / "ds")
+    assert meta["image_shape"] == [256, 256, 3]
+    meta = ingest(open_source(str(tmp_path / "src")).list(), tmp_path / "ds2", request=PolicyRequest(size=(16, 16)))
+    assert meta["image_shape"] == [16, 16, 3]
+
+
+def test_masks_are_ingested_with_their_images(tmp_path):
+    src = tmp_path / "src"
+    write_png(src / "train" / "good" / "0.png", np.zeros((8, 8), np.uint8))
+    write_png(src / "test" / "hole" / "1.png", np.zeros((8, 8), np.uint8))
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:4, 2:4] = 255
+    write_png(src / "ground_truth" / "hole" / "1_mask.png", mask)
+    meta = ingest(open_source(str(src)).list(), tmp_path / "ds")
+    assert meta["counts"]["masks"] == 1
+    ds = Dataset(tmp_path / "ds")
+    masks = ds.load(column="mask")
+    rows = ds.index()["source"].to_pylist()
+    assert np.array_equal(masks[rows.index("test/hole/1.png")], mask)
+    assert masks[rows.index("train/good/0.png")].max() == 0
+
+
+def test_interrupted_ingest_leaves_nothing(tmp_path):
+    make_folder(tmp_path / "src", n=300)
+
+    def boom(done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ingest(open_source(str(tmp_path / "src")).list(), tmp_path / "ds", progress=boom)
+    assert not (tmp_path / "ds").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["src"]
+
+
+def test_existing_output_needs_overwrite_and_up_to_date_is_skipped(tmp_path):
+    make_folder(tmp_path / "src")
+    first = steps.ingest(str(tmp_path / "src"), tmp_path / "ds")
+    again = steps.ingest(str(tmp_path / "src"), tmp_path / "ds")
+    assert not first["cached"] and again["cached"]
+    write_png(tmp_path / "src" / "a" / "new.png", np.zeros((12, 10), np.uint8))
+    with pytest.raises(DataError, match="already exists"):
+        steps.ingest(str(tmp_path / "src"), tmp_path / "ds")
+    assert steps.ingest(str(tmp_path / "src"), tmp_path / "ds", overwrite=True)["counts"]["images"] == 7
+
+
+def test_empty_and_unusable_sources(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="No images found"):
+        steps.ingest(str(tmp_path / "empty"), tmp_path / "ds")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.png").write_bytes(b"")
+    with pytest.raises(DataError, match="None of the 1 images"):
+        steps.ingest(str(tmp_path / "bad"), tmp_path / "ds")
+    assert not (tmp_path / "ds").exists()
+
+
+def test_test_fraction_split_is_seeded_and_stratified(tmp_path):
+    make_folder(tmp_path / "src", n=20)
+    meta = steps.ingest(str(tmp_path / "src"), tmp_path / "ds", test_fraction=0.3, seed=5)
+    assert meta["counts"]["by_split"] == {"test": {"a": 3, "b": 3}, "train": {"a": 7, "b": 7}}
+    again = steps.ingest(str(tmp_path / "src"), tmp_path / "ds2", test_fraction=0.3, seed=5)
+    splits = [Dataset(p).index()["split"].to_pylist() for p in (tmp_path / "ds", tmp_path / "ds2")]
+    assert splits[0] == splits[1] and again["counts"] == meta["counts"]
+
+
+def test_bundled_sample_ingest(mnist_ds):
+    ds = Dataset(mnist_ds)
+    assert len(ds) == 5000 and ds.shape == (28, 28, 1)
+    assert ds.meta["counts"]["by_split"]["test"]["0"] == 150
+    assert 10 < ds.load(ds.rows(classes=["1"])).mean() < 60  # real digits: mostly dark background

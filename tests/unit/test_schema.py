@@ -1,0 +1,47 @@
+"""Schemas: validation names the columns; files carry name and version; writes are atomic."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from anomaly_ae.errors import SchemaError
+from anomaly_ae.schema import META_KEY, read_meta, validate, write_table
+
+
+def test_missing_and_extra_columns_are_named():
+    with pytest.raises(SchemaError, match=r"missing \['reason'\], unexpected \['why'\]"):
+        validate(pa.table({"source": ["a"], "why": ["b"]}), "rejects")
+
+
+def test_wrong_types_are_named():
+    with pytest.raises(SchemaError, match="reason"):
+        validate(pa.table({"source": ["a"], "reason": [1.5]}), "rejects")
+
+
+def test_required_columns_cannot_be_null():
+    cols = {c: [None] for c in ("path", "sha256", "size", "mtime_ns", "run_id", "scored_at", "status")}
+    with pytest.raises(SchemaError, match="path"):
+        validate(pa.table(cols), "ledger")
+
+
+def test_write_read_round_trip(tmp_path):
+    path = write_table(tmp_path / "r.parquet", "rejects", {"source": ["a.png"], "reason": ["empty"]}, extra={"n": 1})
+    meta = read_meta(path, "rejects")
+    assert meta["table"] == "rejects" and meta["schema_version"] == 1 and meta["n"] == 1
+    assert pq.read_table(path).to_pylist() == [{"source": "a.png", "reason": "empty"}]
+    assert [p.name for p in tmp_path.iterdir()] == ["r.parquet"]  # no temporary left behind
+
+
+def test_wrong_table_and_newer_version_are_refused(tmp_path):
+    path = write_table(tmp_path / "r.parquet", "rejects", {"source": [], "reason": []})
+    with pytest.raises(SchemaError, match="holds table 'rejects'"):
+        read_meta(path, "scores")
+    table = pq.read_table(path).replace_schema_metadata({META_KEY: json.dumps({"table": "rejects", "schema_version": 99})})
+    pq.write_table(table, tmp_path / "new.parquet")
+    with pytest.raises(SchemaError, match="newer than this"):
+        read_meta(tmp_path / "new.parquet", "rejects")
+    (tmp_path / "junk.parquet").write_bytes(b"junk")
+    with pytest.raises(SchemaError, match="not a readable Parquet"):
+        read_meta(tmp_path / "junk.parquet")

@@ -1,0 +1,115 @@
+"""Batch scoring: run folder contents, labels, overrides, folders vs datasets, locking."""
+
+import csv
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from anomaly_ae import steps
+from anomaly_ae.errors import BusyError, DataError
+from anomaly_ae.fsio import FileLock
+from tests.conftest import write_png
+
+
+@pytest.fixture(scope="module")
+def run_dir(mnist_ds, mnist_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "test-split"
+    steps.score(mnist_ds, mnist_model, out, split="test", report=False)
+    return out
+
+
+def test_run_folder_tables(run_dir):
+    scores = pq.read_table(run_dir / "scores.parquet").to_pandas()
+    assert len(scores) == 1500
+    assert sorted(scores["rank"]) == list(range(1, 1501))
+    top = scores.sort_values("rank")
+    assert top["score"].is_monotonic_decreasing
+    run = json.loads((run_dir / "run.json").read_text())
+    t = run["threshold"]["threshold"]
+    assert (scores["flagged"] == (scores["score"] > t)).all()
+    assert scores["is_anomaly"].tolist() == (scores["class_name"] != "0").tolist()
+    with open(run_dir / "flagged.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == scores["flagged"].sum() == run["counts"]["flagged"]
+    assert [float(r["score"]) for r in rows] == sorted((float(r["score"]) for r in rows), reverse=True)
+    maps = pq.read_table(run_dir / "error_maps.parquet")
+    assert maps.num_rows == len(rows) and len(maps["error_map"][0].as_py()) == 28 * 28 * 2
+    examples = pq.read_table(run_dir / "examples.parquet").to_pylist()
+    assert {e["kind"] for e in examples} == {"top", "borderline"}
+    assert max(e["score"] for e in examples if e["kind"] == "top") == scores["score"].max()
+
+
+def test_metrics_json(run_dir):
+    from sklearn.metrics import roc_auc_score
+
+    m = json.loads((run_dir / "metrics.json").read_text())
+    scores = pq.read_table(run_dir / "scores.parquet").to_pandas()
+    assert m["auroc"] == pytest.approx(roc_auc_score(scores["is_anomaly"], scores["score"]))
+    assert m["auroc"] > 0.95
+    c = m["confusion"]
+    assert c["tp"] + c["fn"] == 1350 and c["tn"] + c["fp"] == 150
+    assert m["fpr"] == pytest.approx(c["fp"] / 150) and m["tpr"] == pytest.approx(c["tp"] / 1350)
+    per = {r["class_name"]: r for r in m["per_class"]}
+    assert per["0"]["fpr"] == m["fpr"] and per["0"]["auroc"] is None and per["8"]["auroc"] > 0.8
+    assert m["f1_optimal"]["f1"] >= m["f1"] - 1e-9
+    assert len(m["roc"]["fpr"]) <= 200
+
+
+def test_folder_and_its_ingested_parquet_score_the_same(mnist_folder, mnist_model, tmp_path):
+    steps.ingest(str(mnist_folder), tmp_path / "ds")
+    a = steps.score(mnist_folder, mnist_model, tmp_path / "from-folder", report=False, workers=2)
+    b = steps.score(tmp_path / "ds", mnist_model, tmp_path / "from-parquet", report=False)
+    ta = pq.read_table(tmp_path / "from-folder" / "scores.parquet").sort_by("image_id")
+    tb = pq.read_table(tmp_path / "from-parquet" / "scores.parquet").sort_by("image_id")
+    assert ta["image_id"].equals(tb["image_id"])
+    assert np.allclose(ta["score"].to_numpy(), tb["score"].to_numpy(), rtol=1e-6, atol=1e-9)
+    assert a["auroc"] == pytest.approx(b["auroc"]) and a["auroc"] > 0.95
+
+
+def test_threshold_overrides(mnist_ds, mnist_model, tmp_path):
+    fixed = steps.score(mnist_ds, mnist_model, tmp_path / "fixed", split="test", threshold=1e9, report=False)
+    assert fixed["flagged"] == 0
+    loose = steps.score(mnist_ds, mnist_model, tmp_path / "loose", split="test", target_fpr=0.3, report=False)
+    assert loose["flagged"] > 0 and loose["target_fpr"] == 0.3
+    with pytest.raises(DataError, match="not both"):
+        steps.score(mnist_ds, mnist_model, tmp_path / "both", threshold=1.0, target_fpr=0.1)
+
+
+def test_unlabelled_folder_with_bad_files(mnist_images, mnist_model, tmp_path):
+    pixels = mnist_images[0]
+    for k in range(5):
+        write_png(tmp_path / "inbox" / f"{k}.png", pixels[k, :, :, 0])
+    (tmp_path / "inbox" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    write_png(tmp_path / "inbox" / "big.png", np.zeros((40, 30), np.uint8))  # resized to the model's 28x28
+    s = steps.score(tmp_path / "inbox", mnist_model, tmp_path / "run", report=False)
+    assert s["scored"] == 6 and s["rejects"] == 1 and s["auroc"] is None
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    rejects = pq.read_table(tmp_path / "run" / "rejects.parquet").to_pylist()
+    assert rejects[0]["source"] == "broken.png"
+
+
+def test_run_folder_is_refused_while_locked_or_existing(mnist_ds, mnist_model, tmp_path):
+    out = tmp_path / "run"
+    with FileLock(tmp_path / ".run.lock", "Run folder"):
+        with pytest.raises(BusyError, match="in use"):
+            steps.score(mnist_ds, mnist_model, out, split="test", report=False)
+    assert not out.exists()
+    steps.score(mnist_ds, mnist_model, out, split="test", report=False)
+    with pytest.raises(DataError, match="already exists"):
+        steps.score(mnist_ds, mnist_model, out, split="test", report=False)
+
+
+def test_dataset_of_another_shape_is_refused(mnist_model, tmp_path):
+    write_png(tmp_path / "src" / "a.png", np.zeros((10, 10), np.uint8))
+    steps.ingest(str(tmp_path / "src"), tmp_path / "ds")
+    with pytest.raises(DataError, match="model expects 28x28x1"):
+        steps.score(tmp_path / "ds", mnist_model, tmp_path / "run")
+
+
+def test_partitions_give_the_same_results(mnist_ds, mnist_model, run_dir, tmp_path):
+    steps.score(mnist_ds, mnist_model, tmp_path / "parts", split="test", partitions=3, report=False)
+    one = pq.read_table(run_dir / "scores.parquet")
+    three = pq.read_table(tmp_path / "parts" / "scores.parquet")
+    assert one.equals(three)

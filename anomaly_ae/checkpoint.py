@@ -156,4 +156,5 @@ def restore(ckpt: dict, device: str = "auto"):
     det.threshold_info_ = dict(ckpt["threshold"])
     det.threshold_ = float(det.threshold_info_["threshold"])
     det.meta_ = {k: v for k, v in ckpt.items() if k not in _DETECTOR_KEYS}
+    det.created_ = ckpt.get("created")
     return det

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 # A model whose reconstructions vary across images by less than this share of the inputs'
 # own variation outputs (nearly) one image whatever the input: it has collapsed.
 COLLAPSE_SPREAD = 0.05
+# ...and whose reconstructions beat the mean image by less than this share of its error.
+COLLAPSE_GAIN = 0.05
 SCORE_BATCH = 256
 
 
@@ -62,21 +64,32 @@ class AutoencoderDetector:
         if self.collapse_["collapsed"] and not cfg.train.allow_collapsed:
             raise ModelError(
                 "The model collapsed: its reconstructions barely depend on the input "
-                f"(spread {self.collapse_['spread_ratio']:.3f} of the inputs'), so its scores would only "
-                "measure distance to one average image. Try more epochs, a larger --latent-dim, a lower "
+                f"(spread {self.collapse_['spread_ratio']:.3f} of the inputs') and are no better than the mean image "
+                f"(gain {self.collapse_['gain_over_mean']:.3f}), so its scores would only measure distance to one "
+                "average image. Try more epochs, a larger --latent-dim, a lower "
                 "--lr or more normal images; pass --allow-collapsed to keep it anyway."
             )
         return self
 
     def _collapse_check(self, images: np.ndarray) -> dict:
-        """Compare how much reconstructions vary across images with how much the inputs do."""
+        """Is the model just drawing one image whatever the input?
+
+        Two signs together: reconstructions vary across images much less than the inputs do,
+        and the model reconstructs no better than the single best constant image (the mean).
+        Texture images can legitimately show the first sign alone: the mean is then a good
+        reconstruction and deviations from it are what the scores should measure.
+        """
         sample = images[:512]
-        recon = np.concatenate([r for _, r, _ in self._batches(sample)]) if len(sample) else sample
+        if len(sample) < 2:
+            return {"spread_ratio": None, "gain_over_mean": None, "collapsed": False}
+        recon = np.concatenate([r for _, r, _ in self._batches(sample)])
         x = sample.astype(np.float32) / 255.0
         spread_in = float(x.std(axis=0).mean())
-        spread_out = float(recon.std(axis=0).mean())
-        ratio = spread_out / spread_in if spread_in > 1e-8 else 1.0
-        return {"spread_ratio": ratio, "collapsed": bool(len(sample) >= 2 and ratio < COLLAPSE_SPREAD)}
+        ratio = float(recon.std(axis=0).mean()) / spread_in if spread_in > 1e-8 else 1.0
+        err_mean = float(((x - x.mean(axis=0)) ** 2).mean())
+        gain = 1.0 - float(((x - recon) ** 2).mean()) / err_mean if err_mean > 1e-12 else 1.0
+        return {"spread_ratio": ratio, "gain_over_mean": gain,
+                "collapsed": bool(ratio < COLLAPSE_SPREAD and gain < COLLAPSE_GAIN)}
 
     # -- scoring -------------------------------------------------------------------------
     def _batches(self, images: np.ndarray, batch_size: int = SCORE_BATCH) -> Iterator[tuple]:

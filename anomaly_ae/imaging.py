@@ -28,6 +28,9 @@ IMAGE_EXTENSIONS = (
 )
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 DEFAULT_MAX_PIXELS = 64_000_000
+# Bumped whenever decoding changes what pixels or masks an image gives, so datasets ingested
+# before are made again instead of being reported up to date.
+DECODE_VERSION = 2
 # A common image size is kept up to this side; beyond it, or when sizes differ, DEFAULT_SIZE applies.
 MAX_KEPT_SIDE = 1024
 DEFAULT_SIZE = (256, 256)
@@ -215,11 +218,18 @@ def to_pixels(img: Image.Image, policy: Preprocess) -> np.ndarray:
 
 
 def mask_pixels(data: bytes, policy: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """A ground-truth mask resized (nearest) to the working size: (H, W) uint8 of 0 and 255."""
+    """A ground-truth mask resized (nearest) to the working size: (H, W) uint8, 255 = defect.
+
+    Defects are small, so a mask whose bright part covers more than half the image is read as
+    drawn the other way round (defects dark on white) and inverted.
+    """
     img = _flatten(open_image(data, max_pixels)).convert("L")
     if img.size != (policy.width, policy.height):
         img = img.resize((policy.width, policy.height), Image.Resampling.NEAREST)
-    return np.where(np.asarray(img) > 127, 255, 0).astype(np.uint8)
+    on = np.asarray(img) > 127
+    if on.mean() > 0.5:
+        on = ~on
+    return np.where(on, 255, 0).astype(np.uint8)
 
 
 def array_to_pixels(arr: np.ndarray, policy: Preprocess) -> np.ndarray:

@@ -24,7 +24,7 @@ import numpy as np
 from anomaly_ae import __version__
 from anomaly_ae.errors import DataError
 from anomaly_ae.fsio import atomic_dir, atomic_write_json
-from anomaly_ae.imaging import DEFAULT_MAX_PIXELS, PolicyRequest, Preprocess, Rejected, array_to_pixels, sha256_hex
+from anomaly_ae.imaging import DECODE_VERSION, DEFAULT_MAX_PIXELS, PolicyRequest, Preprocess, Rejected, array_to_pixels, sha256_hex
 from anomaly_ae.parallel import Decoded, decode_files, decode_one
 from anomaly_ae.schema import TableWriter, write_table
 from anomaly_ae.sources import Item, Listing, assign_test_split, require_items
@@ -55,7 +55,7 @@ def rows_per_group(policy: Preprocess) -> int:
 
 def fingerprint(listing: Listing, request: PolicyRequest, options: dict) -> str:
     """A hash of what the dataset is made from: the files' names, sizes and times, and the options."""
-    payload = json.dumps([listing.description.get("spec"), listing.fingerprint_parts,
+    payload = json.dumps([DECODE_VERSION, listing.description.get("spec"), listing.fingerprint_parts,
                           [request.size, request.channels, request.resize], options], default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 

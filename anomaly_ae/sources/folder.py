@@ -85,8 +85,12 @@ class FolderSource:
             if entry.is_dir(follow_symlinks=False):
                 if entry.name == MASK_FOLDER and top == self.root:
                     continue
-                cls = display_name(entry.name)
-                items += [_with_class(i, cls) for i in walker.files_under(Path(entry.path))]
+                found = walker.folder_items(entry)
+                if len(found) == 1 and found[0].reject_reason and found[0].path == Path(entry.path):
+                    items += found  # an empty folder named like an image: a reject, not a class
+                else:
+                    cls = display_name(entry.name)
+                    items += [_with_class(i, cls) for i in found]
             else:
                 items += walker.file_item(entry)
         return items
@@ -123,10 +127,18 @@ class _Walker:
         out: list[Item] = []
         for entry in self.children(top):
             if entry.is_dir(follow_symlinks=False):
-                out += self.files_under(Path(entry.path))
+                out += self.folder_items(entry)
             else:
                 out += self.file_item(entry)
         return out
+
+    def folder_items(self, entry: os.DirEntry) -> list[Item]:
+        """Images under a sub-folder; a folder named like an image but holding none is a reject."""
+        items = self.files_under(Path(entry.path))
+        if not items and is_image_name(entry.name):
+            rel = display_name(os.path.relpath(entry.path, self.root))
+            return [Item(key=rel, path=Path(entry.path), reject_reason="is a directory, not an image file")]
+        return items
 
     def file_item(self, entry: os.DirEntry) -> list[Item]:
         """[] for a non-image name, else one Item (with a reject reason when unusable)."""

@@ -82,12 +82,22 @@ def test_collapsed_model_is_detected(fitted, mnist_images):
     broken.__dict__.update(det.__dict__)
     broken.model_ = Constant()
     assert broken._collapse_check(test[:200])["collapsed"]
+    mean_image = torch.from_numpy(test[:200].astype(np.float32).mean(axis=0) / 255.0).permute(2, 0, 1)
+
+    class MeanImage(torch.nn.Module):
+        def forward(self, x):
+            return mean_image.expand_as(x).clone()
+
+    broken.model_ = MeanImage()
+    check = broken._collapse_check(test[:200])
+    assert check["collapsed"] and abs(check["gain_over_mean"]) < 1e-3 and check["spread_ratio"] < 1e-4
+    assert healthy["gain_over_mean"] > 0.5
 
 
 def test_collapse_stops_training_unless_allowed(mnist_images, monkeypatch):
     fit, cal, _, _ = split_digit(mnist_images, "0")
     monkeypatch.setattr(AutoencoderDetector, "_collapse_check",
-                        lambda self, images: {"spread_ratio": 0.001, "collapsed": True})
+                        lambda self, images: {"spread_ratio": 0.001, "gain_over_mean": 0.0, "collapsed": True})
     cfg = DetectorConfig(train=TrainConfig(epochs=1))
     with pytest.raises(ModelError, match="collapsed"):
         AutoencoderDetector(cfg).fit(fit[:50], validation=cal[:10])

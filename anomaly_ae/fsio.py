@@ -20,6 +20,10 @@ from typing import Iterator
 
 from anomaly_ae.errors import BusyError, DataError
 
+# Lock descriptors this process holds; forked workers close their copies (close_inherited_locks),
+# so a lock is released as soon as its holder dies, not when its last worker does.
+_HELD_FDS: set[int] = set()
+
 _TMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]+$")
 
 
@@ -174,10 +178,20 @@ class FileLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._fd = fd
+        _HELD_FDS.add(fd)
         return self
 
     def __exit__(self, *exc) -> None:
         if self._fd is not None:
+            _HELD_FDS.discard(self._fd)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def close_inherited_locks() -> None:
+    """In a forked child: drop the copies of the parent's lock descriptors (never unlocking them)."""
+    for fd in list(_HELD_FDS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_FDS.clear()

@@ -15,6 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Iterable, Iterator, NamedTuple
 
+from anomaly_ae.fsio import close_inherited_locks
 from anomaly_ae.imaging import (
     DEFAULT_MAX_PIXELS, Preprocess, Rejected, is_gray, mask_pixels, open_image, read_file_bytes,
     sha256_hex, to_pixels,
@@ -77,7 +78,8 @@ def _make_pool(workers: int) -> ProcessPoolExecutor:
     # forkserver do when a script lacks a __main__ guard). Workers only decode with Pillow and
     # numpy; they never touch torch, whose threads a fork would not carry over.
     method = "fork" if sys.platform.startswith("linux") else "spawn"
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
+                               initializer=close_inherited_locks)
 
 
 def decode_files(

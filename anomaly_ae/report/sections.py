@@ -55,6 +55,14 @@ def _summary_notices(data: RunData) -> list[str]:
                                    f"guarantee the target false-positive rate of {pct(th.get('target_fpr'))}; the bound "
                                    f"that holds is {pct(th.get('guaranteed_fpr'))}. Calibrate on more held-out normal images "
                                    f"(about {int(np.ceil(1 / th['target_fpr']))} or more)."))
+    collapse = data.run.get("model", {}).get("collapse") or {}
+    if collapse.get("collapsed"):
+        out.append(notice("warn", "The model collapsed: it draws nearly the same image whatever the input, so "
+                                  "its scores only measure distance to one average image. Retrain it."))
+    elif collapse.get("near_constant"):
+        out.append(notice("info", "The model's reconstructions are close to one typical image: the training "
+                                  "images are much alike (a uniform surface), so a score says how far an image "
+                                  "departs from that typical image."))
     verdict, _ = _drift_verdict(data)
     if verdict:
         out.append(notice("warn", verdict + ' See <a href="#drift">the drift check</a>.'))

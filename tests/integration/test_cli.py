@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import write_png
 
 EXE = Path(sys.executable).with_name("anomaly-ae")
-COMMANDS = ["ingest", "info", "train", "calibrate", "score", "report", "demo"]
+COMMANDS = ["ingest", "info", "train", "calibrate", "score", "report", "demo", "run", "serve", "inbox"]
 
 
 def cli(*args, cwd=None, check=True):

@@ -92,12 +92,20 @@ def test_collapsed_model_is_detected(fitted, mnist_images):
     check = broken._collapse_check(test[:200])
     assert check["collapsed"] and abs(check["gain_over_mean"]) < 1e-3 and check["spread_ratio"] < 1e-4
     assert healthy["gain_over_mean"] > 0.5
+    # Images that are all alike (a uniform surface with fine noise): the mean image is a fair
+    # reconstruction, so near-constant output is noted, not called a collapse.
+    rng = np.random.default_rng(0)
+    alike = np.clip(128 + rng.normal(0, 6, (200, 28, 28, 1)), 0, 255).astype(np.uint8)
+    mean_image = torch.from_numpy(alike.astype(np.float32).mean(axis=0) / 255.0).permute(2, 0, 1)
+    check = broken._collapse_check(alike)
+    assert check["near_constant"] and not check["collapsed"]
 
 
 def test_collapse_stops_training_unless_allowed(mnist_images, monkeypatch):
     fit, cal, _, _ = split_digit(mnist_images, "0")
     monkeypatch.setattr(AutoencoderDetector, "_collapse_check",
-                        lambda self, images: {"spread_ratio": 0.001, "gain_over_mean": 0.0, "collapsed": True})
+                        lambda self, images, mean=None: {"spread_ratio": 0.001, "gain_over_mean": 0.0,
+                                                         "near_constant": True, "collapsed": True})
     cfg = DetectorConfig(train=TrainConfig(epochs=1))
     with pytest.raises(ModelError, match="collapsed"):
         AutoencoderDetector(cfg).fit(fit[:50], validation=cal[:10])

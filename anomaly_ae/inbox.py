@@ -1,0 +1,317 @@
+"""Inbox scoring, exactly once: each run scores the files that arrived since the last one.
+
+A product line drops images into an inbox folder; a scheduled run scores what is new.
+
+Which files are read
+    Image files (known extensions) anywhere under the inbox, except hidden names (``.name``)
+    and names ending in ``.part``, ``.tmp``, ``.partial``, ``.crdownload`` or ``.filepart``.
+    A file is read only once it has *settled*: its last change (the later of mtime and ctime)
+    is at least ``settle_seconds`` old, and its size and mtime do not change while it is
+    copied. The safest way to deliver a file is the rename convention: write it under a
+    hidden or ``.part`` name, then rename it to its final name (a rename is atomic).
+
+What a run does, holding the inbox lock (``<state>/.lock``, an flock: a second run started
+meanwhile gets BusyError and scores nothing, so overlapping runs never score a file twice)
+    1. reads the ledger (which file versions were scored: path, sha256, size, mtime);
+    2. copies the settled, unscored files into ``<state>/.work/<run>/input`` (hashing them);
+    3. scores that copy with `anomaly_ae.steps.score` into ``<state>/.work/<run>/run``;
+    4. writes the run's ledger part (``ledger.parquet``) inside that run folder;
+    5. renames the run folder to ``<state>/runs/<run>``: the single commit point.
+
+The ledger is the union of the committed runs' parts. ``<state>/ledger.parquet`` is a
+consolidated copy, refreshed from the run folders on every run (it also keeps the rows of
+run folders deleted since). A run that fails before step 5 commits nothing: the next run
+scores its files again. Never edit or delete files under ``.work`` while a run is going.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from anomaly_ae import schema
+from anomaly_ae.errors import DataError
+from anomaly_ae.fsio import FileLock, _fsync_dir, atomic_write_json, remove_stale_temps
+
+log = logging.getLogger(__name__)
+
+PARTIAL_SUFFIXES = (".part", ".tmp", ".partial", ".crdownload", ".filepart")
+LEDGER = "ledger.parquet"
+STATUS_SCORED, STATUS_REJECTED = "scored", "rejected"
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class InboxFile:
+    """A settled file of the inbox: its path relative to the inbox (with '/') and its stat."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """A file copied for scoring, with the sha256 of the copied bytes."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str
+
+
+def is_candidate_name(name: str) -> bool:
+    """True for an image name that is neither hidden nor a partial download."""
+    from anomaly_ae.sources.folder import is_image_name
+
+    lower = name.lower()
+    return not name.startswith(".") and not lower.endswith(PARTIAL_SUFFIXES) and is_image_name(name)
+
+
+def settled_files(folder: str | Path, settle_seconds: float, now: float | None = None) -> tuple[list[InboxFile], int]:
+    """The inbox's settled image files (sorted by path) and how many are still settling.
+
+    Raises:
+        DataError: the inbox folder does not exist.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"Inbox {folder} does not exist or is not a folder. Create it, or fix [inbox] folder.")
+    now = time.time() if now is None else now
+    settled, pending = [], 0
+    for dirpath, dirnames, filenames in os.walk(folder):  # never follows directory links
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if not is_candidate_name(name):
+                continue
+            full = os.path.join(dirpath, name)
+            try:
+                st = os.stat(full, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if not _is_regular(st):
+                continue
+            if now - max(st.st_mtime, st.st_ctime) < settle_seconds:
+                pending += 1
+                continue
+            rel = Path(os.path.relpath(full, folder)).as_posix()
+            settled.append(InboxFile(rel, st.st_size, st.st_mtime_ns))
+    settled.sort(key=lambda f: f.path)
+    return settled, pending
+
+
+def _is_regular(st: os.stat_result) -> bool:
+    import stat
+
+    return stat.S_ISREG(st.st_mode)
+
+
+def _empty_ledger() -> pa.Table:
+    return schema.schema("ledger").empty_table()
+
+
+def _committed_runs(state_dir: Path) -> list[str]:
+    runs = state_dir / "runs"
+    if not runs.is_dir():
+        return []
+    return sorted(e.name for e in os.scandir(runs)
+                  if e.is_dir() and not e.name.startswith(".") and (Path(e.path) / LEDGER).exists())
+
+
+def read_ledger(state_dir: str | Path, *, consolidate: bool = True) -> pa.Table:
+    """The ledger: every scored file version (the cache plus committed runs not in it yet).
+
+    With `consolidate` the cache ``<state>/ledger.parquet`` is rewritten when runs were
+    missing from it; call it only while holding the inbox lock.
+    """
+    state_dir = Path(state_dir)
+    cache_path = state_dir / LEDGER
+    table, covered = _empty_ledger(), []
+    if cache_path.exists():
+        covered = schema.read_meta(cache_path, "ledger").get("runs", [])
+        table = schema.validate(pq.read_table(cache_path), "ledger")
+    missing = [r for r in _committed_runs(state_dir) if r not in set(covered)]
+    if not missing:
+        return table
+    parts = [schema.validate(pq.read_table(state_dir / "runs" / r / LEDGER), "ledger") for r in missing]
+    table = pa.concat_tables([table, *parts])
+    if consolidate:
+        schema.write_table(cache_path, "ledger", table, extra={"runs": sorted([*covered, *missing])})
+        log.info("ledger %s now covers %d run(s), %d file(s)", cache_path, len(covered) + len(missing), table.num_rows)
+    return table
+
+
+class _Known:
+    """What the ledger knows per path: exact (size, mtime) versions and content hashes."""
+
+    def __init__(self, ledger: pa.Table):
+        self.stats: set[tuple[str, int, int]] = set()
+        self.hashes: set[tuple[str, str]] = set()
+        for p, h, s, m in zip(*(ledger[c].to_pylist() for c in ("path", "sha256", "size", "mtime_ns"))):
+            self.stats.add((p, s, m))
+            self.hashes.add((p, h))
+
+    def unchanged(self, f: InboxFile) -> bool:
+        return (f.path, f.size, f.mtime_ns) in self.stats
+
+    def scored(self, path: str, sha256: str) -> bool:
+        return (path, sha256) in self.hashes
+
+
+def new_run_id() -> str:
+    """A sortable, unique run name: UTC time plus a random suffix."""
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+
+
+class InboxRun:
+    """One inbox run: hold the lock, stage the new files, score them, commit (see module doc).
+
+    Use as a context manager; entering takes the lock (BusyError when another run holds it),
+    clears what dead runs left in ``.work`` and reads the ledger.
+    """
+
+    def __init__(self, folder: str | Path, state_dir: str | Path, *, settle_seconds: float = 5.0,
+                 max_files: int = 0):
+        self.folder, self.state_dir = Path(folder), Path(state_dir)
+        self.settle_seconds, self.max_files = settle_seconds, max_files
+        self.run_id = new_run_id()
+        self.work = self.state_dir / ".work" / self.run_id
+        self.input_dir, self.out_dir = self.work / "input", self.work / "run"
+        self.final_dir = self.state_dir / "runs" / self.run_id
+        self.pending = 0
+        self._lock = FileLock(self.state_dir / ".lock", f"Inbox {self.folder}")
+        self._known: _Known | None = None
+
+    def __enter__(self) -> "InboxRun":
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock.__enter__()
+        try:
+            shutil.rmtree(self.state_dir / ".work", ignore_errors=True)  # only dead runs' leftovers
+            remove_stale_temps(self.state_dir)
+            self._known = _Known(read_ledger(self.state_dir))
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            shutil.rmtree(self.work, ignore_errors=True)
+        finally:
+            self._lock.__exit__(*exc)
+
+    def new_files(self) -> list[InboxFile]:
+        """Settled files whose (path, size, mtime) the ledger does not hold, oldest first."""
+        settled, self.pending = settled_files(self.folder, self.settle_seconds)
+        new = [f for f in settled if not self._known.unchanged(f)]
+        new.sort(key=lambda f: (f.mtime_ns, f.path))
+        if self.max_files and len(new) > self.max_files:
+            log.info("%d new files; scoring the oldest %d now, the rest in later runs", len(new), self.max_files)
+            new = new[: self.max_files]
+        return new
+
+    def stage(self, files: list[InboxFile]) -> list[StagedFile]:
+        """Copy `files` into the run's input folder; drops files that changed, vanished or were scored."""
+        staged = []
+        for f in files:
+            item = self._stage_one(f)
+            if item is not None:
+                staged.append(item)
+        log.info("inbox %s: %d new files staged (%d still settling)", self.folder, len(staged), self.pending)
+        return staged
+
+    def _stage_one(self, f: InboxFile) -> StagedFile | None:
+        src, dst = self.folder / f.path, self.input_dir / f.path
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        try:
+            with open(src, "rb") as fin, open(dst, "wb") as fout:
+                while chunk := fin.read(_CHUNK):
+                    digest.update(chunk)
+                    fout.write(chunk)
+            st = os.stat(src)
+        except FileNotFoundError:
+            log.info("%s disappeared before it was read; skipped", f.path)
+            dst.unlink(missing_ok=True)
+            return None
+        if (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns):
+            log.info("%s changed while it was read; it will be scored once it settles", f.path)
+            dst.unlink(missing_ok=True)
+            return None
+        if self._known.scored(f.path, digest.hexdigest()):
+            dst.unlink(missing_ok=True)  # touched, not changed: already scored
+            return None
+        return StagedFile(f.path, f.size, f.mtime_ns, digest.hexdigest())
+
+    def score(self, model: str | Path, **score_kwargs) -> dict:
+        """Score the staged copy with `anomaly_ae.steps.score` into the uncommitted run folder."""
+        from anomaly_ae import steps
+
+        return steps.score(self.input_dir, model, self.out_dir, **score_kwargs)
+
+    def commit(self, staged: list[StagedFile]) -> Path:
+        """Write the ledger part into the run folder and rename it into ``runs/``: the commit."""
+        rejected = _rejected_paths(self.out_dir)
+        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        schema.write_table(self.out_dir / LEDGER, "ledger", {
+            "path": [s.path for s in staged], "sha256": [s.sha256 for s in staged],
+            "size": [s.size for s in staged], "mtime_ns": [s.mtime_ns for s in staged],
+            "run_id": [self.run_id] * len(staged), "scored_at": [now] * len(staged),
+            "status": [STATUS_REJECTED if s.path in rejected else STATUS_SCORED for s in staged]})
+        atomic_write_json(self.out_dir / "inbox.json", {
+            "run_id": self.run_id, "inbox": str(self.folder.resolve()), "committed": now,
+            "files": len(staged), "rejected": len(rejected), "still_settling": self.pending})
+        self.final_dir.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.out_dir, self.final_dir)
+        _fsync_dir(self.final_dir.parent)
+        log.info("inbox run %s committed: %d files", self.run_id, len(staged))
+        try:
+            read_ledger(self.state_dir)  # refresh the cache; the run folder already counts
+        except Exception:  # the cache is derived: the next run rebuilds it
+            log.exception("refreshing %s failed; the next run will retry", self.state_dir / LEDGER)
+        return self.final_dir
+
+
+def _rejected_paths(run_dir: Path) -> set[str]:
+    path = run_dir / "rejects.parquet"
+    if not path.exists():
+        return set()
+    return set(pq.read_table(path, columns=["source"])["source"].to_pylist())
+
+
+def score_inbox(folder: str | Path, state_dir: str | Path, model: str | Path, *, settle_seconds: float = 5.0,
+                max_files: int = 0, **score_kwargs) -> dict:
+    """Score the inbox's new files once and commit the run (see the module doc).
+
+    `score_kwargs` go to `anomaly_ae.steps.score` (partitions, map_partitions, report...).
+
+    Raises:
+        BusyError: another run holds the inbox lock.
+        DataError: the inbox folder does not exist.
+    """
+    with InboxRun(folder, state_dir, settle_seconds=settle_seconds, max_files=max_files) as run:
+        staged = run.stage(run.new_files())
+        if not staged:
+            return summary(run, [], None, None)
+        scored = run.score(model, **score_kwargs)
+        final = run.commit(staged)
+        return summary(run, staged, scored, final)
+
+
+def summary(run: InboxRun, staged: list[StagedFile], scored: dict | None, final: Path | None) -> dict:
+    """The JSON-able summary of an inbox run."""
+    if scored is not None:
+        scored = {**scored, "run": str(final)}
+    return {"inbox": str(run.folder), "run_id": run.run_id if staged else None,
+            "run_dir": str(final) if final else None, "new_files": len(staged), "pending": run.pending,
+            "files": [s.path for s in staged], "score": scored}

@@ -1,0 +1,330 @@
+"""Pipeline files (``pipelines/*.toml``): one file says everything about a pipeline.
+
+A pipeline file names its data source and normal classes, the model, training, scoring and
+threshold settings (the ``[model]``, ``[train]``, ``[score]`` and ``[threshold]`` tables of
+`anomaly_ae.config`), what a full run scores, where outputs go, its schedules and the inbox
+that scheduled runs score::
+
+    [pipeline]
+    name = "line-a"                  # lowercase letters, digits and dashes
+    [data]
+    source = "data/line-a/train"     # a folder, torchvision:<Name> or sample:<name>
+    normal = ["good"]
+    [output]
+    folder = "data/line-a"
+    [inbox]
+    folder = "data/inbox/line-a"
+    settle_seconds = 5
+    [[schedule]]
+    flow = "inbox"
+    interval = 60                    # seconds; or cron = "*/5 * * * *"
+
+Relative paths are taken from the folder the pipeline is run in (the project root), not
+from the pipeline file's folder. `load_pipeline` rejects unknown tables and keys, wrong types
+and impossible values with errors that name the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from anomaly_ae.config import DetectorConfig, build_section, detector_config_from, read_toml
+from anomaly_ae.errors import ConfigError
+
+NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+FLOWS = ("inbox", "pipeline")
+_CRON_ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass(frozen=True)
+class PipelineSection:
+    """[pipeline]: the name used for deployments, artifact keys and folders."""
+
+    name: str | None = None  # default: the file's name without .toml
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """[data]: where the training images come from, how they are ingested, which are normal."""
+
+    source: str = ""
+    normal: tuple[str, ...] = ()  # normal class names (or labels); empty: the dataset's default
+    root: str | None = None  # torchvision datasets: where their files lie
+    download: bool = False
+    size: str | None = None  # "28", "256x192" (height x width) or "auto"
+    channels: str | None = None  # "L" or "RGB"; default from the images
+    resize: str = "bilinear"
+    test_fraction: float | None = None  # share held out as the test split (sources without one)
+    seed: int = 0
+    dataset: str | None = None  # the Parquet dataset folder; default <output.folder>/dataset
+
+    def __post_init__(self):
+        _check(bool(self.source.strip()), "source", "is required: a folder, torchvision:<Name> or sample:<name>")
+        _check(all(str(c).strip() for c in self.normal), "normal", "class names must not be empty")
+        _check(self.channels in (None, "L", "RGB"), "channels", f"must be L or RGB, got {self.channels!r}")
+        _check(self.test_fraction is None or 0.0 < self.test_fraction < 1.0, "test_fraction",
+               f"must be between 0 and 1 (exclusive), got {self.test_fraction}")
+        _check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        if self.size is not None:
+            from anomaly_ae.imaging import parse_size
+
+            parse_size(self.size)
+
+
+@dataclass(frozen=True)
+class BatchSection:
+    """[batch]: what a full pipeline run scores after training."""
+
+    input: str | None = None  # a folder or dataset; default: the pipeline's dataset
+    split: str = "auto"  # auto (test when the input has one), all, or a split name
+    report: bool = True
+
+    def __post_init__(self):
+        _check(bool(self.split.strip()), "split", "must be auto, all or a split name")
+
+
+@dataclass(frozen=True)
+class OutputSection:
+    """[output]: the folder that holds the dataset, model, runs and inbox state."""
+
+    folder: str | None = None  # default: data/<name>
+
+
+@dataclass(frozen=True)
+class InboxSection:
+    """[inbox]: the folder a product line drops images into, scored by scheduled runs."""
+
+    folder: str = ""
+    settle_seconds: float = 5.0  # a file counts once unchanged (size, mtime, ctime) this long
+    max_files: int = 0  # at most this many files per run (0: no limit); the rest wait
+    report: bool = True
+
+    def __post_init__(self):
+        _check(bool(self.folder.strip()), "folder", "is required: the folder images arrive in")
+        _check(0.0 <= self.settle_seconds <= 86_400, "settle_seconds",
+               f"must be 0..86400 seconds, got {self.settle_seconds}")
+        _check(self.max_files >= 0, "max_files", f"must be >= 0 (0 = no limit), got {self.max_files}")
+
+
+@dataclass(frozen=True)
+class ScaleSection:
+    """[scale]: how scoring fans out over partitions (used by deployments and as defaults)."""
+
+    partitions: int = 1
+    task_runner: str = "local"  # local | dask
+    dask_address: str | None = None  # an existing scheduler; default: a local cluster
+    dask_workers: int = 2  # workers of the local cluster
+
+    def __post_init__(self):
+        _check(1 <= self.partitions <= 10_000, "partitions", f"must be 1..10000, got {self.partitions}")
+        _check(self.task_runner in ("local", "dask"), "task_runner",
+               f"must be local or dask, got {self.task_runner!r}")
+        _check(1 <= self.dask_workers <= 1024, "dask_workers", f"must be 1..1024, got {self.dask_workers}")
+
+
+@dataclass(frozen=True)
+class AlertsSection:
+    """[alerts]: when a scoring run raises an alert (a warning log and a Prefect event)."""
+
+    min_flagged: int = 1  # alert when a run flags at least this many items (0: never)
+
+    def __post_init__(self):
+        _check(self.min_flagged >= 0, "min_flagged", f"must be >= 0, got {self.min_flagged}")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """One [[schedule]] entry: when a flow of the pipeline runs (cron or interval)."""
+
+    flow: str = "inbox"  # inbox | pipeline
+    cron: str | None = None
+    interval: float | None = None  # seconds
+    timezone: str | None = None
+
+    def __post_init__(self):
+        _check(self.flow in FLOWS, "flow", f"must be one of {', '.join(FLOWS)}, got {self.flow!r}")
+        _check((self.cron is None) != (self.interval is None), "cron",
+               "give exactly one of cron = \"...\" or interval = <seconds>")
+        if self.interval is not None:
+            _check(1 <= self.interval <= 366 * 86_400, "interval",
+                   f"must be 1 second .. 366 days (in seconds), got {self.interval}")
+        if self.cron is not None:
+            fields_ = self.cron.split()
+            _check(self.cron.strip().lower() in _CRON_ALIASES or len(fields_) == 5, "cron",
+                   f"must have 5 fields (minute hour day month weekday) or be an alias like @hourly, "
+                   f"got {self.cron!r}")
+        if self.timezone is not None:
+            _check_timezone(self.timezone)
+
+
+def _check_timezone(name: str) -> None:
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"timezone: unknown time zone {name!r} (use an IANA name like Europe/Berlin)") from None
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A validated pipeline file, with every path resolved to an absolute one."""
+
+    path: Path
+    name: str
+    description: str
+    data: DataSection
+    detector: DetectorConfig
+    batch: BatchSection
+    output: Path
+    inbox: InboxSection | None
+    scale: ScaleSection
+    alerts: AlertsSection
+    schedules: tuple[Schedule, ...] = field(default_factory=tuple)
+
+    @property
+    def dataset_dir(self) -> Path:
+        """The Parquet dataset the pipeline trains on."""
+        return Path(self.data.dataset) if self.data.dataset else self.output / "dataset"
+
+    @property
+    def model_dir(self) -> Path:
+        """The trained model's folder."""
+        return self.output / "model"
+
+    @property
+    def runs_dir(self) -> Path:
+        """Where full pipeline runs write their run folders."""
+        return self.output / "runs"
+
+    @property
+    def inbox_state_dir(self) -> Path:
+        """Inbox state: the lock, the ledger and one committed folder per inbox run."""
+        return self.output / "inbox"
+
+    @property
+    def normal(self) -> list[str] | None:
+        """The normal classes, or None to let the dataset decide."""
+        return list(self.data.normal) or None
+
+    def ingest_kwargs(self) -> dict:
+        """Keyword arguments of `anomaly_ae.steps.ingest` for this pipeline's data."""
+        d = self.data
+        return {"source": d.source, "out": str(self.dataset_dir), "root": d.root, "download": d.download,
+                "size": d.size, "channels": d.channels, "resize": d.resize,
+                "test_fraction": d.test_fraction, "seed": d.seed}
+
+    def schedules_for(self, flow: str) -> list[Schedule]:
+        """The schedules of one flow ("inbox" or "pipeline")."""
+        return [s for s in self.schedules if s.flow == flow]
+
+
+TABLES = {"pipeline": PipelineSection, "data": DataSection, "batch": BatchSection, "output": OutputSection,
+          "inbox": InboxSection, "scale": ScaleSection, "alerts": AlertsSection}
+DETECTOR_TABLES = ("model", "train", "score", "threshold")
+KNOWN_TABLES = (*TABLES, *DETECTOR_TABLES, "schedule")
+
+
+def load_pipeline(path: str | Path, base: str | Path | None = None) -> Pipeline:
+    """Read and validate a pipeline file.
+
+    Args:
+        path: the pipeline's TOML file.
+        base: the folder relative paths are taken from (default: the current folder).
+
+    Raises:
+        ConfigError: a missing or unreadable file, unknown tables or keys, wrong types or
+            impossible values; the message names the file and the key.
+    """
+    path = Path(path)
+    doc = read_toml(path)
+    where = str(path)
+    _reject_unknown_tables(doc, where)
+    if "data" not in doc:
+        raise ConfigError(f"{where}: missing table [data] (at least: source = \"...\").")
+    s = {name: build_section(cls, doc[name], f"{where} [{name}]") if name in doc else None
+         for name, cls in TABLES.items()}
+    s.update({name: cls() for name, cls in TABLES.items() if s[name] is None and name != "inbox"})
+    schedules = _schedules(doc.get("schedule", []), where)
+    name = s["pipeline"].name or path.stem
+    if not NAME_RE.match(name):
+        key = "[pipeline] name" if s["pipeline"].name else "file name (set [pipeline] name)"
+        raise ConfigError(f"{where} {key}: {name!r} must be lowercase letters, digits and single dashes "
+                          "(it names deployments and artifact keys), e.g. \"line-a\".")
+    if s["inbox"] is None and any(sch.flow == "inbox" for sch in schedules):
+        raise ConfigError(f"{where} [[schedule]]: a schedule for flow \"inbox\" needs an [inbox] table "
+                          "with folder = \"...\".")
+    base = Path(base) if base is not None else Path.cwd()
+    inbox = s["inbox"] and dataclasses.replace(s["inbox"], folder=str(_absolute(s["inbox"].folder, base)))
+    output = _absolute(s["output"].folder or f"data/{name}", base)
+    if inbox and Path(os.path.abspath(output)).is_relative_to(os.path.abspath(inbox.folder)):
+        raise ConfigError(f"{where} [output] folder: {output} lies inside the inbox {inbox.folder}; "
+                          "keep the outputs outside the folder images arrive in.")
+    return Pipeline(path=path.resolve(), name=name, description=s["pipeline"].description,
+                    data=_data_paths(s["data"], base), detector=detector_config_from(doc, where),
+                    batch=dataclasses.replace(s["batch"], input=_optional_path(s["batch"].input, base)),
+                    output=output,
+                    inbox=inbox,
+                    scale=s["scale"], alerts=s["alerts"], schedules=schedules)
+
+
+def _data_paths(data: DataSection, base: Path) -> DataSection:
+    """[data] with its paths made absolute (sample: and torchvision: specs stay as they are)."""
+    source = data.source if data.source.startswith(("sample:", "torchvision:")) else str(_absolute(data.source, base))
+    return dataclasses.replace(data, source=source, dataset=_optional_path(data.dataset, base),
+                    root=_optional_path(data.root, base))
+
+
+def _optional_path(path: str | None, base: Path) -> str | None:
+    return str(_absolute(path, base)) if path else path
+
+
+def _reject_unknown_tables(doc: dict, where: str) -> None:
+    for key in doc:
+        if key not in KNOWN_TABLES:
+            close = difflib.get_close_matches(key, KNOWN_TABLES, n=1)
+            hint = f" (did you mean [{close[0]}]?)" if close else f" (known tables: {', '.join(KNOWN_TABLES)})"
+            raise ConfigError(f"{where}: unknown table or key '{key}'{hint}")
+        if key != "schedule" and not isinstance(doc[key], dict):
+            raise ConfigError(f"{where}: '{key}' must be a table [{key}], got {type(doc[key]).__name__}")
+
+
+def _schedules(entries, where: str) -> tuple[Schedule, ...]:
+    if isinstance(entries, dict):
+        raise ConfigError(f"{where}: write schedules as [[schedule]] (an array of tables), not [schedule].")
+    if not isinstance(entries, list):
+        raise ConfigError(f"{where}: schedule must be [[schedule]] tables, got {type(entries).__name__}")
+    return tuple(build_section(Schedule, e, f"{where} [[schedule]] #{k + 1}") for k, e in enumerate(entries))
+
+
+def _absolute(path: str, base: Path) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+def batch_input(pipeline: Pipeline) -> tuple[str, str | None]:
+    """What a full run scores: (input folder or dataset, split or None for all of it).
+
+    ``split = "auto"`` picks the test split when the input is a dataset that has one.
+    """
+    from anomaly_ae.dataset import Dataset
+    from anomaly_ae.scoring import is_dataset
+
+    source = pipeline.batch.input or str(pipeline.dataset_dir)
+    split = pipeline.batch.split
+    if split == "all":
+        return source, None
+    if split == "auto":
+        return source, ("test" if is_dataset(source) and Dataset(source).has_split("test") else None)
+    return source, split

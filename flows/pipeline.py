@@ -1,0 +1,100 @@
+"""The pipeline's flows: ingest, train, calibrate, score-batch and the whole pipeline.
+
+Every flow takes plain values (the pipeline file's path and a few switches) so schedules
+and the UI can set them; each is a few lines over `flows.tasks`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+from anomaly_ae.pipeline import Pipeline, batch_input, load_pipeline
+from flows import artifacts, tasks
+from flows.logs import forward_library_logs
+from flows.scale import mapper_for
+
+
+def run_name() -> str:
+    """Flow run names that read well: ``<pipeline>-<yyyymmdd-hhmmss>``."""
+    import datetime as dt
+
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters or {}
+    stem = Path(str(params.get("pipeline", "pipeline"))).stem
+    return f"{stem}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+
+
+def load_for_run(pipeline: str) -> Pipeline:
+    """Load the pipeline file at the start of a flow run (and forward the library's logs)."""
+    forward_library_logs()
+    return load_pipeline(pipeline)
+
+
+@flow(name="ingest", flow_run_name=run_name)
+def ingest_flow(pipeline: str, force: bool = False) -> dict:
+    """Ingest the pipeline's source into its Parquet dataset (skipped when up to date)."""
+    return tasks.ingest(load_for_run(pipeline), force)
+
+
+@flow(name="train", flow_run_name=run_name)
+def train_flow(pipeline: str, force: bool = False) -> dict:
+    """Train the pipeline's model on its dataset (skipped when nothing changed)."""
+    return tasks.train(load_for_run(pipeline), force)
+
+
+@flow(name="calibrate", flow_run_name=run_name)
+def calibrate_flow(pipeline: str, target_fpr: float | None = None) -> dict:
+    """Recalibrate the pipeline's model threshold (to `target_fpr`, default the file's)."""
+    from anomaly_ae import steps
+
+    p = load_for_run(pipeline)
+    return steps.calibrate(p.model_dir, target_fpr=target_fpr or p.detector.threshold.target_fpr)
+
+
+def score_and_report(p: Pipeline, input: str, split: str | None, kind: str, task_runner: str | None,
+                     dask_address: str | None, partitions: int | None = None) -> dict:
+    """Score into a new run folder, build the report, publish artifacts and alert; returns the summary."""
+    from anomaly_ae.inbox import new_run_id
+
+    logger = get_run_logger()
+    partitions = partitions or p.scale.partitions
+    out = p.runs_dir / new_run_id()
+    summary = tasks.score(input, str(p.model_dir), str(out), split=split, partitions=partitions,
+                          map_partitions=mapper_for(p, task_runner, dask_address, partitions))
+    if p.batch.report:
+        summary["report"] = tasks.report_or_none(out, logger)
+    summary["artifacts"] = artifacts.publish(p.name, kind, summary, out)
+    summary["alert"] = artifacts.alert(p.name, kind, summary, out, p.alerts.min_flagged, logger)
+    return summary
+
+
+@flow(name="score-batch", flow_run_name=run_name)
+def score_batch_flow(pipeline: str, input: str | None = None, split: str | None = None,
+                     task_runner: str | None = None, dask_address: str | None = None,
+                     partitions: int | None = None) -> dict:
+    """Score a folder or dataset (default: what the pipeline's [batch] says) with its model."""
+    p = load_for_run(pipeline)
+    default_input, default_split = batch_input(p)
+    return score_and_report(p, input or default_input, split if input else (split or default_split), "batch",
+                            task_runner, dask_address, partitions)
+
+
+@flow(name="anomaly-pipeline", flow_run_name=run_name)
+def pipeline_flow(pipeline: str, force: bool = False, task_runner: str | None = None,
+                  dask_address: str | None = None) -> dict:
+    """The whole pipeline as one run: ingest -> train -> calibrate -> score -> report.
+
+    Ingest and training are skipped when their inputs and settings are unchanged; `force`
+    redoes them. `task_runner` ("local" or "dask") and `dask_address` fan scoring out over
+    the pipeline's [scale] partitions.
+    """
+    p = load_for_run(pipeline)
+    dataset = tasks.ingest(p, force)
+    model = tasks.train(p, force)
+    threshold = tasks.calibrate(p, model)
+    source, split = batch_input(p)
+    scored = score_and_report(p, source, split, "batch", task_runner, dask_address)
+    return {"pipeline": p.name, "dataset": dataset, "model": model, "calibrate": threshold, "score": scored}

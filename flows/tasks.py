@@ -1,0 +1,74 @@
+"""Prefect tasks: one per library step, with retries on I/O and the library's caching.
+
+Ingest and training skip finished work by themselves: `anomaly_ae.steps` compares a
+fingerprint of the inputs and settings with the stored one and returns ``cached: True``.
+``force=True`` redoes the work. Prefect's own result caching is off (``NO_CACHE``) so that
+there is exactly one caching rule.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from anomaly_ae import steps
+from anomaly_ae.pipeline import Pipeline
+from flows.logs import forward_library_logs
+from flows.retry import transient_only
+
+IO_RETRIES = {"retries": 2, "retry_delay_seconds": 3, "retry_condition_fn": transient_only}
+
+
+@task(name="ingest", cache_policy=NO_CACHE, **IO_RETRIES)
+def ingest(p: Pipeline, force: bool = False) -> dict:
+    """Ingest the pipeline's source into its Parquet dataset (skipped when up to date).
+
+    The pipeline owns its dataset folder: a dataset made from other files or options is replaced.
+    """
+    forward_library_logs()
+    return steps.ingest(**p.ingest_kwargs(), overwrite=True, force=force)
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train(p: Pipeline, force: bool = False) -> dict:
+    """Train and calibrate the pipeline's model (skipped when data and settings are unchanged)."""
+    forward_library_logs()
+    return steps.train(p.dataset_dir, p.model_dir, normal=p.normal, config=p.detector, overwrite=True,
+                       force=force)
+
+
+@task(name="calibrate", cache_policy=NO_CACHE, **IO_RETRIES)
+def calibrate(p: Pipeline, model: dict) -> dict:
+    """Set the model's threshold to the pipeline's target FPR (skipped when it already is)."""
+    forward_library_logs()
+    target = p.detector.threshold.target_fpr
+    if model.get("target_fpr") == target:
+        return {"model": model["model"], "cached": True, "threshold": model["threshold"], "target_fpr": target}
+    return {**steps.calibrate(p.model_dir, target_fpr=target), "cached": False}
+
+
+@task(name="score", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=3, retry_condition_fn=transient_only)
+def score(input: str, model: str, out: str, split: str | None = None, partitions: int = 1,
+          map_partitions=None) -> dict:
+    """Score a folder or dataset into a new run folder (partitions fan out as tasks)."""
+    forward_library_logs()
+    return steps.score(input, model, out, split=split, partitions=partitions, map_partitions=map_partitions,
+                       report=False)
+
+
+@task(name="report", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2, retry_condition_fn=transient_only)
+def report(run_dir: str) -> str:
+    """Build the run folder's report.html; returns its path."""
+    forward_library_logs()
+    return str(steps.report(run_dir))
+
+
+def report_or_none(run_dir: str | Path, logger) -> str | None:
+    """Run the report task; a failed report is logged and never fails the run (scores are kept)."""
+    try:
+        return report(str(run_dir))
+    except Exception as exc:  # the scores are committed; the report can be rebuilt later
+        logger.error("building the report for %s failed (%s); rebuild it with `anomaly-ae report`", run_dir, exc)
+        return None

@@ -1,0 +1,54 @@
+"""Integration fixtures: one Prefect test harness for the session, and tiny pipelines.
+
+Prefect must see its settings before it is first imported: telemetry off (the machines that
+run these tests may have no internet) and a temporary PREFECT_HOME.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="anomaly-ae-prefect-"))
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+# Small enough to train in seconds on two CPU cores; orchestration is under test, not accuracy.
+TINY = {
+    "model": {"latent_dim": 16, "base_channels": 8, "max_channels": 32},
+    "train": {"epochs": 2, "min_steps_per_epoch": 5, "batch_size": 32, "patience": 2, "allow_collapsed": True},
+}
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A temporary Prefect API (SQLite) shared by every flow test of the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def toml_text(doc: dict) -> str:
+    """A TOML document from nested dicts: tables, and arrays of tables for list-of-dict values."""
+    from anomaly_ae.config import dump_toml
+
+    plain = {k: v for k, v in doc.items() if not (isinstance(v, list) and v and isinstance(v[0], dict))}
+    text = dump_toml(plain)
+    for key, value in doc.items():
+        if key not in plain:
+            for entry in value:
+                text += f"\n[[{key}]]\n" + dump_toml(entry)
+    return text
+
+
+def write_pipeline(path: Path, doc: dict) -> Path:
+    """Write a pipeline file (tiny model and training settings unless `doc` sets them)."""
+    doc = {**doc, **{k: {**TINY[k], **doc.get(k, {})} for k in TINY}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(toml_text(doc))
+    return path

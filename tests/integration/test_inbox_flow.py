@@ -1,0 +1,197 @@
+"""Inbox scoring flows: files arriving between runs, partial files, overlapping runs, failures,
+and a served schedule that actually fires."""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anomaly_ae.inbox import read_ledger
+from anomaly_ae.pipeline import load_pipeline
+from tests.conftest import write_png
+from tests.integration.conftest import write_pipeline
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@pytest.fixture(scope="module")
+def line(tmp_path_factory, mnist_images):
+    """A product line from real digits: zeros are good; a trained model; a pool of new images."""
+    from anomaly_ae import steps
+
+    pixels, classes, splits = mnist_images
+    root = tmp_path_factory.mktemp("line")
+    for k in np.flatnonzero((classes == "0") & (splits == "train"))[:80]:
+        write_png(root / "line" / "train" / "good" / f"{k:05d}.png", pixels[k, :, :, 0])
+    path = write_pipeline(root / "base.toml", {"data": {"source": str(root / "line"), "normal": ["good"]},
+                                                "output": {"folder": str(root / "out")}})
+    p = load_pipeline(path)
+    steps.ingest(**p.ingest_kwargs())
+    steps.train(p.dataset_dir, p.model_dir, normal=p.normal, config=p.detector)
+    test = np.flatnonzero(splits == "test")
+    return {"model": p.model_dir, "source": root / "line", "pixels": pixels[test, :, :, 0], "root": root}
+
+
+def make_line(line, tmp_path: Path, settle: float = 0.0, schedule: list | None = None):
+    """A pipeline over the shared model with its own inbox and outputs; returns (file, inbox, Pipeline)."""
+    out, inbox = tmp_path / "out", tmp_path / "inbox"
+    inbox.mkdir()
+    shutil.copytree(line["model"], out / "model")
+    doc = {"pipeline": {"name": "line-t"}, "data": {"source": str(line["source"]), "normal": ["good"]},
+           "output": {"folder": str(out)},
+           "inbox": {"folder": str(inbox), "settle_seconds": settle, "report": False}}
+    if schedule:
+        doc["schedule"] = schedule
+    path = write_pipeline(tmp_path / "line-t.toml", doc)
+    return path, inbox, load_pipeline(path)
+
+
+def drop(line, inbox: Path, names: list[str], start: int = 0) -> list[str]:
+    """Write real digit images (PNG) into the inbox under `names` (any extension)."""
+    for k, name in enumerate(names):  # written outside, then renamed in: never seen half-written
+        png = write_png(inbox.parent / "drop-staging" / f"{k}.png", line["pixels"][start + k])
+        (inbox / name).parent.mkdir(parents=True, exist_ok=True)
+        png.rename(inbox / name)
+    return names
+
+
+def ledger_paths(p) -> list[str]:
+    return read_ledger(p.inbox_state_dir, consolidate=False)["path"].to_pylist()
+
+
+def test_files_arriving_between_runs_are_each_scored_once(line, tmp_path):
+    from flows.entry import inbox as run_inbox
+
+    path, inbox, p = make_line(line, tmp_path)
+    first = drop(line, inbox, ["a1.png", "a2.png", "sub/a3.png"])
+    r1 = run_inbox(str(path))
+    assert r1["state"] == "Completed" and sorted(r1["files"]) == sorted(first)
+    assert r1["score"]["scored"] == 3
+    second = drop(line, inbox, ["b1.png", "b2.png"], start=10)
+    r2 = run_inbox(str(path))
+    assert sorted(r2["files"]) == second and r2["score"]["scored"] == 2
+    r3 = run_inbox(str(path))
+    assert r3["new_files"] == 0 and r3["score"] is None
+    assert sorted(ledger_paths(p)) == sorted(first + second)
+    import pyarrow.parquet as pq
+
+    scored = pq.read_table(Path(r2["run_dir"]) / "scores.parquet")["path"].to_pylist()
+    assert sorted(scored) == second  # each run's results hold its own files only
+    assert r2["artifacts"]["summary"] == "line-t-inbox-summary"
+
+
+def test_partial_and_fresh_files_wait(line, tmp_path):
+    from flows.inbox import inbox_flow
+
+    path, inbox, p = make_line(line, tmp_path, settle=1.5)
+    drop(line, inbox, ["c1.png.part", ".c2.png", "c3.png"])
+    r1 = inbox_flow(pipeline=str(path))
+    assert r1["new_files"] == 0 and r1["pending"] == 1  # c3 still settling; .part and hidden ignored
+    (inbox / "c1.png.part").rename(inbox / "c1.png")
+    time.sleep(1.6)
+    r2 = inbox_flow(pipeline=str(path))
+    assert sorted(r2["files"]) == ["c1.png", "c3.png"]
+    assert sorted(ledger_paths(p)) == ["c1.png", "c3.png"]
+
+
+def test_concurrent_runs_score_each_file_once(line, tmp_path, monkeypatch):
+    """Two runs at once: one holds the inbox lock (its scoring slowed down), the other skips."""
+    from anomaly_ae.inbox import InboxRun
+    from flows.inbox import inbox_flow
+
+    path, inbox, p = make_line(line, tmp_path)
+    names = drop(line, inbox, [f"d{k}.png" for k in range(12)])
+    original = InboxRun.stage
+
+    def slow_stage(self, files):
+        time.sleep(4)  # keep the lock long enough for the other run to collide with it
+        return original(self, files)
+
+    monkeypatch.setattr(InboxRun, "stage", slow_stage)
+    results, barrier = [], threading.Barrier(2)
+
+    def one():
+        barrier.wait()
+        results.append(inbox_flow(pipeline=str(path)))
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert sorted(r.get("skipped") or "ran" for r in results) == ["busy", "ran"]
+    assert sum(r["new_files"] for r in results) == len(names)
+    counts = collections.Counter(ledger_paths(p))
+    assert sorted(counts) == sorted(names) and set(counts.values()) == {1}
+
+
+def test_failed_run_then_good_run_loses_nothing(line, tmp_path, monkeypatch):
+    from anomaly_ae.errors import DataError
+    from anomaly_ae.inbox import InboxRun
+    from flows.entry import inbox as run_inbox
+
+    path, inbox, p = make_line(line, tmp_path)
+    names = drop(line, inbox, ["e1.png", "e2.png", "e3.png"])
+
+    def broken_commit(self, staged):
+        raise DataError("disk full (simulated)")
+
+    with monkeypatch.context() as m:
+        m.setattr(InboxRun, "commit", broken_commit)
+        with pytest.raises(DataError, match="simulated"):
+            run_inbox(str(path))
+    assert ledger_paths(p) == []
+    assert not (p.inbox_state_dir / "runs").exists() or not any((p.inbox_state_dir / "runs").iterdir())
+    more = drop(line, inbox, ["e4.png"], start=5)
+    r = run_inbox(str(path))
+    assert r["state"] == "Completed" and sorted(r["files"]) == sorted(names + more)
+    assert sorted(ledger_paths(p)) == sorted(names + more)
+
+
+def _wait_for(predicate, timeout: float) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if predicate():
+            return time.monotonic() - t0
+        time.sleep(0.5)
+    raise AssertionError(f"not done within {timeout} s")
+
+
+def test_served_schedule_fires_and_scores_each_drop_once(line, tmp_path):
+    """`serve` with a 4-second interval, no server configured: it starts one, and runs fire."""
+    path, inbox, p = make_line(line, tmp_path, schedule=[{"flow": "inbox", "interval": 4}])
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    code = f"from flows.serve import serve; serve({str(path)!r}, poll_seconds=1)"
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            cwd=Path(__file__).resolve().parents[2])
+    try:
+        first = drop(line, inbox, ["f1.png", "f2.png"])
+        startup = _wait_for(lambda: sorted(ledger_paths(p)) == first, 150)
+        second = drop(line, inbox, ["g1.png"], start=3)
+        latency = _wait_for(lambda: sorted(ledger_paths(p)) == sorted(first + second), 60)
+        print(f"first drop scored {startup:.1f} s after serve started; second drop {latency:.1f} s after it")
+        assert latency < 30
+    except AssertionError:
+        log.flush()
+        print((tmp_path / "serve.log").read_text()[-4000:])
+        raise
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    assert set(collections.Counter(ledger_paths(p)).values()) == {1}

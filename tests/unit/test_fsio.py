@@ -1,0 +1,71 @@
+"""Atomic folders and locks."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from anomaly_ae.errors import BusyError, DataError
+from anomaly_ae.fsio import FileLock, atomic_dir, atomic_write_text, remove_stale_temps
+
+
+def test_atomic_dir_appears_only_when_complete(tmp_path):
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "out") as tmp:
+            (tmp / "half.txt").write_text("x")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "a.txt").write_text("done")
+    assert (tmp_path / "out" / "a.txt").read_text() == "done"
+    with pytest.raises(DataError, match="already exists"):
+        with atomic_dir(tmp_path / "out"):
+            pass
+    with atomic_dir(tmp_path / "out", overwrite=True) as tmp:
+        (tmp / "b.txt").write_text("new")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".out.tmp-{dead.stdout.strip()}-abcdef"
+    stale.mkdir()
+    mine = tmp_path / f".x.tmp-{os.getpid()}-abcdef"
+    mine.mkdir()
+    assert remove_stale_temps(tmp_path) == 1 and not stale.exists() and mine.exists()
+
+
+def test_atomic_write_replaces_whole_files(tmp_path):
+    atomic_write_text(tmp_path / "f.txt", "one")
+    atomic_write_text(tmp_path / "f.txt", "two")
+    assert (tmp_path / "f.txt").read_text() == "two" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_lock_is_exclusive_between_processes(tmp_path):
+    code = "import sys, time\nfrom anomaly_ae.fsio import FileLock\nFileLock(sys.argv[1], 'x').__enter__()\n" \
+           "print('ready', flush=True)\ntime.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "l")], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    with pytest.raises(BusyError, match=f"process {proc.pid}"):
+        FileLock(tmp_path / "l", "Thing").__enter__()
+    proc.kill()
+    proc.wait()
+    with FileLock(tmp_path / "l", "Thing"):
+        pass
+
+
+def test_lock_is_released_when_its_holder_dies_while_decode_workers_live(tmp_path):
+    code = ("import sys, time\nfrom anomaly_ae.fsio import FileLock\nfrom anomaly_ae.parallel import _make_pool\n"
+            "FileLock(sys.argv[1], 'x').__enter__()\npool = _make_pool(2)\n"
+            "futures = [pool.submit(time.sleep, 30) for _ in range(2)]\nprint('ready', flush=True)\ntime.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "l")], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.5)  # let the workers start
+    os.kill(proc.pid, signal.SIGKILL)  # the holder only; its workers sleep on
+    proc.wait()
+    with FileLock(tmp_path / "l", "Thing"):
+        pass

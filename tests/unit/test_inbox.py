@@ -1,0 +1,217 @@
+"""The inbox's exactly-once machinery: settling, the ledger, the lock and the commit point.
+
+Scoring itself is replaced by a stand-in that writes an empty run folder (scoring has its own
+tests); what is under test here is which files get scored, once, whatever happens."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from anomaly_ae import inbox as inbox_mod
+from anomaly_ae.errors import BusyError, DataError
+from anomaly_ae.inbox import InboxFile, InboxRun, read_ledger, score_inbox, settled_files
+from anomaly_ae.schema import write_table
+
+SCORED: list[list[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def fake_scoring(monkeypatch):
+    """Scoring writes the run folder (rejecting files named bad*) and records what it saw."""
+    SCORED.clear()
+
+    def score(self, model, **kwargs):
+        files = sorted(p.relative_to(self.input_dir).as_posix() for p in self.input_dir.rglob("*") if p.is_file())
+        SCORED.append(files)
+        self.out_dir.mkdir(parents=True)
+        bad = [f for f in files if Path(f).name.startswith("bad")]
+        write_table(self.out_dir / "rejects.parquet", "rejects", {"source": bad, "reason": ["broken"] * len(bad)})
+        return {"run": str(self.out_dir), "scored": len(files) - len(bad)}
+
+    monkeypatch.setattr(InboxRun, "score", score)
+
+
+def put(folder: Path, name: str, data: bytes = b"png bytes", age: float = 60.0) -> Path:
+    """Write a file and set its mtime `age` seconds back (its ctime stays "now")."""
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    if age:
+        t = time.time() - age
+        os.utime(path, (t, t))
+    return path
+
+
+def run(tmp_path, **kw) -> dict:
+    kw.setdefault("settle_seconds", 0)
+    return score_inbox(tmp_path / "inbox", tmp_path / "state", "model", **kw)
+
+
+def ledger(tmp_path) -> list[str]:
+    return sorted(read_ledger(tmp_path / "state", consolidate=False)["path"].to_pylist())
+
+
+def test_listing_ignores_partial_hidden_and_non_images(tmp_path):
+    box = tmp_path / "inbox"
+    for name in ("a.png", "sub/b.JPG", "c.png.part", "d.tmp", "e.png.partial", "f.png.crdownload",
+                 ".g.png", ".hidden/h.png", "notes.txt"):
+        put(box, name)
+    files, pending = settled_files(box, settle_seconds=5, now=time.time() + 10)
+    assert [f.path for f in files] == ["a.png", "sub/b.JPG"] and pending == 0
+
+
+def test_recent_changes_wait_even_with_an_old_mtime(tmp_path):
+    box = tmp_path / "inbox"
+    put(box, "old.png")
+    time.sleep(0.6)
+    put(box, "copied.png")  # cp -p style: just written, mtime set back; the ctime says "just now"
+    put(box, "writing.png", age=0)
+    files, pending = settled_files(box, settle_seconds=0.5)
+    assert [f.path for f in files] == ["old.png"] and pending == 2
+    files, pending = settled_files(box, settle_seconds=0.5, now=time.time() + 1)
+    assert len(files) == 3 and pending == 0
+
+
+def test_missing_inbox_is_an_error(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        settled_files(tmp_path / "nope", 1)
+
+
+def test_each_file_once_across_runs_with_rejects_recorded(tmp_path):
+    box = tmp_path / "inbox"
+    put(box, "a.png")
+    put(box, "bad.png")
+    r1 = run(tmp_path)
+    assert r1["new_files"] == 2 and SCORED == [["a.png", "bad.png"]]
+    put(box, "b.png")
+    r2 = run(tmp_path)
+    assert r2["files"] == ["b.png"]
+    assert run(tmp_path)["run_id"] is None and len(SCORED) == 2
+    table = read_ledger(tmp_path / "state").to_pylist()
+    assert {r["path"]: r["status"] for r in table} == {"a.png": "scored", "bad.png": "rejected", "b.png": "scored"}
+    assert {r["run_id"] for r in table} == {r1["run_id"], r2["run_id"]}
+    runs = sorted(p.name for p in (tmp_path / "state" / "runs").iterdir())
+    assert runs == sorted([r1["run_id"], r2["run_id"]])
+    assert all((tmp_path / "state" / "runs" / r / "ledger.parquet").exists() for r in runs)
+
+
+def test_touched_file_is_not_rescored_but_changed_content_is(tmp_path):
+    box = tmp_path / "inbox"
+    put(box, "a.png", b"v1")
+    run(tmp_path)
+    put(box, "a.png", b"v1", age=30)  # same bytes, new mtime
+    assert run(tmp_path)["new_files"] == 0
+    put(box, "a.png", b"v2", age=20)
+    assert run(tmp_path)["files"] == ["a.png"]
+    assert len(read_ledger(tmp_path / "state")) == 2  # two versions of a.png, each scored once
+
+
+def test_max_files_takes_the_oldest_first(tmp_path):
+    box = tmp_path / "inbox"
+    for k, name in enumerate(["c.png", "a.png", "b.png"]):
+        put(box, name, age=100 - k)
+    assert run(tmp_path, max_files=2)["files"] == ["c.png", "a.png"]
+    assert run(tmp_path, max_files=2)["files"] == ["b.png"]
+
+
+def test_file_changing_while_copied_is_left_for_later(tmp_path):
+    box = tmp_path / "inbox"
+    put(box, "a.png", b"12345")
+    with InboxRun(box, tmp_path / "state", settle_seconds=0) as r:
+        stale = InboxFile("a.png", size=3, mtime_ns=1)  # what a listing saw before the writer went on
+        assert r.stage([stale]) == []
+        assert not (r.input_dir / "a.png").exists()
+
+
+def test_overlapping_runs_are_refused(tmp_path):
+    put(tmp_path / "inbox", "a.png")
+    with InboxRun(tmp_path / "inbox", tmp_path / "state"):
+        with pytest.raises(BusyError, match="Inbox .* is in use by process"):
+            run(tmp_path)
+    assert run(tmp_path)["new_files"] == 1
+
+
+def test_concurrent_threads_score_each_file_once(tmp_path):
+    box = tmp_path / "inbox"
+    for k in range(20):
+        put(box, f"{k:02d}.png")
+    outcomes = []
+
+    def worker():
+        for _ in range(5):
+            try:
+                outcomes.append(run(tmp_path)["new_files"])
+            except BusyError:
+                outcomes.append("busy")
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(o for o in outcomes if o != "busy") == 20
+    assert ledger(tmp_path) == sorted(f"{k:02d}.png" for k in range(20))
+    assert sorted(f for batch in SCORED for f in batch) == sorted(f"{k:02d}.png" for k in range(20))
+
+
+def test_failed_run_commits_nothing_and_the_next_run_catches_up(tmp_path, monkeypatch):
+    box = tmp_path / "inbox"
+    put(box, "a.png")
+    put(box, "b.png")
+
+    def crash(self, staged):
+        raise OSError("disk full")
+
+    with monkeypatch.context() as m:
+        m.setattr(InboxRun, "commit", crash)
+        with pytest.raises(OSError, match="disk full"):
+            run(tmp_path)
+    assert ledger(tmp_path) == [] and not (tmp_path / "state" / "runs").exists()
+    put(box, "c.png")
+    assert run(tmp_path)["files"] == ["a.png", "b.png", "c.png"]
+    assert not any((tmp_path / "state" / ".work").glob("*"))
+
+
+def test_crash_after_the_commit_keeps_the_run(tmp_path, monkeypatch):
+    """The run folder's rename is the commit: a stale consolidated ledger is brought up to date."""
+    box = tmp_path / "inbox"
+    put(box, "a.png")
+    run(tmp_path)
+    put(box, "b.png")
+    real = inbox_mod.read_ledger
+    calls = []
+
+    def refresh_fails(state_dir, consolidate=True):
+        calls.append(1)
+        if len(calls) == 2:  # the refresh right after the rename
+            raise OSError("killed")
+        return real(state_dir, consolidate=consolidate)
+
+    with monkeypatch.context() as m:
+        m.setattr(inbox_mod, "read_ledger", refresh_fails)
+        run(tmp_path)
+    assert ledger(tmp_path) == ["a.png", "b.png"]
+    assert run(tmp_path)["new_files"] == 0
+
+
+def test_ledger_cache_outlives_deleted_run_folders(tmp_path):
+    import shutil
+
+    put(tmp_path / "inbox", "a.png")
+    r = run(tmp_path)
+    shutil.rmtree(r["run_dir"])  # retention: old run folders removed
+    assert ledger(tmp_path) == ["a.png"] and run(tmp_path)["new_files"] == 0
+
+
+def test_leftovers_of_a_killed_run_are_cleared(tmp_path):
+    put(tmp_path / "inbox", "a.png")
+    junk = tmp_path / "state" / ".work" / "20200101T000000-dead00" / "input" / "x.png"
+    junk.parent.mkdir(parents=True)
+    junk.write_bytes(b"half")
+    assert run(tmp_path)["files"] == ["a.png"]
+    assert not junk.exists()

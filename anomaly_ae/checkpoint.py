@@ -149,7 +149,7 @@ def restore(ckpt: dict, device: str = "auto"):
         det.model_.load_state_dict(ckpt["state_dict"])
     except (RuntimeError, KeyError) as exc:
         raise ModelError(f"The checkpoint's weights do not fit its model: {str(exc).splitlines()[0]}") from None
-    det.model_.to(det.device_).eval()
+    det.model_.to(det.device_, memory_format=torch.channels_last).eval()
     det.history_ = ckpt["history"]
     det.collapse_ = ckpt.get("collapse", {})
     det.calibration_scores_ = ckpt["calibration_scores"].numpy().astype(np.float64)

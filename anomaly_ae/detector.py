@@ -112,7 +112,7 @@ class AutoencoderDetector:
         self.model_.eval()
         for i in range(0, len(images), batch_size):
             x = as_float(to_device_uint8(images[i: i + batch_size], self.device_))
-            with torch.no_grad(), autocast(self.device_):
+            with torch.inference_mode(), autocast(self.device_):
                 recon = self.model_(x).float()
             maps = anomaly_map(x, recon, s.method, s.sigma)
             scores = image_scores(maps, s.method, s.top_fraction)

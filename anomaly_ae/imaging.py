@@ -26,6 +26,7 @@ RESIZE_METHODS = {
 IMAGE_EXTENSIONS = (
     ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm", ".pbm",
 )
+EXIF_FORMATS = frozenset({"JPEG", "MPO", "TIFF", "WEBP", "HEIF", "AVIF"})
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 DEFAULT_MAX_PIXELS = 64_000_000
 # Bumped whenever decoding changes what pixels or masks an image gives, so datasets ingested
@@ -159,7 +160,9 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
                     "(decompression-bomb guard; raise it with --max-pixels)"
                 )
             img.load()
-            return ImageOps.exif_transpose(img)
+            if img.format in EXIF_FORMATS or "exif" in img.info:  # skip the EXIF parse where none can be
+                img = ImageOps.exif_transpose(img)
+            return img
     except Rejected:
         raise
     except UnidentifiedImageError:

@@ -17,16 +17,25 @@ import json
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
+import pyarrow as pa
 
 from anomaly_ae import __version__
 from anomaly_ae.errors import DataError
 from anomaly_ae.fsio import atomic_dir, atomic_write_json
-from anomaly_ae.imaging import DECODE_VERSION, DEFAULT_MAX_PIXELS, PolicyRequest, Preprocess, Rejected, array_to_pixels, sha256_hex
-from anomaly_ae.parallel import Decoded, decode_files, decode_one
-from anomaly_ae.schema import TableWriter, write_table
+from anomaly_ae.imaging import (
+    DECODE_VERSION,
+    DEFAULT_MAX_PIXELS,
+    PolicyRequest,
+    Preprocess,
+    Rejected,
+    array_to_pixels,
+    sha256_hex,
+)
+from anomaly_ae.parallel import Chunk, Decoded, decode_chunks, decode_one
+from anomaly_ae.schema import SCHEMAS, TableWriter, write_table
 from anomaly_ae.sources import Item, Listing, assign_test_split, require_items
 
 log = logging.getLogger(__name__)
@@ -119,18 +128,18 @@ def _initial_policy(items: list[Item], request: PolicyRequest, max_pixels: int) 
     return request.resolve(*(request.size or (256, 256)), True)
 
 
-def _decoded_stream(items: list[Item], policy: Preprocess, max_pixels, workers):
-    """(item, Decoded) in listing order, files decoded in parallel, arrays in this process."""
-    files = [i for i in items if i.array is None and not i.reject_reason]
-    results = iter(decode_files(((i.path, i.mask_path) for i in files), policy,
-                                max_pixels=max_pixels, workers=workers, n_jobs=len(files)))
-    for item in items:
-        if item.reject_reason:
-            yield item, Decoded(None, None, 0, 0, "", "", False, item.reject_reason)
-        elif item.array is None:
-            yield item, next(results)
-        else:
-            yield item, _decode_array(item.array, policy)
+def _chunk_stream(items: list[Item], policy: Preprocess, max_pixels, workers) -> Iterator[tuple[list, Chunk]]:
+    """(items, their Chunk) in listing order: files decoded in worker processes, arrays here."""
+    if items and items[0].array is not None:
+        for lo in range(0, len(items), 512):
+            block = items[lo: lo + 512]
+            yield block, Chunk.pack([_decode_array(i.array, policy) for i in block], policy.height * policy.width)
+        return
+    pos = 0
+    for jobs, chunk in decode_chunks(((i.path, i.mask_path) for i in items), policy, max_pixels=max_pixels,
+                                     workers=workers, n_jobs=len(items)):
+        yield items[pos: pos + len(jobs)], chunk
+        pos += len(jobs)
 
 
 def _decode_array(arr: np.ndarray, policy: Preprocess) -> Decoded:
@@ -143,31 +152,80 @@ def _decode_array(arr: np.ndarray, policy: Preprocess) -> Decoded:
                    sha256_hex(np.ascontiguousarray(arr).tobytes()), gray)
 
 
+class _Rows:
+    """The rows of one row group, gathered chunk by chunk; pixels stay in the chunks' blobs."""
+
+    def __init__(self, policy: Preprocess):
+        self.size, self.mask_size = int(np.prod(policy.shape)), policy.height * policy.width
+        self.cols: dict = {k: [] for k in ("image_id", "source", "label", "class_name", "split", "orig_height",
+                                           "orig_width", "orig_mode", "sha256")}
+        self.blobs: list[bytes] = []
+        self.masks: list = []
+
+    def __len__(self) -> int:
+        return len(self.cols["image_id"])
+
+    def add(self, items: list[Item], chunk: Chunk) -> None:
+        c = self.cols
+        c["image_id"] += [image_id(i.key) for i in items]
+        c["source"] += [i.key for i in items]
+        c["label"] += [i.label for i in items]
+        c["class_name"] += [i.class_name for i in items]
+        c["split"] += [i.split for i in items]
+        for key in ("orig_height", "orig_width", "orig_mode", "sha256"):
+            c[key] += getattr(chunk, key)
+        self.blobs.append(chunk.pixels)
+        m = self.mask_size
+        self.masks += [chunk.masks[k * m:(k + 1) * m] if has else None for k, has in enumerate(chunk.has_mask)]
+
+    def table(self) -> pa.Table:
+        """The row group as an Arrow table (pixels as one buffer, no per-image copies)."""
+        n = len(self)
+        offsets = (np.arange(n + 1, dtype=np.int64) * self.size).astype(np.int32)
+        pixels = pa.BinaryArray.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets.tobytes()),
+                                                               pa.py_buffer(b"".join(self.blobs))])
+        masks = pa.array(self.masks, pa.binary()) if any(m is not None for m in self.masks) else pa.nulls(n, pa.binary())
+        cols = {k: pa.array(v, SCHEMAS["images"][1].field(k).type) for k, v in self.cols.items()}
+        return pa.table({**cols, "pixels": pixels, "mask": masks})
+
+
+def _revision(request: PolicyRequest, policy: Preprocess, chunk: Chunk) -> Preprocess | None:
+    """A corrected policy when a decoded image contradicts an inferred part of `policy`."""
+    size = (policy.height, policy.width)
+    for h, w, gray in zip(chunk.orig_height, chunk.orig_width, chunk.gray):
+        if (h, w) != size or not gray:
+            revised = request.revise(policy, h, w, gray)
+            if revised is not None:
+                return revised
+    return None
+
+
 def _write(tmp: Path, listing: Listing, policy: Preprocess, request: PolicyRequest,
            max_pixels: int, workers, progress, extra: dict) -> dict:
     writer = TableWriter(tmp / "images.parquet", "images")
     counts: Counter = Counter()
-    rejects: list[tuple[str, str]] = []
-    n_masks, group, total = 0, _empty_columns(), len(listing.items)
+    rejects = [(i.key, i.reject_reason) for i in listing.items if i.reject_reason]
+    usable = [i for i in listing.items if not i.reject_reason]
+    rows, total, done, n_masks = _Rows(policy), len(listing.items), len(rejects), 0
     per_group = rows_per_group(policy)
-    for done, (item, d) in enumerate(_decoded_stream(listing.items, policy, max_pixels, workers), 1):
-        if d.reason is not None:
-            rejects.append((item.key, d.reason))
-        else:
-            revised = request.revise(policy, d.orig_height, d.orig_width, d.gray)
-            if revised is not None:
-                writer.close()
-                raise _Revise(revised)
-            _append(group, item, d)
-            counts[(item.split or UNSPLIT, item.class_name or UNLABELLED)] += 1
-            n_masks += d.mask is not None
-        if len(group["image_id"]) >= per_group:
-            writer.write(group)
-            group = _empty_columns()
-        if progress and (done % 256 == 0 or done == total):
+    for items, chunk in _chunk_stream(usable, policy, max_pixels, workers):
+        revised = _revision(request, policy, chunk)
+        if revised is not None:
+            writer.close()
+            raise _Revise(revised)
+        ok = [i for i, reason in zip(items, chunk.reasons) if reason is None]
+        rejects += [(i.key, reason) for i, reason in zip(items, chunk.reasons) if reason is not None]
+        rows.add(ok, chunk)
+        counts.update((i.split or UNSPLIT, i.class_name or UNLABELLED) for i in ok)
+        n_masks += sum(chunk.has_mask)
+        if len(rows) >= per_group:
+            writer.write(rows.table())
+            rows = _Rows(policy)
+        done += len(items)
+        if progress:
             progress(done, total)
-    if group["image_id"]:
-        writer.write(group)
+    if len(rows):
+        writer.write(rows.table())
     if writer.rows == 0:
         writer.close()
         reasons = Counter(r for _, r in rejects).most_common(3)
@@ -179,20 +237,6 @@ def _write(tmp: Path, listing: Listing, policy: Preprocess, request: PolicyReque
     write_table(tmp / "rejects.parquet", "rejects",
                 {"source": [s for s, _ in rejects], "reason": [r for _, r in rejects]})
     return meta
-
-
-def _empty_columns() -> dict:
-    return {k: [] for k in ("image_id", "source", "label", "class_name", "split", "orig_height",
-                            "orig_width", "orig_mode", "sha256", "pixels", "mask")}
-
-
-def _append(cols: dict, item: Item, d: Decoded) -> None:
-    for key, value in (("image_id", image_id(item.key)), ("source", item.key), ("label", item.label),
-                       ("class_name", item.class_name), ("split", item.split),
-                       ("orig_height", d.orig_height), ("orig_width", d.orig_width),
-                       ("orig_mode", d.orig_mode), ("sha256", d.sha256), ("pixels", d.pixels),
-                       ("mask", d.mask)):
-        cols[key].append(value)
 
 
 def _metadata(listing: Listing, policy: Preprocess, counts: Counter, n_masks: int,

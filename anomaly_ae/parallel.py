@@ -1,6 +1,6 @@
 """Decode image files in worker processes: in input order, with a bounded number in flight.
 
-Ingest and scoring both decode through `decode_files`, so a file is read, hashed and turned
+Ingest and scoring both decode through `decode_chunks`, so a file is read, hashed and turned
 into working-size pixels by exactly the same code wherever it enters the product.
 """
 
@@ -13,18 +13,29 @@ import sys
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
 from typing import Iterable, Iterator, NamedTuple
+
+import numpy as np
 
 from anomaly_ae.fsio import close_inherited_locks
 from anomaly_ae.imaging import (
-    DEFAULT_MAX_PIXELS, Preprocess, Rejected, is_gray, mask_pixels, open_image, read_file_bytes,
-    sha256_hex, to_pixels,
+    DEFAULT_MAX_PIXELS,
+    Preprocess,
+    Rejected,
+    is_gray,
+    mask_pixels,
+    open_image,
+    read_file_bytes,
+    sha256_hex,
+    to_pixels,
 )
 
 log = logging.getLogger(__name__)
 
 # Below this many files a process pool costs more to start than it saves.
 MIN_FILES_FOR_POOL = 48
+CHUNK_BYTES = 8 * 2**20
 
 
 class Decoded(NamedTuple):
@@ -38,6 +49,59 @@ class Decoded(NamedTuple):
     sha256: str
     gray: bool
     reason: str | None = None
+
+
+@dataclass
+class Chunk:
+    """The decoded files of one chunk, packed for a cheap trip between processes.
+
+    `reasons` has one entry per file (None when decoded); every other list has one entry per
+    decoded file, and `pixels` / `masks` hold their bytes back to back (a zero mask where a
+    file has none).
+    """
+
+    reasons: list = field(default_factory=list)
+    pixels: bytes = b""
+    masks: bytes = b""
+    has_mask: list = field(default_factory=list)
+    orig_height: list = field(default_factory=list)
+    orig_width: list = field(default_factory=list)
+    orig_mode: list = field(default_factory=list)
+    sha256: list = field(default_factory=list)
+    gray: list = field(default_factory=list)
+
+    @classmethod
+    def pack(cls, decoded: list[Decoded], mask_size: int) -> "Chunk":
+        """One Chunk from per-file results."""
+        ok = [d for d in decoded if d.reason is None]
+        return cls([d.reason for d in decoded], b"".join(d.pixels for d in ok),
+                   b"".join(d.mask or bytes(mask_size) for d in ok) if any(d.mask for d in ok) else b"",
+                   [d.mask is not None for d in ok], [d.orig_height for d in ok], [d.orig_width for d in ok],
+                   [d.orig_mode for d in ok], [d.sha256 for d in ok], [d.gray for d in ok])
+
+    def pixel_array(self, shape: tuple) -> np.ndarray:
+        """(decoded files, *shape) uint8 view of the pixels."""
+        return np.frombuffer(self.pixels, np.uint8).reshape(-1, *shape)
+
+    def mask_list(self, shape: tuple) -> list:
+        """Per decoded file: its (h, w) mask, or None."""
+        if not self.masks:
+            return [None] * len(self.has_mask)
+        arr = np.frombuffer(self.masks, np.uint8).reshape(-1, *shape)
+        return [arr[k] if has else None for k, has in enumerate(self.has_mask)]
+
+    def unpack(self, shape: tuple) -> Iterator[Decoded]:
+        """Back to one Decoded per file (pixels (h, w, c), masks (h, w))."""
+        size, msize = int(np.prod(shape)), int(np.prod(shape[:2]))
+        k = 0
+        for reason in self.reasons:
+            if reason is not None:
+                yield Decoded(None, None, 0, 0, "", "", False, reason)
+                continue
+            mask = self.masks[k * msize:(k + 1) * msize] if self.has_mask[k] else None
+            yield Decoded(self.pixels[k * size:(k + 1) * size], mask, self.orig_height[k], self.orig_width[k],
+                          self.orig_mode[k], self.sha256[k], self.gray[k])
+            k += 1
 
 
 def default_workers() -> int:
@@ -68,9 +132,10 @@ def decode_one(path, mask_path, policy: Preprocess, max_pixels: int) -> Decoded:
         return Decoded(None, None, 0, 0, "", "", False, "not enough memory to decode this image")
 
 
-def _decode_chunk(jobs, policy_dict, max_pixels) -> list[Decoded]:
+def _decode_chunk(jobs, policy_dict, max_pixels) -> Chunk:
     policy = Preprocess.from_dict(policy_dict)
-    return [decode_one(path, mask, policy, max_pixels) for path, mask in jobs]
+    return Chunk.pack([decode_one(path, mask, policy, max_pixels) for path, mask in jobs],
+                      policy.height * policy.width)
 
 
 def _make_pool(workers: int) -> ProcessPoolExecutor:
@@ -82,21 +147,29 @@ def _make_pool(workers: int) -> ProcessPoolExecutor:
                                initializer=close_inherited_locks)
 
 
-def decode_files(
+def decode_chunks(
     jobs: Iterable[tuple], policy: Preprocess, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-    workers: int | None = None, chunk: int = 32, n_jobs: int | None = None,
-) -> Iterator[Decoded]:
-    """Decode `(path, mask_path)` jobs, yielding `Decoded` results in the order of `jobs`.
+    workers: int | None = None, chunk: int | None = None, n_jobs: int | None = None,
+) -> Iterator[tuple[list, Chunk]]:
+    """Decode `(path, mask_path)` jobs, yielding (the chunk's jobs, its Chunk) in the order of `jobs`.
 
     Memory stays bounded: at most ``2 * workers`` chunks are in flight. With one worker, or
     fewer than MIN_FILES_FOR_POOL jobs (when `n_jobs` says so), decoding runs in this process.
     """
     workers = workers or default_workers()
+    # About CHUNK_BYTES of pixels per chunk (fewer, larger messages for small images).
+    chunk = chunk or int(np.clip(CHUNK_BYTES // (policy.height * policy.width * policy.n_channels), 4, 256))
     if workers <= 1 or (n_jobs is not None and n_jobs < MIN_FILES_FOR_POOL):
-        for path, mask in jobs:
-            yield decode_one(path, mask, policy, max_pixels)
+        for block in _chunks(iter(jobs), chunk):
+            yield block, _decode_chunk(block, policy.to_dict(), max_pixels)
         return
     yield from _decode_pooled(iter(jobs), policy, max_pixels, workers, chunk)
+
+
+def decode_files(jobs: Iterable[tuple], policy: Preprocess, **kwargs) -> Iterator[Decoded]:
+    """Like `decode_chunks`, one `Decoded` per job."""
+    for _, c in decode_chunks(jobs, policy, **kwargs):
+        yield from c.unpack(policy.shape)
 
 
 def _chunks(it: Iterator, size: int) -> Iterator[list]:
@@ -121,22 +194,25 @@ def _decode_pooled(jobs, policy, max_pixels, workers, chunk) -> Iterator[Decoded
                 fut = pool.submit(_decode_chunk, block, pdict, max_pixels)
             pending.append((block, fut))
             if len(pending) >= 2 * workers:
-                yield from _result_or_retry(*pending.popleft(), policy, max_pixels)
+                block0, fut0 = pending.popleft()
+                yield block0, _result_or_retry(block0, fut0, policy, max_pixels)
         while pending:
-            yield from _result_or_retry(*pending.popleft(), policy, max_pixels)
+            block0, fut0 = pending.popleft()
+            yield block0, _result_or_retry(block0, fut0, policy, max_pixels)
     finally:
         for _, fut in pending:
             fut.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _result_or_retry(block, fut, policy, max_pixels) -> list[Decoded]:
+def _result_or_retry(block, fut, policy, max_pixels) -> Chunk:
     """A chunk's results; if its worker died (a decoder crash), isolate the file that did it."""
     try:
         return fut.result()
     except BrokenProcessPool:
         log.warning("a decode worker died; retrying %d files one by one", len(block))
-        return [_decode_isolated(path, mask, policy, max_pixels) for path, mask in block]
+        return Chunk.pack([_decode_isolated(path, mask, policy, max_pixels) for path, mask in block],
+                          policy.height * policy.width)
 
 
 def _decode_isolated(path, mask, policy, max_pixels) -> Decoded:

@@ -108,6 +108,15 @@ def meta_bytes(name: str, extra: dict | None = None) -> dict:
     return {META_KEY: json.dumps(payload, sort_keys=True).encode()}
 
 
+def write_options(name: str) -> dict:
+    """Parquet writer settings: zstd level 1 (as small as the default level here, and several
+    times faster), dictionaries and statistics only for the short repeated columns; pixels and
+    other per-image blobs are stored plain."""
+    small = [f.name for f in SCHEMAS[name][1] if f.type != pa.binary()
+             and f.name not in ("image_id", "sha256", "path", "source")]
+    return {"compression": "zstd", "compression_level": 1, "use_dictionary": small, "write_statistics": small}
+
+
 def write_table(path: Path | str, name: str, table: pa.Table | dict, extra: dict | None = None,
                 row_group_rows: int | None = None) -> Path:
     """Validate and write a whole table atomically (zstd). Returns the path."""
@@ -115,21 +124,27 @@ def write_table(path: Path | str, name: str, table: pa.Table | dict, extra: dict
         table = pa.Table.from_pydict(table, schema=SCHEMAS[name][1])
     table = validate(table, name).replace_schema_metadata(meta_bytes(name, extra))
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_rows or 65536)
+        pq.write_table(table, tmp, row_group_size=row_group_rows or 65536, **write_options(name))
     return Path(path)
 
 
 class TableWriter:
     """Write a table row group by row group to a path the caller makes atomic.
 
-    `set_metadata` may be called any time before `close`; it lands in the file footer.
+    Row groups are compressed and written on a background thread (pyarrow releases the GIL),
+    one at a time, while the caller prepares the next. `set_metadata` may be called any time
+    before `close`; it lands in the file footer.
     """
 
     def __init__(self, path: Path, name: str):
+        from concurrent.futures import ThreadPoolExecutor
+
         self.name = name
         # Metadata goes in the footer at close (it may hold counts known only then).
-        self._writer = pq.ParquetWriter(path, SCHEMAS[name][1], compression="zstd")
+        self._writer = pq.ParquetWriter(path, SCHEMAS[name][1], **write_options(name))
         self._meta: dict = {}
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="parquet-writer")
+        self._pending = None
         self.rows = 0
 
     def write(self, columns: dict | pa.Table) -> None:
@@ -137,8 +152,14 @@ class TableWriter:
         if isinstance(columns, dict):
             columns = pa.Table.from_pydict(columns, schema=SCHEMAS[self.name][1])
         table = validate(columns, self.name).replace_schema_metadata(None)
-        self._writer.write_table(table, row_group_size=max(1, table.num_rows))
+        self._wait()
+        self._pending = self._thread.submit(self._writer.write_table, table, row_group_size=max(1, table.num_rows))
         self.rows += table.num_rows
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            self._pending.result()  # re-raises a failed write here
+            self._pending = None
 
     def set_metadata(self, extra: dict) -> None:
         """Footer metadata: the table's name and version plus `extra`."""
@@ -146,8 +167,12 @@ class TableWriter:
 
     def close(self) -> None:
         """Finish the file (footer written)."""
-        self._writer.add_key_value_metadata(meta_bytes(self.name, self._meta))
-        self._writer.close()
+        try:
+            self._wait()
+            self._writer.add_key_value_metadata(meta_bytes(self.name, self._meta))
+        finally:
+            self._thread.shutdown(wait=True)
+            self._writer.close()
 
 
 def read_meta(path: Path | str, name: str | None = None) -> dict:

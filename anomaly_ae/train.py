@@ -1,7 +1,7 @@
 """The training loop: data resident as uint8 on the device, batches sliced by index.
 
 AdamW with cosine decay, early stopping on the held-out loss (the best weights are kept),
-bf16 autocast and channels_last on CUDA, a fixed seed for reproducible CPU runs, and an
+channels_last everywhere and bf16 autocast on CUDA, a fixed seed for reproducible CPU runs, and an
 optional state file written after every epoch so `resume` continues an interrupted run.
 """
 
@@ -62,9 +62,8 @@ def to_device_uint8(images: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def as_float(batch: torch.Tensor) -> torch.Tensor:
-    """uint8 (n, c, h, w) -> float in [0, 1], channels_last on CUDA."""
-    x = batch.float().div_(255.0)
-    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+    """uint8 (n, c, h, w) -> float in [0, 1], channels_last (faster convolutions on CPU and GPU)."""
+    return batch.float().div_(255.0).contiguous(memory_format=torch.channels_last)
 
 
 class _Loss:
@@ -121,9 +120,9 @@ def train(model: ConvAutoencoder, data: torch.Tensor, val: torch.Tensor | None, 
     gen = torch.Generator().manual_seed(cfg.seed)
     batch = min(cfg.batch_size, n)
     steps_per_epoch = max(math.ceil(n / batch), cfg.min_steps_per_epoch)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model.to(memory_format=torch.channels_last)
+    # The fused AdamW kernel updates every parameter in one pass (measured faster on CPU too).
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
     loss_fn = _Loss(model_cfg)
     hist, best = History(device=str(device)), None

@@ -21,7 +21,7 @@ class Item:
     """One image to ingest or score: a file (`path`) or an in-memory array (`array`)."""
 
     key: str  # relative path, or "<split>/<index>" for array datasets
-    path: Path | None = None
+    path: Path | str | None = None
     array: np.ndarray | None = None
     label: int | None = None
     class_name: str | None = None

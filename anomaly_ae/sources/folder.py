@@ -86,7 +86,7 @@ class FolderSource:
                 if entry.name == MASK_FOLDER and top == self.root:
                     continue
                 found = walker.folder_items(entry)
-                if len(found) == 1 and found[0].reject_reason and found[0].path == Path(entry.path):
+                if len(found) == 1 and found[0].reject_reason and str(found[0].path) == entry.path:
                     items += found  # an empty folder named like an image: a reject, not a class
                 else:
                     cls = display_name(entry.name)
@@ -110,6 +110,7 @@ class _Walker:
 
     def __init__(self, root: Path):
         self.root = root
+        self.prefix = os.path.join(str(root), "")
         self.real_root = os.path.realpath(root)
         self.ignored = 0
         self.stats: list = []
@@ -134,10 +135,10 @@ class _Walker:
 
     def folder_items(self, entry: os.DirEntry) -> list[Item]:
         """Images under a sub-folder; a folder named like an image but holding none is a reject."""
-        items = self.files_under(Path(entry.path))
+        items = self.files_under(entry.path)
         if not items and is_image_name(entry.name):
-            rel = display_name(os.path.relpath(entry.path, self.root))
-            return [Item(key=rel, path=Path(entry.path), reject_reason="is a directory, not an image file")]
+            return [Item(key=self.relative(entry.path), path=entry.path,
+                         reject_reason="is a directory, not an image file")]
         return items
 
     def file_item(self, entry: os.DirEntry) -> list[Item]:
@@ -145,11 +146,11 @@ class _Walker:
         if not is_image_name(entry.name):
             self.ignored += 1
             return []
-        rel = display_name(os.path.relpath(entry.path, self.root))
-        item = Item(key=rel, path=Path(entry.path))
+        rel = self.relative(entry.path)
+        item = Item(key=rel, path=entry.path)  # a plain string: listing 100k files stays quick
         reason = self._link_problem(entry) if entry.is_symlink() else None
         try:
-            st = os.stat(entry.path)
+            st = entry.stat()
             self.stats.append((rel, st.st_size, st.st_mtime_ns))
             if reason is None and not stat.S_ISREG(st.st_mode):
                 reason = "not a regular file"
@@ -157,6 +158,11 @@ class _Walker:
             reason = reason or "broken symbolic link (its target does not exist)"
         item.reject_reason = reason
         return [item]
+
+    def relative(self, path: str) -> str:
+        """`path` relative to the root, as display text."""
+        rel = path[len(self.prefix):] if path.startswith(self.prefix) else os.path.relpath(path, self.root)
+        return rel if rel.isascii() else display_name(rel)
 
     def _link_problem(self, entry: os.DirEntry) -> str | None:
         target = os.path.realpath(entry.path)

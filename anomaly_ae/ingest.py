@@ -35,7 +35,7 @@ from anomaly_ae.imaging import (
     sha256_hex,
 )
 from anomaly_ae.parallel import Chunk, Decoded, decode_chunks, decode_one
-from anomaly_ae.schema import SCHEMAS, TableWriter, write_table
+from anomaly_ae.schema import SCHEMAS, TableWriter, fixed_binary, write_table
 from anomaly_ae.sources import Item, Listing, assign_test_split, require_items
 
 log = logging.getLogger(__name__)
@@ -181,9 +181,7 @@ class _Rows:
     def table(self) -> pa.Table:
         """The row group as an Arrow table (pixels as one buffer, no per-image copies)."""
         n = len(self)
-        offsets = (np.arange(n + 1, dtype=np.int64) * self.size).astype(np.int32)
-        pixels = pa.BinaryArray.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets.tobytes()),
-                                                               pa.py_buffer(b"".join(self.blobs))])
+        pixels = fixed_binary(b"".join(self.blobs), n)
         masks = pa.array(self.masks, pa.binary()) if any(m is not None for m in self.masks) else pa.nulls(n, pa.binary())
         cols = {k: pa.array(v, SCHEMAS["images"][1].field(k).type) for k, v in self.cols.items()}
         return pa.table({**cols, "pixels": pixels, "mask": masks})

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -106,6 +107,13 @@ def meta_bytes(name: str, extra: dict | None = None) -> dict:
     """Footer key-value metadata for table `name` plus table-specific facts."""
     payload = {"table": name, "schema_version": version(name), **(extra or {})}
     return {META_KEY: json.dumps(payload, sort_keys=True).encode()}
+
+
+def fixed_binary(data: bytes, n: int) -> pa.BinaryArray:
+    """`n` equal-length values stored back to back in `data`, as an Arrow binary array (no copy)."""
+    size = len(data) // n if n else 0
+    offsets = (np.arange(n + 1, dtype=np.int64) * size).astype(np.int32)
+    return pa.BinaryArray.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(data)])
 
 
 def write_options(name: str) -> dict:

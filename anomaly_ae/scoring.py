@@ -31,8 +31,8 @@ from anomaly_ae.fsio import atomic_write_text
 from anomaly_ae.imaging import Preprocess
 from anomaly_ae.ingest import image_id
 from anomaly_ae.metrics import PixelSamples
-from anomaly_ae.parallel import decode_files
-from anomaly_ae.schema import TableWriter, write_table
+from anomaly_ae.parallel import decode_chunks
+from anomaly_ae.schema import TableWriter, fixed_binary, write_table
 
 EXAMPLES_PER_KIND = 16
 META_COLUMNS = ("image_id", "path", "split", "label", "class_name", "sha256")
@@ -46,6 +46,7 @@ class Partition:
     dataset: str | None = None
     rows: list[int] = field(default_factory=list)
     files: list[tuple] = field(default_factory=list)  # (key, path, mask_path, class, split, reject)
+    masks: bool = False  # whether the whole input has masks (then pixel AUROC is measured)
 
     def __len__(self) -> int:
         return len(self.rows) if self.kind == "dataset" else len(self.files)
@@ -78,7 +79,8 @@ def plan(path: Path | str, policy: Preprocess, n_partitions: int = 1, split: str
         rows = ds.rows(split=split, classes=classes).tolist()
         if not rows:
             raise DataError(f"{path} has no images to score.")
-        return [Partition("dataset", dataset=str(path), rows=chunk) for chunk in _split(rows, n_partitions)]
+        masks = ds.meta["counts"].get("masks", 0) > 0
+        return [Partition("dataset", dataset=str(path), rows=chunk, masks=masks) for chunk in _split(rows, n_partitions)]
     from anomaly_ae.sources import require_items
     from anomaly_ae.sources.folder import FolderSource
 
@@ -88,7 +90,8 @@ def plan(path: Path | str, policy: Preprocess, n_partitions: int = 1, split: str
              and (classes is None or i.class_name in classes)]
     if not files:
         raise DataError(f"No images in {path} for split {split or 'any'} and classes {classes or 'any'}.")
-    return [Partition("files", files=chunk) for chunk in _split(files, n_partitions)]
+    masks = any(f[2] for f in files)
+    return [Partition("files", files=chunk, masks=masks) for chunk in _split(files, n_partitions)]
 
 
 def _split(seq: list, n: int) -> list[list]:
@@ -117,22 +120,24 @@ def iter_batches(part: Partition, policy: Preprocess, batch_size: int, workers: 
         return
     usable = [f for f in part.files if f[5] is None]
     rejects.extend((f[0], f[5]) for f in part.files if f[5] is not None)
-    results = decode_files(((Path(f[1]), Path(f[2]) if f[2] else None) for f in usable), policy,
-                           workers=workers, n_jobs=len(usable))
-    meta, pix, masks = _empty_meta(), [], []
-    for f, d in zip(usable, results):
-        if d.reason is not None:
-            rejects.append((f[0], d.reason))
-            continue
-        for k, v in zip(META_COLUMNS, (image_id(f[0]), f[0], f[4], None, f[3], d.sha256)):
-            meta[k].append(v)
-        pix.append(np.frombuffer(d.pixels, np.uint8).reshape(policy.shape))
-        masks.append(np.frombuffer(d.mask, np.uint8).reshape(policy.shape[:2]) if d.mask else None)
-        if len(pix) == batch_size:
-            yield meta, np.stack(pix), masks
-            meta, pix, masks = _empty_meta(), [], []
-    if pix:
-        yield meta, np.stack(pix), masks
+    chunks = decode_chunks(((f[1], f[2]) for f in usable), policy, workers=workers, n_jobs=len(usable))
+    meta, pix, masks, pos = _empty_meta(), [], [], 0
+    for jobs, chunk in chunks:
+        files, pos = usable[pos: pos + len(jobs)], pos + len(jobs)
+        rejects.extend((f[0], r) for f, r in zip(files, chunk.reasons) if r is not None)
+        ok = [f for f, r in zip(files, chunk.reasons) if r is None]
+        for k, col in zip(META_COLUMNS, ([image_id(f[0]) for f in ok], [f[0] for f in ok], [f[4] for f in ok],
+                                         [None] * len(ok), [f[3] for f in ok], chunk.sha256)):
+            meta[k] += col
+        pix.append(chunk.pixel_array(policy.shape))
+        masks += chunk.mask_list(policy.shape[:2])
+        while len(masks) >= batch_size:
+            stacked = np.concatenate(pix)
+            yield {k: v[:batch_size] for k, v in meta.items()}, stacked[:batch_size], masks[:batch_size]
+            meta = {k: v[batch_size:] for k, v in meta.items()}
+            pix, masks = [stacked[batch_size:]], masks[batch_size:]
+    if masks:
+        yield meta, np.concatenate(pix), masks
 
 
 def _empty_meta() -> dict:
@@ -213,6 +218,7 @@ def _score_partition(det, part: Partition, part_dir: Path, *, threshold: float, 
     pixels, rejects = PixelSamples(), []
     timing = {"decode": 0.0, "model": 0.0}
     done, batches = 0, iter_batches(part, policy, batch_size, workers, rejects)
+    with_masks = part.masks
     while True:
         t0 = time.perf_counter()
         batch = next(batches, None)
@@ -231,10 +237,11 @@ def _score_partition(det, part: Partition, part_dir: Path, *, threshold: float, 
         f_idx = np.flatnonzero(flagged)
         if len(f_idx):
             maps_w.write({"image_id": [meta["image_id"][k] for k in f_idx], "path": [meta["path"][k] for k in f_idx],
-                          "score": scores[f_idx], "error_map": [maps[k].astype("<f2").tobytes() for k in f_idx]})
-        for k in range(len(scores)):
-            if masks[k] is not None or anomalous[k] is False:
-                pixels.add(meta["image_id"][k], maps[k], masks[k] if masks[k] is not None else np.zeros(maps[k].shape, np.uint8))
+                          "score": scores[f_idx], "error_map": fixed_binary(maps[f_idx].astype("<f2").tobytes(), len(f_idx))})
+        if with_masks:  # pixel AUROC: defect pixels of masked images against every normal image's pixels
+            for k in range(len(scores)):
+                if masks[k] is not None or anomalous[k] is False:
+                    pixels.add(meta["image_id"][k], maps[k], masks[k] if masks[k] is not None else np.zeros(maps[k].shape, np.uint8))
         for k in _candidates(scores, threshold):
             rec = _example(meta, k, scores, pvals, flagged, anomalous, px, recon, maps, masks)
             top.add(scores[k], rec)

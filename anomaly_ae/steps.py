@@ -30,7 +30,8 @@ def ingest(source: str, out: str | Path, *, root: str | None = None, download: b
     """
     from anomaly_ae import imaging
     from anomaly_ae.dataset import Dataset
-    from anomaly_ae.ingest import fingerprint, ingest as run_ingest
+    from anomaly_ae.ingest import fingerprint
+    from anomaly_ae.ingest import ingest as run_ingest
     from anomaly_ae.sources import open_source
 
     request = imaging.PolicyRequest(imaging.parse_size(size), channels, resize)
@@ -218,7 +219,7 @@ def score(input: str | Path, model: str | Path, out: str | Path, *, threshold: f
     """
     import time
 
-    from anomaly_ae import checkpoint, scoring
+    from anomaly_ae import scoring
     from anomaly_ae.detector import AutoencoderDetector
     from anomaly_ae.fsio import FileLock, atomic_dir, atomic_write_json
     from anomaly_ae.imaging import Preprocess

@@ -113,3 +113,36 @@ def test_partitions_give_the_same_results(mnist_ds, mnist_model, run_dir, tmp_pa
     one = pq.read_table(run_dir / "scores.parquet")
     three = pq.read_table(tmp_path / "parts" / "scores.parquet")
     assert one.equals(three)
+
+
+@pytest.fixture(scope="module")
+def defects_folder(tmp_path_factory):
+    """A small benchmark-layout folder: textured 'good' images, and images with a bright blob marked by a mask."""
+    root = tmp_path_factory.mktemp("defects") / "part"
+    rng = np.random.default_rng(3)
+
+    def surface():
+        return np.clip(rng.normal(110, 12, (32, 32)), 0, 255).astype(np.uint8)
+
+    for k in range(60):
+        write_png(root / "train" / "good" / f"{k:03d}.png", surface())
+    for k in range(12):
+        write_png(root / "test" / "good" / f"{k:03d}.png", surface())
+    for k in range(12):
+        img, mask = surface(), np.zeros((32, 32), np.uint8)
+        y, x = rng.integers(4, 24, 2)
+        img[y:y + 5, x:x + 5], mask[y:y + 5, x:x + 5] = 250, 255
+        write_png(root / "test" / "spot" / f"{k:03d}.png", img)
+        write_png(root / "ground_truth" / "spot" / f"{k:03d}_mask.png", mask)
+    return root
+
+
+def test_pixel_auroc_with_masks_and_partitions(defects_folder, tmp_path):
+    from anomaly_ae.config import DetectorConfig, TrainConfig
+
+    steps.ingest(str(defects_folder), tmp_path / "ds")
+    steps.train(tmp_path / "ds", tmp_path / "m", config=DetectorConfig(train=TrainConfig(epochs=8)))
+    one = steps.score(defects_folder, tmp_path / "m", tmp_path / "run1", split="test", report=False)
+    assert one["auroc"] > 0.9 and one["pixel_auroc"] > 0.9
+    two = steps.score(tmp_path / "ds", tmp_path / "m", tmp_path / "run2", split="test", partitions=2, report=False)
+    assert two["pixel_auroc"] == pytest.approx(one["pixel_auroc"])

@@ -6,17 +6,15 @@ torch, torchvision and prefect are imported inside the commands that need them, 
 
 from __future__ import annotations
 
-import contextlib
-import json
-import logging
 import re
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
+from anomaly_ae import console
+from anomaly_ae.console import err_console, out_console
 from anomaly_ae.errors import AnomalyAEError
 
 app = typer.Typer(
@@ -24,8 +22,6 @@ app = typer.Typer(
     help="Image anomaly detection with convolutional autoencoders: ingest images into Parquet, "
          "train on normal images, calibrate a threshold, score new batches and report.",
 )
-out_console = Console()
-err_console = Console(stderr=True)
 
 Json = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show progress messages (INFO logs).")]
@@ -38,35 +34,6 @@ def main() -> None:
     except AnomalyAEError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
-
-
-def _setup_logging(verbose: bool) -> None:
-    from rich.logging import RichHandler
-
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
-                        handlers=[RichHandler(console=err_console, show_path=False)], force=True)
-
-
-@contextlib.contextmanager
-def _progress(label: str):
-    """A progress bar on stderr; yields a callback ``(done, total, **fields)``."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[note]}"), TimeElapsedColumn()]
-    with Progress(*columns, console=err_console, transient=True) as bar:
-        task = bar.add_task(label, total=None, note="")
-
-        def update(done: int, total: int | None, **fields) -> None:
-            note = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                             for k, v in fields.items())
-            bar.update(task, completed=done, total=total, note=note)
-
-        yield update
-
-
-def _print_json(obj) -> None:
-    out_console.print_json(json.dumps(obj, default=str))
 
 
 def _default_name(spec: str) -> str:
@@ -101,16 +68,16 @@ def ingest(
 
     Unreadable files are recorded in the dataset's rejects table with the reason and skipped.
     """
-    _setup_logging(verbose)
+    console.setup_logging(verbose)
     from anomaly_ae import steps
 
     out = out or Path("data") / "datasets" / _default_name(source)
-    with _progress("ingest") as update:
+    with console.progress("ingest") as update:
         summary = steps.ingest(source, out, root=root, download=download, size=size, channels=channels,
                                resize=resize, test_fraction=test_fraction, seed=seed, max_pixels=max_pixels,
                                workers=workers, overwrite=overwrite, force=force, progress=update)
     if as_json:
-        return _print_json(summary)
+        return console.print_json(summary)
     counts = summary["counts"]
     verb = "is up to date (use --force to ingest again)" if summary["cached"] else "written"
     out_console.print(f"Dataset {summary['dataset']} {verb}: {counts['images']} images "
@@ -132,7 +99,7 @@ def info(
 
     s = steps.info(dataset)
     if as_json:
-        return _print_json(s)
+        return console.print_json(s)
     p = s["preprocess"]
     out_console.print(f"[bold]{s['dataset']}[/]  source {s['source']} ({s['layout']} layout), "
                       f"schema v{s['schema_version']}")
@@ -191,7 +158,7 @@ def train(
     as_json: Json = False, verbose: Verbose = False,
 ) -> None:
     """Train an autoencoder on the normal classes and calibrate its threshold on held-out normals."""
-    _setup_logging(verbose)
+    console.setup_logging(verbose)
     from anomaly_ae import steps
 
     cfg = _detector_config(
@@ -200,11 +167,11 @@ def train(
                "seed": seed, "device": device, "allow_collapsed": allow_collapsed or None},
         score={"method": score}, threshold={"target_fpr": target_fpr})
     out = out or Path("data") / "models" / f"{Path(dataset).name}-{'-'.join(normal or ['good'])}"
-    with _progress("train") as update:
+    with console.progress("train") as update:
         s = steps.train(dataset, out, normal=normal, config=cfg, overwrite=overwrite, force=force,
                         resume=resume, progress=update)
     if as_json:
-        return _print_json(s)
+        return console.print_json(s)
     verb = "is up to date (use --force to train again)" if s["cached"] else "trained"
     out_console.print(
         f"Model {s['model']} {verb}: {s['kind']} on {', '.join(s['normal_classes'])} ({s['n_train']} images, "
@@ -224,12 +191,12 @@ def calibrate(
     as_json: Json = False, verbose: Verbose = False,
 ) -> None:
     """Recalibrate a model's threshold without retraining."""
-    _setup_logging(verbose)
+    console.setup_logging(verbose)
     from anomaly_ae import steps
 
     s = steps.calibrate(model, target_fpr=target_fpr, data=data, normal=normal, split=split)
     if as_json:
-        return _print_json(s)
+        return console.print_json(s)
     out_console.print(f"Model {s['model']}: threshold {s['threshold']:.4g} for target FPR {s['target_fpr']:g} "
                       f"from {s['n_calibration']} scores ({s['source']}).")
 
@@ -250,39 +217,19 @@ def score(
     as_json: Json = False, verbose: Verbose = False,
 ) -> None:
     """Score a folder or dataset: every item's score, the flagged items, metrics when labels are known."""
-    _setup_logging(verbose)
+    console.setup_logging(verbose)
     import datetime as dt
 
     from anomaly_ae import steps
 
     out = out or Path("data") / "runs" / f"{_default_name(str(input))}-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    with _progress("score") as update:
+    with console.progress("score") as update:
         s = steps.score(input, model, out, threshold=threshold, target_fpr=target_fpr, split=split,
                         batch_size=batch_size, workers=workers, device=device, report=report,
                         overwrite=overwrite, progress=update)
     if as_json:
-        return _print_json(s)
-    _print_score_summary(s)
-
-
-def _print_score_summary(s: dict) -> None:
-    from rich.table import Table
-
-    table = Table("", "", show_header=False, box=None)
-    rows = [("scored", s["scored"]), ("flagged", f"{s['flagged']} ({s['flagged'] / max(s['scored'], 1):.1%})"),
-            ("rejected", s["rejects"]), ("threshold", f"{s['threshold']:.4g}")]
-    if s.get("target_fpr") is not None:
-        rows.append(("target FPR", f"{s['target_fpr']:g}"))
-    for key, label in (("auroc", "AUROC"), ("auprc", "AUPRC"), ("fpr", "FPR at threshold"),
-                       ("tpr", "TPR at threshold"), ("f1", "F1 at threshold"), ("pixel_auroc", "pixel AUROC")):
-        if s.get(key) is not None:
-            rows.append((label, f"{s[key]:.4f}"))
-    if s.get("drift"):
-        rows.append(("drift", "this batch's scores differ from the calibration images' (see the report)"))
-    for k, v in rows:
-        table.add_row(k, str(v))
-    out_console.print(table)
-    out_console.print(f"Run folder: {s['run']}" + (f"  report: {Path(s['run']) / s['report']}" if s.get("report") else ""))
+        return console.print_json(s)
+    console.print_score_summary(s)
 
 
 @app.command()
@@ -293,16 +240,16 @@ def demo(
     verbose: Verbose = False,
 ) -> None:
     """The whole pipeline on the bundled MNIST digits: ingest, train, calibrate, score, report."""
-    _setup_logging(verbose)
+    console.setup_logging(verbose)
     from anomaly_ae import steps
 
-    with _progress("demo") as update:
+    with console.progress("demo") as update:
         s = steps.demo(workdir, normal=normal, device=device, progress=update)
     out_console.print(f"Dataset {s['dataset']['dataset']}: {s['dataset']['counts']['images']} real MNIST digits "
                       f"(bundled). Model {s['model']['model']}: digit {normal} is normal, trained in "
                       f"{s['model']['seconds']:.1f} s.")
     out_console.print(f"Scored the test split ({s['score']['scored']} digits; every digit but {normal} is an anomaly):")
-    _print_score_summary(s["score"])
+    console.print_score_summary(s["score"])
 
 
 @app.command()
@@ -311,7 +258,7 @@ def report(
     verbose: Verbose = False,
 ) -> None:
     """Rebuild a run folder's report.html."""
-    _setup_logging(verbose)
+    console.setup_logging(verbose)
     from anomaly_ae import steps
 
     path = steps.report(run)
@@ -331,22 +278,22 @@ def run(
     as_json: Json = False, verbose: Verbose = False,
 ) -> None:
     """Run a pipeline (ingest, train, calibrate, score, report) as one Prefect flow run."""
-    _setup_logging(verbose)
+    console.setup_logging(verbose)
     from flows import entry
 
     s = entry.run(str(pipeline), force=force, task_runner=task_runner, dask_address=dask_address)
     if as_json:
-        return _print_json(s)
+        return console.print_json(s)
     out_console.print(f"Flow run {s['flow_run_id']}: {s['state']}")
     if s.get("score"):
-        _print_score_summary(s["score"])
+        console.print_score_summary(s["score"])
 
 
 @app.command()
 def serve(pipeline: Pipeline, verbose: Verbose = False) -> None:
     """Serve a pipeline's deployments on their schedules until Ctrl-C (starts a local Prefect server
     when PREFECT_API_URL is not set)."""
-    _setup_logging(verbose)
+    console.setup_logging(verbose)
     from flows import entry
 
     entry.serve(str(pipeline))
@@ -358,15 +305,15 @@ def inbox(
     as_json: Json = False, verbose: Verbose = False,
 ) -> None:
     """Score the files that arrived in a pipeline's inbox since its last run, each exactly once."""
-    _setup_logging(verbose)
+    console.setup_logging(verbose)
     from flows import entry
 
     s = entry.inbox(str(pipeline), task_runner=task_runner, dask_address=dask_address)
     if as_json:
-        return _print_json(s)
+        return console.print_json(s)
     out_console.print(f"Flow run {s['flow_run_id']}: {s['state']}")
     details = {k: v for k, v in s.items() if k not in ("flow_run_id", "state", "completed")}
-    _print_json(details)
+    console.print_json(details)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,20 +14,15 @@ parts into the run folder:
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from anomaly_ae.dataset import NORMAL_NAMES, Dataset
 from anomaly_ae.errors import DataError
-from anomaly_ae.fsio import atomic_write_text
 from anomaly_ae.imaging import Preprocess
 from anomaly_ae.ingest import image_id
 from anomaly_ae.metrics import PixelSamples
@@ -278,88 +273,3 @@ def _columns(records: list[dict], table: str) -> dict:
     from anomaly_ae.schema import SCHEMAS
 
     return {name: [r.get(name) for r in records] for name in SCHEMAS[table][1].names}
-
-
-def resolve_threshold(det, threshold: float | None = None, target_fpr: float | None = None) -> dict:
-    """The operating point of a run: the calibrated one, a fixed `threshold`, or a new target FPR."""
-    from anomaly_ae.threshold import conformal_threshold
-
-    if threshold is not None and target_fpr is not None:
-        raise DataError("Give either --threshold or --target-fpr, not both.")
-    if threshold is not None:
-        if not np.isfinite(threshold):
-            raise DataError(f"--threshold must be a finite number, got {threshold}.")
-        fpr = float((det.calibration_scores_ > threshold).mean())
-        return {"threshold": float(threshold), "method": "fixed", "target_fpr": None,
-                "calibration_fpr": fpr, "n_calibration": len(det.calibration_scores_)}
-    if target_fpr is not None:
-        return conformal_threshold(det.calibration_scores_, target_fpr)
-    return dict(det.threshold_info_)
-
-
-def finalize(part_dirs: list[Path], out: Path, *, threshold_info: dict, cal_scores: np.ndarray) -> dict:
-    """Merge partition outputs into the run's tables; returns {metrics, counts, drift}."""
-    from anomaly_ae.metrics import detection_metrics, drift_check, per_class, pixel_auroc
-    from anomaly_ae.threshold import f1_optimal_threshold
-
-    table = pa.concat_tables([pq.read_table(d / "scores.parquet") for d in part_dirs])
-    scores = table["score"].to_numpy()
-    rank = np.empty(len(scores), np.int64)
-    rank[np.argsort(-scores, kind="stable")] = np.arange(1, len(scores) + 1)
-    table = table.set_column(table.schema.get_field_index("rank"), "rank", pa.array(rank))
-    write_table(out / "scores.parquet", "scores", table, extra={"threshold": threshold_info["threshold"]})
-    flagged = table["flagged"].to_numpy(zero_copy_only=False)
-    _write_flagged_csv(out / "flagged.csv", table.filter(pa.array(flagged)))
-    _concat_parts(part_dirs, out, "error_maps")
-    _concat_parts(part_dirs, out, "rejects")
-    _merge_examples(part_dirs, out, threshold_info["threshold"])
-    px = [np.load(d / "pixels.npz") for d in part_dirs]
-    errors = np.concatenate([p["arr_0"] for p in px])
-    pixel_labels = np.concatenate([p["arr_1"] for p in px])
-    t = threshold_info["threshold"]
-    target = threshold_info.get("target_fpr") or float((cal_scores > t).mean()) or 1e-9
-    result = {"n_scored": len(scores), "n_flagged": int(flagged.sum()),
-              "drift": drift_check(scores, cal_scores, int(flagged.sum()), target), "metrics": None}
-    labels = table["is_anomaly"].to_pylist()
-    known = np.array([v is not None for v in labels])
-    if known.any():
-        y = np.array([bool(v) for v in labels])[known]
-        m = detection_metrics(y, scores[known], flagged[known], t)
-        m["per_class"] = per_class(np.array(table["class_name"].to_pylist(), object)[known], y, scores[known], flagged[known])
-        m["pixel_auroc"] = pixel_auroc(errors, pixel_labels)
-        m["n_pixels_sampled"] = int(len(errors))
-        m["f1_optimal"] = f1_optimal_threshold(scores[known], y) if 0 < y.sum() < len(y) else None
-        normal_scores = scores[known][~y]
-        m["drift_normal_only"] = drift_check(normal_scores, cal_scores, int(flagged[known][~y].sum()), target)
-        result["metrics"] = m
-    return result
-
-
-def _write_flagged_csv(path: Path, flagged: pa.Table) -> None:
-    flagged = flagged.sort_by([("rank", "ascending")])
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["rank", "path", "score", "p_value", "class_name"])
-    for row in zip(*(flagged[c].to_pylist() for c in ("rank", "path", "score", "p_value", "class_name"))):
-        w.writerow([row[0], row[1], f"{row[2]:.6g}", f"{row[3]:.6g}", row[4] or ""])
-    atomic_write_text(path, buf.getvalue())
-
-
-def _concat_parts(part_dirs: list[Path], out: Path, name: str) -> None:
-    """Stream the parts' `name` tables into one file, row group by row group."""
-    writer = TableWriter(out / f"{name}.parquet", name)
-    for d in part_dirs:
-        pf = pq.ParquetFile(d / f"{name}.parquet")
-        for g in range(pf.num_row_groups):
-            writer.write(pf.read_row_group(g))
-    writer.close()
-
-
-def _merge_examples(part_dirs: list[Path], out: Path, threshold: float) -> None:
-    table = pa.concat_tables([pq.read_table(d / "examples.parquet") for d in part_dirs])
-    rows = table.to_pylist()
-    seen_top, seen_border = _Best(EXAMPLES_PER_KIND), _Best(EXAMPLES_PER_KIND)
-    for r in rows:
-        (seen_top if r["kind"] == "top" else seen_border).add(
-            r["score"] if r["kind"] == "top" else -abs(r["score"] - threshold), r)
-    write_table(out / "examples.parquet", "examples", _columns(seen_top.prune() + seen_border.prune(), "examples"))

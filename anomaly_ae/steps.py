@@ -219,6 +219,7 @@ def score(input: str | Path, model: str | Path, out: str | Path, *, threshold: f
     """
     import time
 
+    from anomaly_ae import results as run_results
     from anomaly_ae import scoring
     from anomaly_ae.detector import AutoencoderDetector
     from anomaly_ae.fsio import FileLock, atomic_dir, atomic_write_json
@@ -226,39 +227,44 @@ def score(input: str | Path, model: str | Path, out: str | Path, *, threshold: f
 
     t0, out = time.perf_counter(), Path(out)
     det = AutoencoderDetector.load(model, device=device)
-    th = scoring.resolve_threshold(det, threshold, target_fpr)
+    th = run_results.resolve_threshold(det, threshold, target_fpr)
     policy = Preprocess.from_dict(det.meta_["preprocess"])
     with FileLock(out.parent / f".{out.name}.lock", f"Run folder {out}"), atomic_dir(out, overwrite=overwrite) as tmp:
         parts = scoring.plan(input, policy, partitions, split)
         normal = scoring.normal_names(det.meta_.get("normal_classes") or [])
         normal = normal if scoring.labels_known(parts, normal) else None
         part_dirs = [tmp / ".parts" / f"{k:05d}" for k in range(len(parts))]
-        total = sum(len(p) for p in parts)
         if map_partitions is None:
-            done = [0]
-
-            def part_progress(n, _total, base=done):
-                if progress:
-                    progress(base[0] + n, total)
-            results = []
-            for part, d in zip(parts, part_dirs):
-                results.append(scoring.score_partition(det, part, d, threshold=th["threshold"], normal=normal,
-                                                       batch_size=batch_size, workers=workers, progress=part_progress))
-                done[0] += len(part)
+            done = _score_here(det, parts, part_dirs, th["threshold"], normal, batch_size, workers, progress)
         else:
-            results = map_partitions(parts, part_dirs, th["threshold"], normal)
+            done = map_partitions(parts, part_dirs, th["threshold"], normal)
         t1 = time.perf_counter()
-        merged = scoring.finalize(part_dirs, tmp, threshold_info=th, cal_scores=det.calibration_scores_)
+        merged = run_results.finalize(part_dirs, tmp, threshold_info=th, cal_scores=det.calibration_scores_)
         _remove_tree(tmp / ".parts")
         if merged["metrics"] is not None:
             atomic_write_json(tmp / "metrics.json", merged["metrics"])
-        run = _run_record(det, model, input, split, th, parts, results, merged,
-                          {"total": time.perf_counter() - t0, "finalize": time.perf_counter() - t1}, normal)
+        run = run_results.run_record(det, model, input, split, th, parts, done, merged,
+                                     {"total": time.perf_counter() - t0, "finalize": time.perf_counter() - t1}, normal)
         atomic_write_json(tmp / "run.json", run)
         if report:
             run["report"] = _build_report(tmp)
             atomic_write_json(tmp / "run.json", run)
-    return _score_summary(out, run, merged)
+    return run_results.score_summary(out, run, merged)
+
+
+def _score_here(det, parts, part_dirs, threshold, normal, batch_size, workers, progress) -> list[dict]:
+    """Score the partitions one after the other in this process, with one progress count."""
+    from anomaly_ae import scoring
+
+    total, before, out = sum(len(p) for p in parts), 0, []
+    for part, d in zip(parts, part_dirs):
+        def report(n, _total, base=before):
+            if progress:
+                progress(base + n, total)
+        out.append(scoring.score_partition(det, part, d, threshold=threshold, normal=normal,
+                                           batch_size=batch_size, workers=workers, progress=report))
+        before += len(part)
+    return out
 
 
 def _remove_tree(path: Path) -> None:
@@ -276,45 +282,6 @@ def _build_report(run_dir: Path) -> str | None:
     except Exception:  # a broken report must not cost the user the run's results
         log.exception("building the report failed; the scores are kept")
         return None
-
-
-def _run_record(det, model, input, split, th, parts, results, merged, timings, normal) -> dict:
-    import datetime as dt
-    import secrets
-
-    from anomaly_ae.checkpoint import model_file, versions
-
-    for key in ("decode", "model"):
-        timings[key] = sum(r["seconds"][key] for r in results)
-    n_items = sum(len(p) for p in parts)
-    m = det.meta_
-    return {
-        "run_id": dt.datetime.now().strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3),
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "input": str(Path(input).resolve()), "input_kind": parts[0].kind, "split": split,
-        "model": {"path": str(model_file(model).resolve()), "kind": det.config.model.kind,
-                  "score_method": det.config.score.method, "normal_classes": m.get("normal_classes"),
-                  "classes": m.get("classes"), "image_shape": list(det.shape_),
-                  "dataset": m.get("data", {}).get("dataset"), "trained": getattr(det, "created_", None),
-                  "collapse": getattr(det, "collapse_", None)},
-        "threshold": th, "labels_known": normal is not None,
-        "counts": {"items": n_items, "scored": merged["n_scored"], "flagged": merged["n_flagged"],
-                   "rejects": sum(r["rejects"] for r in results)},
-        "drift": merged["drift"], "timings": timings, "versions": versions(), "partitions": len(parts),
-        "calibration_scores": det.calibration_scores_.tolist(), "history": det.history_,
-    }
-
-
-def _score_summary(out: Path, run: dict, merged: dict) -> dict:
-    m = merged["metrics"] or {}
-    return {"run": str(out), "scored": run["counts"]["scored"], "flagged": run["counts"]["flagged"],
-            "rejects": run["counts"]["rejects"], "threshold": run["threshold"]["threshold"],
-            "target_fpr": run["threshold"].get("target_fpr"), "auroc": m.get("auroc"),
-            "auprc": m.get("auprc"), "fpr": m.get("fpr"), "tpr": m.get("tpr"), "f1": m.get("f1"),
-            "pixel_auroc": m.get("pixel_auroc"),
-            # With labels, anomalies are expected to score high: judge drift on the normal items.
-            "drift": (m.get("drift_normal_only") or run["drift"])["drift"],
-            "report": run.get("report"), "seconds": run["timings"]["total"]}
 
 
 def report(run_dir: str | Path) -> Path:

@@ -181,3 +181,15 @@ def test_calibrate_step_retargets_without_retraining(mnist_model, tmp_path):
     after = checkpoint.read(m)
     assert s["threshold"] < before["threshold"]["threshold"] and after["threshold"]["target_fpr"] == 0.1
     assert all(torch.equal(before["state_dict"][k], after["state_dict"][k]) for k in before["state_dict"])
+
+
+@pytest.mark.gpu
+def test_cuda_training_and_scoring(mnist_images, tmp_path):
+    fit, cal, test, y = split_digit(mnist_images, "0")
+    cfg = DetectorConfig(train=TrainConfig(epochs=6, device="cuda"))
+    det = AutoencoderDetector(cfg).fit(fit, validation=cal).calibrate(cal)
+    assert det.device_.type == "cuda" and det.history_["device"].startswith("cuda")
+    assert roc_auc_score(y, det.score_samples(test)) > 0.95
+    det.save(tmp_path / "m", preprocess={"height": 28, "width": 28, "channels": "L", "resize": "bilinear"})
+    on_cpu = AutoencoderDetector.load(tmp_path / "m", device="cpu")
+    assert np.allclose(on_cpu.score_samples(test[:64]), det.score_samples(test[:64]), rtol=0.1, atol=1e-3)

@@ -1,0 +1,63 @@
+"""What the command line shows: logging, progress bars and summaries, with rich (no typer here)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from pathlib import Path
+
+from rich.console import Console
+
+out_console = Console()
+err_console = Console(stderr=True)
+
+
+def setup_logging(verbose: bool) -> None:
+    """Library logs to stderr through rich: warnings, or everything from INFO with --verbose."""
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=err_console, show_path=False)], force=True)
+
+
+@contextlib.contextmanager
+def progress(label: str):
+    """A progress bar on stderr; yields a callback ``(done, total, **fields)``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[note]}"), TimeElapsedColumn()]
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task(label, total=None, note="")
+
+        def update(done: int, total: int | None, **fields) -> None:
+            note = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                             for k, v in fields.items())
+            bar.update(task, completed=done, total=total, note=note)
+
+        yield update
+
+
+def print_json(obj) -> None:
+    out_console.print_json(json.dumps(obj, default=str))
+
+
+def print_score_summary(s: dict) -> None:
+    from rich.table import Table
+
+    table = Table("", "", show_header=False, box=None)
+    rows = [("scored", s["scored"]), ("flagged", f"{s['flagged']} ({s['flagged'] / max(s['scored'], 1):.1%})"),
+            ("rejected", s["rejects"]), ("threshold", f"{s['threshold']:.4g}")]
+    if s.get("target_fpr") is not None:
+        rows.append(("target FPR", f"{s['target_fpr']:g}"))
+    for key, label in (("auroc", "AUROC"), ("auprc", "AUPRC"), ("fpr", "FPR at threshold"),
+                       ("tpr", "TPR at threshold"), ("f1", "F1 at threshold"), ("pixel_auroc", "pixel AUROC")):
+        if s.get(key) is not None:
+            rows.append((label, f"{s[key]:.4f}"))
+    if s.get("drift"):
+        rows.append(("drift", "this batch's scores differ from the calibration images' (see the report)"))
+    for k, v in rows:
+        table.add_row(k, str(v))
+    out_console.print(table)
+    out_console.print(f"Run folder: {s['run']}" + (f"  report: {Path(s['run']) / s['report']}" if s.get("report") else ""))

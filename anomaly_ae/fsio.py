@@ -32,7 +32,8 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (best effort)."""
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
         try:
@@ -53,7 +54,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     finally:
         if tmp.exists() or tmp.is_symlink():
             _remove(tmp)
@@ -108,7 +109,7 @@ def atomic_dir(final: Path | str, *, overwrite: bool = False) -> Iterator[Path]:
             _remove(old)
         else:
             os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
     finally:
         if tmp.exists():
             _remove(tmp)

@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 
 from anomaly_ae import schema
 from anomaly_ae.errors import DataError
-from anomaly_ae.fsio import FileLock, _fsync_dir, atomic_write_json, remove_stale_temps
+from anomaly_ae.fsio import FileLock, atomic_write_json, fsync_dir, remove_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +273,7 @@ class InboxRun:
             "files": len(staged), "rejected": len(rejected), "still_settling": self.pending})
         self.final_dir.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.out_dir, self.final_dir)
-        _fsync_dir(self.final_dir.parent)
+        fsync_dir(self.final_dir.parent)
         log.info("inbox run %s committed: %d files", self.run_id, len(staged))
         try:
             read_ledger(self.state_dir)  # refresh the cache; the run folder already counts

@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import json
 import platform
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from anomaly_ae.models import build_model
 FORMAT = "anomaly-ae/checkpoint"
 FORMAT_VERSION = 1
 # Keys the detector rebuilds itself on save; everything else is caller metadata kept in meta_.
-_DETECTOR_KEYS = {"format", "format_version", "state_dict", "config", "image_shape", "normalisation",
+DETECTOR_KEYS = {"format", "format_version", "state_dict", "config", "image_shape", "normalisation",
                   "threshold", "calibration_scores", "history", "collapse", "versions", "created"}
 REQUIRED = ("format", "format_version", "state_dict", "config", "image_shape", "preprocess",
             "threshold", "calibration_scores", "history", "versions")
@@ -51,11 +52,9 @@ def plain(obj):
         return [plain(v) for v in obj]
     if isinstance(obj, torch.Tensor) or obj is None or type(obj) in (str, int, float, bool):
         return obj
-    if isinstance(obj, (np.generic,)):
+    if isinstance(obj, np.generic):
         return obj.item()
-    if isinstance(obj, str):
-        return str(obj)
-    if isinstance(obj, (Path,)):
+    if isinstance(obj, (str, Path)):  # str subclasses (such as torch's version string) and paths
         return str(obj)
     raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint")
 
@@ -96,10 +95,7 @@ def read(path: Path | str) -> dict:
         ModelError: truncated, damaged, tampered with, or of an unknown format version.
     """
     file = model_file(path)
-    if not file.exists():
-        raise DataError(f"No model at {path} (looked for {file}). Train one with `anomaly-ae train`.")
-    data = file.read_bytes()
-    _check_digest(file, data)
+    data = _read_checked(file, path)
     try:
         import io
 
@@ -116,6 +112,25 @@ def read(path: Path | str) -> dict:
     if missing:
         raise ModelError(f"{file} lacks {', '.join(missing)}; it is damaged. Retrain the model.")
     return ckpt
+
+
+def _read_checked(file: Path, path, retry: bool = True) -> bytes:
+    """The checkpoint's bytes, checked against model.json's checksum.
+
+    A model being replaced (recalibrated, retrained) is briefly missing, or its two files are
+    briefly of different versions: one retry after a moment tells that from real damage.
+    """
+    try:
+        data = file.read_bytes()
+        _check_digest(file, data)
+        return data
+    except (FileNotFoundError, ModelError):
+        if retry:
+            time.sleep(0.5)
+            return _read_checked(file, path, retry=False)
+        if not file.exists():
+            raise DataError(f"No model at {path} (looked for {file}). Train one with `anomaly-ae train`.") from None
+        raise
 
 
 def _check_digest(file: Path, data: bytes) -> None:
@@ -155,6 +170,6 @@ def restore(ckpt: dict, device: str = "auto"):
     det.calibration_scores_ = ckpt["calibration_scores"].numpy().astype(np.float64)
     det.threshold_info_ = dict(ckpt["threshold"])
     det.threshold_ = float(det.threshold_info_["threshold"])
-    det.meta_ = {k: v for k, v in ckpt.items() if k not in _DETECTOR_KEYS}
+    det.meta_ = {k: v for k, v in ckpt.items() if k not in DETECTOR_KEYS}
     det.created_ = ckpt.get("created")
     return det

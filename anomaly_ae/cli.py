@@ -59,7 +59,7 @@ def ingest(
     seed: Annotated[int, typer.Option(help="Seed of the --test-fraction split.")] = 0,
     max_pixels: Annotated[Optional[int], typer.Option(help="Reject images with more pixels than this "
                                                            "(decompression-bomb guard) \\[default: 64,000,000].")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Decode processes \\[default: all cores].")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Decode processes \\[default: all cores].")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset at --out.")] = False,
     force: Annotated[bool, typer.Option(help="Ingest again even if --out is up to date.")] = False,
     as_json: Json = False, verbose: Verbose = False,
@@ -141,9 +141,9 @@ def train(
                                                         "repeat for several. Default: 'good' when present.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Model folder \\[default: data/models/<dataset>-<normal>].")] = None,
     model: Annotated[Optional[str], typer.Option(help="ae (classic), denoising or vae.")] = None,
-    latent_dim: Annotated[Optional[int], typer.Option(help="Size of the bottleneck.")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Most epochs (early stopping may end sooner).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per step.")] = None,
+    latent_dim: Annotated[Optional[int], typer.Option(min=1, help="Size of the bottleneck.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Most epochs (early stopping may end sooner).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per step.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate.")] = None,
     score: Annotated[Optional[str], typer.Option(help="Image score: mse, topk (smoothed top-k error) or ssim.")] = None,
     target_fpr: Annotated[Optional[float], typer.Option(help="False-positive rate the threshold holds on normal images.")] = None,
@@ -174,7 +174,7 @@ def train(
         return console.print_json(s)
     verb = "is up to date (use --force to train again)" if s["cached"] else "trained"
     out_console.print(
-        f"Model {s['model']} {verb}: {s['kind']} on {', '.join(s['normal_classes'])} ({s['n_train']} images, "
+        f"Model {s['model']} {verb}: {s['kind']} on {', '.join(s['normal_classes']) or 'all images'} ({s['n_train']} images, "
         f"{s['epochs']} epochs on {s['device']}, {s['seconds']:.1f} s); threshold {s['threshold']:.4g} for "
         f"target FPR {s['target_fpr']:g} from {s['n_calibration']} held-out images.")
 
@@ -209,8 +209,8 @@ def score(
     threshold: Annotated[Optional[float], typer.Option(help="Flag scores above this value instead of the calibrated threshold.")] = None,
     target_fpr: Annotated[Optional[float], typer.Option(help="Recompute the threshold for this false-positive rate.")] = None,
     split: Annotated[Optional[str], typer.Option(help="Only this split (e.g. test) of the input.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per batch \\[default: from the image size].")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Decode processes \\[default: all cores].")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per batch \\[default: from the image size].")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Decode processes \\[default: all cores].")] = None,
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
     report: Annotated[bool, typer.Option(help="Write report.html into the run folder.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder at --out.")] = False,

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, fields
 from anomaly_ae.errors import ConfigError
 
 
-def _require(ok: bool, key: str, message: str) -> None:
+def require(ok: bool, key: str, message: str) -> None:
+    """Raise ConfigError naming `key` unless `ok`."""
     if not ok:
         raise ConfigError(f"{key}: {message}")
 
@@ -30,13 +31,13 @@ class ModelConfig:
     kl_weight: float = 0.01  # vae: weight of the KL term (per pixel)
 
     def __post_init__(self):
-        _require(self.kind in ("ae", "denoising", "vae"), "model.kind", f"must be ae, denoising or vae, got {self.kind!r}")
-        _require(1 <= self.latent_dim <= 4096, "model.latent_dim", f"must be 1..4096, got {self.latent_dim}")
-        _require(1 <= self.base_channels <= 512, "model.base_channels", f"must be 1..512, got {self.base_channels}")
-        _require(self.base_channels <= self.max_channels <= 2048, "model.max_channels",
+        require(self.kind in ("ae", "denoising", "vae"), "model.kind", f"must be ae, denoising or vae, got {self.kind!r}")
+        require(1 <= self.latent_dim <= 4096, "model.latent_dim", f"must be 1..4096, got {self.latent_dim}")
+        require(1 <= self.base_channels <= 512, "model.base_channels", f"must be 1..512, got {self.base_channels}")
+        require(self.base_channels <= self.max_channels <= 2048, "model.max_channels",
                  f"must be base_channels..2048, got {self.max_channels}")
-        _require(0.0 <= self.noise_std <= 1.0, "model.noise_std", f"must be 0..1, got {self.noise_std}")
-        _require(self.kl_weight >= 0.0, "model.kl_weight", f"must be >= 0, got {self.kl_weight}")
+        require(0.0 <= self.noise_std <= 1.0, "model.noise_std", f"must be 0..1, got {self.noise_std}")
+        require(self.kl_weight >= 0.0, "model.kl_weight", f"must be >= 0, got {self.kl_weight}")
 
 
 @dataclass(frozen=True)
@@ -55,15 +56,15 @@ class TrainConfig:
     allow_collapsed: bool = False
 
     def __post_init__(self):
-        _require(1 <= self.epochs <= 100_000, "train.epochs", f"must be 1..100000, got {self.epochs}")
-        _require(2 <= self.batch_size <= 65_536, "train.batch_size", f"must be 2..65536, got {self.batch_size}")
-        _require(0.0 < self.lr < 1.0, "train.lr", f"must be between 0 and 1, got {self.lr}")
-        _require(0.0 <= self.weight_decay < 1.0, "train.weight_decay", f"must be 0..1, got {self.weight_decay}")
-        _require(self.min_steps_per_epoch >= 1, "train.min_steps_per_epoch", "must be >= 1")
-        _require(self.patience >= 1, "train.patience", f"must be >= 1, got {self.patience}")
-        _require(0.0 < self.calib_fraction < 1.0, "train.calib_fraction",
+        require(1 <= self.epochs <= 100_000, "train.epochs", f"must be 1..100000, got {self.epochs}")
+        require(2 <= self.batch_size <= 65_536, "train.batch_size", f"must be 2..65536, got {self.batch_size}")
+        require(0.0 < self.lr < 1.0, "train.lr", f"must be between 0 and 1, got {self.lr}")
+        require(0.0 <= self.weight_decay < 1.0, "train.weight_decay", f"must be 0..1, got {self.weight_decay}")
+        require(self.min_steps_per_epoch >= 1, "train.min_steps_per_epoch", "must be >= 1")
+        require(self.patience >= 1, "train.patience", f"must be >= 1, got {self.patience}")
+        require(0.0 < self.calib_fraction < 1.0, "train.calib_fraction",
                  f"must be between 0 and 1, got {self.calib_fraction}")
-        _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+        require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                  "train.device", f"must be auto, cpu or cuda[:N], got {self.device!r}")
 
 
@@ -76,10 +77,10 @@ class ScoreConfig:
     top_fraction: float = 0.01  # share of the largest map values averaged for topk / ssim
 
     def __post_init__(self):
-        _require(self.method in ("mse", "topk", "ssim"), "score.method",
+        require(self.method in ("mse", "topk", "ssim"), "score.method",
                  f"must be mse, topk or ssim, got {self.method!r}")
-        _require(0.0 <= self.sigma <= 64.0, "score.sigma", f"must be 0..64, got {self.sigma}")
-        _require(0.0 < self.top_fraction <= 1.0, "score.top_fraction", f"must be in (0, 1], got {self.top_fraction}")
+        require(0.0 <= self.sigma <= 64.0, "score.sigma", f"must be 0..64, got {self.sigma}")
+        require(0.0 < self.top_fraction <= 1.0, "score.top_fraction", f"must be in (0, 1], got {self.top_fraction}")
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class ThresholdConfig:
     target_fpr: float = 0.01
 
     def __post_init__(self):
-        _require(0.0 < self.target_fpr < 1.0, "threshold.target_fpr",
+        require(0.0 < self.target_fpr < 1.0, "threshold.target_fpr",
                  f"must be between 0 and 1 (0.01 = 1%), got {self.target_fpr}")
 
 

@@ -102,7 +102,14 @@ class Dataset:
         Rows without a mask get an all-zero mask.
         """
         shape = self.shape if column == "pixels" else self.shape[:2]
-        rows = np.arange(len(self)) if rows is None else np.asarray(rows, dtype=np.int64)
+        if rows is not None:
+            rows = np.asarray(rows, dtype=np.int64)
+            order = np.argsort(rows, kind="stable")
+            if not np.array_equal(order, np.arange(len(rows))):  # read in file order, return in the order asked
+                out = np.empty((len(rows), *shape), dtype=np.uint8)
+                out[order] = self.load(rows[order], column)
+                return out
+        rows = np.arange(len(self)) if rows is None else rows
         out = np.zeros((len(rows), *shape), dtype=np.uint8)
         start = 0
         for g in range(self._pf.num_row_groups):
@@ -124,13 +131,13 @@ class Dataset:
 
     def iter_batches(self, rows: np.ndarray | None = None, batch_size: int = 512,
                      with_masks: bool = False) -> Iterator[tuple[pa.Table, np.ndarray, list | None]]:
-        """(index columns, pixels, masks) for sorted `rows`, at most `batch_size` at a time.
+        """(index columns, pixels, masks) for `rows` in file order, at most `batch_size` at a time.
 
         Masks (when asked for) are a list of (h, w) arrays, None where an image has no mask.
 
         Reads one row group at a time, so memory does not grow with the dataset.
         """
-        rows = np.arange(len(self)) if rows is None else np.asarray(rows, dtype=np.int64)
+        rows = np.arange(len(self)) if rows is None else np.sort(np.asarray(rows, dtype=np.int64))
         columns = [*INDEX_COLUMNS, "pixels"] + (["mask"] if with_masks else [])
         start = 0
         for g in range(self._pf.num_row_groups):

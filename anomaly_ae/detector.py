@@ -92,20 +92,30 @@ class AutoencoderDetector:
         if len(sample) < 2:
             return {"spread_ratio": None, "gain_over_mean": None, "input_spread": None,
                     "near_constant": False, "collapsed": False}
-        recon = np.concatenate([r for _, r, _ in self._batches(sample)])
-        x = sample.astype(np.float32) / 255.0
-        mean = x.mean(axis=0) if train_mean is None else train_mean
-        spread_in = float(x.std(axis=0).mean())
-        ratio = float(recon.std(axis=0).mean()) / spread_in if spread_in > 1e-8 else 1.0
-        err_mean = float(((x - mean) ** 2).mean())
-        gain = 1.0 - float(((x - recon) ** 2).mean()) / err_mean if err_mean > 1e-12 else 1.0
+        x_all = sample.astype(np.float32) / 255.0
+        mean = x_all.mean(axis=0) if train_mean is None else train_mean
+        # Batch by batch: per-pixel sums for the spread of the reconstructions, and both errors.
+        r_sum = r_sq = 0.0
+        err_model = err_mean = 0.0
+        for lo, (_, recon, _) in zip(range(0, len(sample), SCORE_BATCH), self._batches(sample, details=True)):
+            x = x_all[lo: lo + len(recon)]
+            r64 = recon.astype(np.float64)
+            r_sum, r_sq = r_sum + r64.sum(axis=0), r_sq + (r64 ** 2).sum(axis=0)
+            err_model += float(((x - recon) ** 2).sum())
+            err_mean += float(((x - mean) ** 2).sum())
+        n = len(sample)
+        spread_out = float(np.sqrt(np.maximum(r_sq / n - (r_sum / n) ** 2, 0.0)).mean())
+        spread_in = float(x_all.std(axis=0).mean())
+        ratio = spread_out / spread_in if spread_in > 1e-8 else 1.0
+        gain = 1.0 - err_model / err_mean if err_mean > 1e-12 else 1.0
         near_constant = bool(ratio < COLLAPSE_SPREAD and gain < COLLAPSE_GAIN)
         return {"spread_ratio": ratio, "gain_over_mean": gain, "input_spread": spread_in,
                 "near_constant": near_constant, "collapsed": near_constant and spread_in >= ALIKE_SPREAD}
 
     # -- scoring -------------------------------------------------------------------------
-    def _batches(self, images: np.ndarray, batch_size: int = SCORE_BATCH) -> Iterator[tuple]:
-        """(scores, reconstructions (n,h,w,c) float, maps (n,h,w) float) per batch."""
+    def _batches(self, images: np.ndarray, batch_size: int = SCORE_BATCH, details: bool = False) -> Iterator[tuple]:
+        """(scores, reconstructions (n,h,w,c) float, maps (n,h,w) float) per batch; without
+        `details` only the scores come back to the CPU (the others are None)."""
         self._require_fitted()
         images = _check_images(images, self.shape_)
         s = self.config.score
@@ -115,9 +125,11 @@ class AutoencoderDetector:
             with torch.inference_mode(), autocast(self.device_):
                 recon = self.model_(x).float()
             maps = anomaly_map(x, recon, s.method, s.sigma)
-            scores = image_scores(maps, s.method, s.top_fraction)
-            yield (scores.double().cpu().numpy(), recon.permute(0, 2, 3, 1).cpu().numpy(),
-                   maps.cpu().numpy())
+            scores = image_scores(maps, s.method, s.top_fraction).double().cpu().numpy()
+            if details:
+                yield scores, recon.permute(0, 2, 3, 1).cpu().numpy(), maps.cpu().numpy()
+            else:
+                yield scores, None, None
 
     def score_samples(self, images: np.ndarray) -> np.ndarray:
         """Anomaly score per image (higher = more anomalous)."""
@@ -126,7 +138,7 @@ class AutoencoderDetector:
 
     def score_with_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(scores, reconstructions (n,h,w,c) in [0,1], error maps (n,h,w)) for one batch."""
-        out = list(self._batches(images, batch_size=max(1, len(images))))
+        out = list(self._batches(images, batch_size=max(1, len(images)), details=True))
         if not out:
             h, w, c = self.shape_
             return np.zeros(0), np.zeros((0, h, w, c), np.float32), np.zeros((0, h, w), np.float32)
@@ -171,7 +183,12 @@ class AutoencoderDetector:
         self._require_fitted()
         if not hasattr(self, "threshold_"):
             raise ModelError("Calibrate the detector before saving it: a model without a threshold cannot flag.")
-        self.meta_ = {**getattr(self, "meta_", {}), **meta}
+        clash = sorted(set(meta) & checkpoint.DETECTOR_KEYS)
+        if clash:
+            raise ModelError(f"save() sets {', '.join(clash)} itself; pass other metadata only.")
+        h, w, c = self.shape_
+        default = {"preprocess": {"height": h, "width": w, "channels": "L" if c == 1 else "RGB", "resize": "bilinear"}}
+        self.meta_ = {**default, **getattr(self, "meta_", {}), **meta}
         return checkpoint.write(Path(folder), checkpoint.build_checkpoint(self, self.meta_))
 
     @classmethod

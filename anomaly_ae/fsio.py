@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import re
 import secrets
 import shutil
+import socket
 from pathlib import Path
 from typing import Iterator
 
@@ -24,12 +26,15 @@ from anomaly_ae.errors import BusyError, DataError
 # so a lock is released as soon as its holder dies, not when its last worker does.
 _HELD_FDS: set[int] = set()
 
-_TMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]+$")
+_TMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[0-9a-f]+$")
+# Temporaries carry a short hash of the host name: a process id means nothing on another machine
+# (or container) sharing the folder, so only this host's dead processes' leftovers are removed.
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
 
 
 def temp_name(path: Path) -> Path:
     """A hidden sibling name for `path`, unique to this process."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
+    return path.with_name(f".{path.name}.tmp-{_HOST}-{os.getpid()}-{secrets.token_hex(3)}")
 
 
 def fsync_dir(folder: Path) -> None:
@@ -144,7 +149,7 @@ def remove_stale_temps(folder: Path) -> int:
     with contextlib.suppress(FileNotFoundError, PermissionError):
         for entry in os.scandir(folder):
             m = _TMP_RE.match(entry.name)
-            if m and int(m["pid"]) != os.getpid() and not _pid_alive(int(m["pid"])):
+            if m and m["host"] == _HOST and int(m["pid"]) != os.getpid() and not _pid_alive(int(m["pid"])):
                 _remove(Path(entry.path))
                 removed += 1
     return removed

@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 from anomaly_ae import schema
 from anomaly_ae.errors import DataError
 from anomaly_ae.fsio import FileLock, atomic_write_json, fsync_dir, remove_stale_temps
+from anomaly_ae.sources.folder import display_name
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +60,26 @@ class InboxFile:
     size: int
     mtime_ns: int
 
+    @property
+    def key(self) -> str:
+        """The path as the ledger and the run's tables show it (valid UTF-8)."""
+        return display_name(self.path)
+
 
 @dataclass(frozen=True)
 class StagedFile:
-    """A file copied for scoring, with the sha256 of the copied bytes."""
+    """A file copied for scoring, with the sha256 of the copied bytes (or why it could not be read)."""
 
     path: str
     size: int
     mtime_ns: int
     sha256: str
+    reason: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The path as the ledger and the run's tables show it (valid UTF-8)."""
+        return display_name(self.path)
 
 
 def is_candidate_name(name: str) -> bool:
@@ -162,7 +174,7 @@ class _Known:
             self.hashes.add((p, h))
 
     def unchanged(self, f: InboxFile) -> bool:
-        return (f.path, f.size, f.mtime_ns) in self.stats
+        return (f.key, f.size, f.mtime_ns) in self.stats
 
     def scored(self, path: str, sha256: str) -> bool:
         return (path, sha256) in self.hashes
@@ -189,6 +201,7 @@ class InboxRun:
         self.input_dir, self.out_dir = self.work / "input", self.work / "run"
         self.final_dir = self.state_dir / "runs" / self.run_id
         self.pending = 0
+        self.staged: list[StagedFile] = []
         self._lock = FileLock(self.state_dir / ".lock", f"Inbox {self.folder}")
         self._known: _Known | None = None
 
@@ -227,6 +240,7 @@ class InboxRun:
             item = self._stage_one(f)
             if item is not None:
                 staged.append(item)
+        self.staged = staged
         log.info("inbox %s: %d new files staged (%d still settling)", self.folder, len(staged), self.pending)
         return staged
 
@@ -241,33 +255,45 @@ class InboxRun:
                     fout.write(chunk)
             st = os.stat(src)
         except FileNotFoundError:
-            log.info("%s disappeared before it was read; skipped", f.path)
+            log.info("%s disappeared before it was read; skipped", f.key)
             dst.unlink(missing_ok=True)
             return None
+        except OSError as exc:  # unreadable: recorded as rejected, so it cannot block later runs
+            dst.unlink(missing_ok=True)
+            return StagedFile(f.path, f.size, f.mtime_ns, "", f"could not read the file: {exc.strerror or exc}")
         if (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns):
-            log.info("%s changed while it was read; it will be scored once it settles", f.path)
+            log.info("%s changed while it was read; it will be scored once it settles", f.key)
             dst.unlink(missing_ok=True)
             return None
-        if self._known.scored(f.path, digest.hexdigest()):
+        if self._known.scored(f.key, digest.hexdigest()):
             dst.unlink(missing_ok=True)  # touched, not changed: already scored
             return None
         return StagedFile(f.path, f.size, f.mtime_ns, digest.hexdigest())
 
-    def score(self, model: str | Path, **score_kwargs) -> dict:
+    def scoreable(self) -> list[str]:
+        """The staged files that could be read (relative paths), to be scored."""
+        return [s.path for s in self.staged if s.reason is None]
+
+    def score(self, model: str | Path, **score_kwargs) -> dict | None:
         """Score the staged copy with `anomaly_ae.steps.score` into the uncommitted run folder."""
         from anomaly_ae import steps
 
-        return steps.score(self.input_dir, model, self.out_dir, **score_kwargs)
+        readable = self.scoreable()
+        if not readable:
+            return None
+        # Exactly the staged files, as a flat list: no layout guessing may drop one.
+        return steps.score(self.input_dir, model, self.out_dir, files=readable, **score_kwargs)
 
     def commit(self, staged: list[StagedFile]) -> Path:
         """Write the ledger part into the run folder and rename it into ``runs/``: the commit."""
         rejected = _rejected_paths(self.out_dir)
         now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         schema.write_table(self.out_dir / LEDGER, "ledger", {
-            "path": [s.path for s in staged], "sha256": [s.sha256 for s in staged],
+            "path": [s.key for s in staged], "sha256": [s.sha256 for s in staged],
             "size": [s.size for s in staged], "mtime_ns": [s.mtime_ns for s in staged],
             "run_id": [self.run_id] * len(staged), "scored_at": [now] * len(staged),
-            "status": [STATUS_REJECTED if s.path in rejected else STATUS_SCORED for s in staged]})
+            "status": [STATUS_REJECTED if s.reason or s.key in rejected else STATUS_SCORED for s in staged]})
         atomic_write_json(self.out_dir / "inbox.json", {
             "run_id": self.run_id, "inbox": str(self.folder.resolve()), "committed": now,
             "files": len(staged), "rejected": len(rejected), "still_settling": self.pending})
@@ -314,4 +340,4 @@ def summary(run: InboxRun, staged: list[StagedFile], scored: dict | None, final:
         scored = {**scored, "run": str(final)}
     return {"inbox": str(run.folder), "run_id": run.run_id if staged else None,
             "run_dir": str(final) if final else None, "new_files": len(staged), "pending": run.pending,
-            "files": [s.path for s in staged], "score": scored}
+            "files": [s.key for s in staged], "score": scored}

@@ -12,6 +12,7 @@ The folder appears only when complete; the same ingest run twice gives the same 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -35,7 +36,7 @@ from anomaly_ae.imaging import (
     sha256_hex,
 )
 from anomaly_ae.parallel import Chunk, Decoded, decode_chunks, decode_one
-from anomaly_ae.schema import SCHEMAS, TableWriter, fixed_binary, write_table
+from anomaly_ae.schema import SCHEMAS, TableWriter, fixed_binary, rejects_columns, write_table
 from anomaly_ae.sources import Item, Listing, assign_test_split, require_items
 
 log = logging.getLogger(__name__)
@@ -94,8 +95,11 @@ def ingest(
         DataError: no images, none readable, or `out` exists without `overwrite`.
     """
     require_items(listing, listing.description.get("spec", str(out)))
-    if test_fraction is not None and all(i.split is None for i in listing.items):
-        assign_test_split(listing.items, test_fraction, seed)
+    if test_fraction is not None:
+        if all(i.split is None for i in listing.items):
+            assign_test_split(listing.items, test_fraction, seed)
+        else:
+            log.warning("--test-fraction ignored: the source already has its own splits")
     options = {"test_fraction": test_fraction, "seed": seed, "max_pixels": max_pixels}
     extra = {"fingerprint": fingerprint(listing, request, options), "options": options,
              "anomaly_ae_version": __version__, "source": listing.description}
@@ -156,7 +160,7 @@ class _Rows:
     """The rows of one row group, gathered chunk by chunk; pixels stay in the chunks' blobs."""
 
     def __init__(self, policy: Preprocess):
-        self.size, self.mask_size = int(np.prod(policy.shape)), policy.height * policy.width
+        self.mask_size = policy.height * policy.width
         self.cols: dict = {k: [] for k in ("image_id", "source", "label", "class_name", "split", "orig_height",
                                            "orig_width", "orig_mode", "sha256")}
         self.blobs: list[bytes] = []
@@ -201,40 +205,47 @@ def _revision(request: PolicyRequest, policy: Preprocess, chunk: Chunk) -> Prepr
 def _write(tmp: Path, listing: Listing, policy: Preprocess, request: PolicyRequest,
            max_pixels: int, workers, progress, extra: dict) -> dict:
     writer = TableWriter(tmp / "images.parquet", "images")
+    try:
+        counts, rejects, n_masks = _write_rows(writer, listing, policy, request, max_pixels, workers, progress)
+        if writer.rows == 0:
+            reasons = Counter(r for _, r in rejects).most_common(3)
+            raise DataError(f"None of the {len(listing.items)} images could be used. Most common reasons: "
+                            + "; ".join(f"{r} ({n})" for r, n in reasons))
+        meta = {**_metadata(listing, policy, counts, n_masks, rejects, rows_per_group(policy)), **extra}
+        writer.set_metadata(meta)
+    finally:
+        writer.close()
+    write_table(tmp / "rejects.parquet", "rejects", rejects_columns(rejects))
+    return meta
+
+
+def _write_rows(writer: TableWriter, listing: Listing, policy: Preprocess, request: PolicyRequest,
+                max_pixels: int, workers, progress) -> tuple[Counter, list, int]:
+    """Stream the images into `writer` row group by row group; returns counts, rejects, masks."""
     counts: Counter = Counter()
     rejects = [(i.key, i.reject_reason) for i in listing.items if i.reject_reason]
     usable = [i for i in listing.items if not i.reject_reason]
     rows, total, done, n_masks = _Rows(policy), len(listing.items), len(rejects), 0
-    per_group = rows_per_group(policy)
-    for items, chunk in _chunk_stream(usable, policy, max_pixels, workers):
-        revised = _revision(request, policy, chunk)
-        if revised is not None:
-            writer.close()
-            raise _Revise(revised)
-        ok = [i for i, reason in zip(items, chunk.reasons) if reason is None]
-        rejects += [(i.key, reason) for i, reason in zip(items, chunk.reasons) if reason is not None]
-        rows.add(ok, chunk)
-        counts.update((i.split or UNSPLIT, i.class_name or UNLABELLED) for i in ok)
-        n_masks += sum(chunk.has_mask)
-        if len(rows) >= per_group:
-            writer.write(rows.table())
-            rows = _Rows(policy)
-        done += len(items)
-        if progress:
-            progress(done, total)
+    stream = _chunk_stream(usable, policy, max_pixels, workers)
+    with contextlib.closing(stream):
+        for items, chunk in stream:
+            revised = _revision(request, policy, chunk)
+            if revised is not None:
+                raise _Revise(revised)
+            ok = [i for i, reason in zip(items, chunk.reasons) if reason is None]
+            rejects += [(i.key, reason) for i, reason in zip(items, chunk.reasons) if reason is not None]
+            rows.add(ok, chunk)
+            counts.update((i.split or UNSPLIT, i.class_name or UNLABELLED) for i in ok)
+            n_masks += sum(chunk.has_mask)
+            if len(rows) >= rows_per_group(policy):
+                writer.write(rows.table())
+                rows = _Rows(policy)
+            done += len(items)
+            if progress:
+                progress(done, total)
     if len(rows):
         writer.write(rows.table())
-    if writer.rows == 0:
-        writer.close()
-        reasons = Counter(r for _, r in rejects).most_common(3)
-        raise DataError(f"None of the {total} images could be used. Most common reasons: "
-                        + "; ".join(f"{r} ({n})" for r, n in reasons))
-    meta = {**_metadata(listing, policy, counts, n_masks, rejects, per_group), **extra}
-    writer.set_metadata(meta)
-    writer.close()
-    write_table(tmp / "rejects.parquet", "rejects",
-                {"source": [s for s, _ in rejects], "reason": [r for _, r in rejects]})
-    return meta
+    return counts, rejects, n_masks
 
 
 def _metadata(listing: Listing, policy: Preprocess, counts: Counter, n_masks: int,

@@ -90,19 +90,6 @@ class Chunk:
         arr = np.frombuffer(self.masks, np.uint8).reshape(-1, *shape)
         return [arr[k] if has else None for k, has in enumerate(self.has_mask)]
 
-    def unpack(self, shape: tuple) -> Iterator[Decoded]:
-        """Back to one Decoded per file (pixels (h, w, c), masks (h, w))."""
-        size, msize = int(np.prod(shape)), int(np.prod(shape[:2]))
-        k = 0
-        for reason in self.reasons:
-            if reason is not None:
-                yield Decoded(None, None, 0, 0, "", "", False, reason)
-                continue
-            mask = self.masks[k * msize:(k + 1) * msize] if self.has_mask[k] else None
-            yield Decoded(self.pixels[k * size:(k + 1) * size], mask, self.orig_height[k], self.orig_width[k],
-                          self.orig_mode[k], self.sha256[k], self.gray[k])
-            k += 1
-
 
 def default_workers() -> int:
     """Worker processes to use: the cores this process may run on."""
@@ -159,17 +146,12 @@ def decode_chunks(
     workers = workers or default_workers()
     # About CHUNK_BYTES of pixels per chunk (fewer, larger messages for small images).
     chunk = chunk or int(np.clip(CHUNK_BYTES // (policy.height * policy.width * policy.n_channels), 4, 256))
-    if workers <= 1 or (n_jobs is not None and n_jobs < MIN_FILES_FOR_POOL):
+    # A daemonic process (a Dask or multiprocessing worker) may not start children: decode here.
+    if workers <= 1 or multiprocessing.current_process().daemon or (n_jobs is not None and n_jobs < MIN_FILES_FOR_POOL):
         for block in _chunks(iter(jobs), chunk):
             yield block, _decode_chunk(block, policy.to_dict(), max_pixels)
         return
     yield from _decode_pooled(iter(jobs), policy, max_pixels, workers, chunk)
-
-
-def decode_files(jobs: Iterable[tuple], policy: Preprocess, **kwargs) -> Iterator[Decoded]:
-    """Like `decode_chunks`, one `Decoded` per job."""
-    for _, c in decode_chunks(jobs, policy, **kwargs):
-        yield from c.unpack(policy.shape)
 
 
 def _chunks(it: Iterator, size: int) -> Iterator[list]:

@@ -33,17 +33,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from anomaly_ae.config import DetectorConfig, build_section, detector_config_from, read_toml
+from anomaly_ae.config import DETECTOR_SECTIONS, DetectorConfig, build_section, detector_config_from, read_toml, require
 from anomaly_ae.errors import ConfigError
 
 NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 FLOWS = ("inbox", "pipeline")
 _CRON_ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
-
-
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {message}")
 
 
 @dataclass(frozen=True)
@@ -70,12 +65,12 @@ class DataSection:
     dataset: str | None = None  # the Parquet dataset folder; default <output.folder>/dataset
 
     def __post_init__(self):
-        _check(bool(self.source.strip()), "source", "is required: a folder, torchvision:<Name> or sample:<name>")
-        _check(all(str(c).strip() for c in self.normal), "normal", "class names must not be empty")
-        _check(self.channels in (None, "L", "RGB"), "channels", f"must be L or RGB, got {self.channels!r}")
-        _check(self.test_fraction is None or 0.0 < self.test_fraction < 1.0, "test_fraction",
+        require(bool(self.source.strip()), "source", "is required: a folder, torchvision:<Name> or sample:<name>")
+        require(all(str(c).strip() for c in self.normal), "normal", "class names must not be empty")
+        require(self.channels in (None, "L", "RGB"), "channels", f"must be L or RGB, got {self.channels!r}")
+        require(self.test_fraction is None or 0.0 < self.test_fraction < 1.0, "test_fraction",
                f"must be between 0 and 1 (exclusive), got {self.test_fraction}")
-        _check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
         if self.size is not None:
             from anomaly_ae.imaging import parse_size
 
@@ -91,7 +86,7 @@ class BatchSection:
     report: bool = True
 
     def __post_init__(self):
-        _check(bool(self.split.strip()), "split", "must be auto, all or a split name")
+        require(bool(self.split.strip()), "split", "must be auto, all or a split name")
 
 
 @dataclass(frozen=True)
@@ -111,10 +106,10 @@ class InboxSection:
     report: bool = True
 
     def __post_init__(self):
-        _check(bool(self.folder.strip()), "folder", "is required: the folder images arrive in")
-        _check(0.0 <= self.settle_seconds <= 86_400, "settle_seconds",
+        require(bool(self.folder.strip()), "folder", "is required: the folder images arrive in")
+        require(0.0 <= self.settle_seconds <= 86_400, "settle_seconds",
                f"must be 0..86400 seconds, got {self.settle_seconds}")
-        _check(self.max_files >= 0, "max_files", f"must be >= 0 (0 = no limit), got {self.max_files}")
+        require(self.max_files >= 0, "max_files", f"must be >= 0 (0 = no limit), got {self.max_files}")
 
 
 @dataclass(frozen=True)
@@ -127,10 +122,10 @@ class ScaleSection:
     dask_workers: int = 2  # workers of the local cluster
 
     def __post_init__(self):
-        _check(1 <= self.partitions <= 10_000, "partitions", f"must be 1..10000, got {self.partitions}")
-        _check(self.task_runner in ("local", "dask"), "task_runner",
+        require(1 <= self.partitions <= 10_000, "partitions", f"must be 1..10000, got {self.partitions}")
+        require(self.task_runner in ("local", "dask"), "task_runner",
                f"must be local or dask, got {self.task_runner!r}")
-        _check(1 <= self.dask_workers <= 1024, "dask_workers", f"must be 1..1024, got {self.dask_workers}")
+        require(1 <= self.dask_workers <= 1024, "dask_workers", f"must be 1..1024, got {self.dask_workers}")
 
 
 @dataclass(frozen=True)
@@ -140,7 +135,7 @@ class AlertsSection:
     min_flagged: int = 1  # alert when a run flags at least this many items (0: never)
 
     def __post_init__(self):
-        _check(self.min_flagged >= 0, "min_flagged", f"must be >= 0, got {self.min_flagged}")
+        require(self.min_flagged >= 0, "min_flagged", f"must be >= 0, got {self.min_flagged}")
 
 
 @dataclass(frozen=True)
@@ -153,15 +148,15 @@ class Schedule:
     timezone: str | None = None
 
     def __post_init__(self):
-        _check(self.flow in FLOWS, "flow", f"must be one of {', '.join(FLOWS)}, got {self.flow!r}")
-        _check((self.cron is None) != (self.interval is None), "cron",
+        require(self.flow in FLOWS, "flow", f"must be one of {', '.join(FLOWS)}, got {self.flow!r}")
+        require((self.cron is None) != (self.interval is None), "cron",
                "give exactly one of cron = \"...\" or interval = <seconds>")
         if self.interval is not None:
-            _check(1 <= self.interval <= 366 * 86_400, "interval",
+            require(1 <= self.interval <= 366 * 86_400, "interval",
                    f"must be 1 second .. 366 days (in seconds), got {self.interval}")
         if self.cron is not None:
             fields_ = self.cron.split()
-            _check(self.cron.strip().lower() in _CRON_ALIASES or len(fields_) == 5, "cron",
+            require(self.cron.strip().lower() in _CRON_ALIASES or len(fields_) == 5, "cron",
                    f"must have 5 fields (minute hour day month weekday) or be an alias like @hourly, "
                    f"got {self.cron!r}")
         if self.timezone is not None:
@@ -232,7 +227,7 @@ class Pipeline:
 
 TABLES = {"pipeline": PipelineSection, "data": DataSection, "batch": BatchSection, "output": OutputSection,
           "inbox": InboxSection, "scale": ScaleSection, "alerts": AlertsSection}
-DETECTOR_TABLES = ("model", "train", "score", "threshold")
+DETECTOR_TABLES = tuple(DETECTOR_SECTIONS)
 KNOWN_TABLES = (*TABLES, *DETECTOR_TABLES, "schedule")
 
 

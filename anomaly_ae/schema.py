@@ -116,6 +116,11 @@ def fixed_binary(data: bytes, n: int) -> pa.BinaryArray:
     return pa.BinaryArray.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(data)])
 
 
+def rejects_columns(rejects: list[tuple[str, str]]) -> dict:
+    """The rejects table's columns from (source, reason) pairs."""
+    return {"source": [s for s, _ in rejects], "reason": [r for _, r in rejects]}
+
+
 def write_options(name: str) -> dict:
     """Parquet writer settings: zstd level 1 (as small as the default level here, and several
     times faster), dictionaries and statistics only for the short repeated columns; pixels and

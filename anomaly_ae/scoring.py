@@ -14,6 +14,8 @@ parts into the run folder:
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +29,7 @@ from anomaly_ae.imaging import Preprocess
 from anomaly_ae.ingest import image_id
 from anomaly_ae.metrics import PixelSamples
 from anomaly_ae.parallel import decode_chunks
-from anomaly_ae.schema import TableWriter, fixed_binary, write_table
+from anomaly_ae.schema import TableWriter, fixed_binary, rejects_columns, write_table
 
 EXAMPLES_PER_KIND = 16
 META_COLUMNS = ("image_id", "path", "split", "label", "class_name", "sha256")
@@ -54,14 +56,22 @@ def is_dataset(path: Path | str) -> bool:
 
 
 def plan(path: Path | str, policy: Preprocess, n_partitions: int = 1, split: str | None = None,
-         classes: list[str] | None = None) -> list[Partition]:
-    """Partitions covering a folder or dataset (optionally one split, some classes), in input order.
+         classes: list[str] | None = None, files: list[str] | None = None) -> list[Partition]:
+    """Partitions covering a folder or dataset (optionally one split, some classes, or exactly the
+    `files` given relative to the folder, unlabelled), in input order.
 
     Raises:
         DataError: no images, a dataset preprocessed differently from the model, or an
             unknown split.
     """
     n_partitions = max(1, int(n_partitions))
+    if files is not None:
+        from anomaly_ae.sources.folder import display_name
+
+        listed = [(display_name(f), os.path.join(str(path), f), None, None, None, None) for f in files]
+        if not listed:
+            raise DataError(f"No files to score in {path}.")
+        return [Partition("files", files=chunk) for chunk in _split(listed, n_partitions)]
     if is_dataset(path):
         ds = Dataset(path)
         if ds.policy.shape != policy.shape:
@@ -174,21 +184,34 @@ class _Best:
         return [r for _, _, r in self.items]
 
 
+_THREADS_LOCK = threading.Lock()
+_THREADS_USERS = [0, 0]  # partitions scoring in this process, torch's thread count before the first
+
+
 @contextlib.contextmanager
 def _model_threads(det, part: Partition):
     """On the CPU, leave one core to the decode workers: measured 15% faster on 2 cores than
-    letting the model's threads and the decoders contend for every core."""
+    letting the model's threads and the decoders contend for every core. Torch's thread count
+    is process-wide, so concurrent partitions share one setting, restored by the last to finish."""
     import torch
 
     from anomaly_ae.parallel import MIN_FILES_FOR_POOL, default_workers
 
-    before = torch.get_num_threads()
-    if det.device_.type == "cpu" and part.kind == "files" and len(part) >= MIN_FILES_FOR_POOL:
-        torch.set_num_threads(max(1, min(before, default_workers() - 1)))
+    if not (det.device_.type == "cpu" and part.kind == "files" and len(part) >= MIN_FILES_FOR_POOL):
+        yield
+        return
+    with _THREADS_LOCK:
+        if _THREADS_USERS[0] == 0:
+            _THREADS_USERS[1] = torch.get_num_threads()
+            torch.set_num_threads(max(1, min(_THREADS_USERS[1], default_workers() - 1)))
+        _THREADS_USERS[0] += 1
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        with _THREADS_LOCK:
+            _THREADS_USERS[0] -= 1
+            if _THREADS_USERS[0] == 0:
+                torch.set_num_threads(_THREADS_USERS[1])
 
 
 def score_partition(det, part: Partition, part_dir: Path, *, threshold: float, normal: set[str] | None,
@@ -197,61 +220,75 @@ def score_partition(det, part: Partition, part_dir: Path, *, threshold: float, n
 
     `normal` is the set of normal class names, or None when labels are unknown.
     """
-    with _model_threads(det, part):
-        return _score_partition(det, part, part_dir, threshold=threshold, normal=normal,
-                                batch_size=batch_size, workers=workers, progress=progress)
-
-
-def _score_partition(det, part: Partition, part_dir: Path, *, threshold: float, normal: set[str] | None,
-                     batch_size: int | None, workers: int | None, progress) -> dict:
-    part_dir.mkdir(parents=True, exist_ok=True)
     policy = Preprocess.from_dict(det.meta_["preprocess"])
-    batch_size = batch_size or batch_size_for(policy)
-    scores_w = TableWriter(part_dir / "scores.parquet", "scores")
-    maps_w = TableWriter(part_dir / "error_maps.parquet", "error_maps")
-    top, border = _Best(EXAMPLES_PER_KIND), _Best(EXAMPLES_PER_KIND)
-    pixels, rejects = PixelSamples(), []
+    rejects: list = []
+    batches = iter_batches(part, policy, batch_size or batch_size_for(policy), workers, rejects)
     timing = {"decode": 0.0, "model": 0.0}
-    done, batches = 0, iter_batches(part, policy, batch_size, workers, rejects)
-    with_masks = part.masks
-    while True:
-        t0 = time.perf_counter()
-        batch = next(batches, None)
-        timing["decode"] += time.perf_counter() - t0
-        if batch is None:
-            break
-        meta, px, masks = batch
-        t0 = time.perf_counter()
-        scores, recon, maps = det.score_with_maps(px)
-        timing["model"] += time.perf_counter() - t0
-        pvals = det.p_values(scores)
-        flagged = scores > threshold
-        anomalous = [None if normal is None or c is None else c not in normal for c in meta["class_name"]]
-        scores_w.write({**meta, "is_anomaly": anomalous, "score": scores, "p_value": pvals,
-                        "flagged": flagged, "rank": np.zeros(len(scores), np.int64)})
+    with _model_threads(det, part), contextlib.closing(batches), _PartWriter(part_dir, threshold, part.masks) as out:
+        while True:
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            timing["decode"] += time.perf_counter() - t0
+            if batch is None:
+                break
+            meta, px, masks = batch
+            t0 = time.perf_counter()
+            scores, recon, maps = det.score_with_maps(px)
+            timing["model"] += time.perf_counter() - t0
+            anomalous = [None if normal is None or c is None else c not in normal for c in meta["class_name"]]
+            out.add(meta, anomalous, scores, det.p_values(scores), px, recon, maps, masks)
+            if progress:
+                progress(out.done, len(part))
+        out.finish(rejects)
+    return {"scored": out.done, "rejects": len(rejects), "seconds": timing}
+
+
+class _PartWriter:
+    """A partition's part files: scores, flagged error maps, example candidates, pixel samples."""
+
+    def __init__(self, part_dir: Path, threshold: float, with_masks: bool):
+        part_dir.mkdir(parents=True, exist_ok=True)
+        self.dir, self.threshold, self.with_masks = part_dir, threshold, with_masks
+        self.top, self.border = _Best(EXAMPLES_PER_KIND), _Best(EXAMPLES_PER_KIND)
+        self.pixels, self.done = PixelSamples(), 0
+
+    def __enter__(self) -> "_PartWriter":
+        self.scores_w = TableWriter(self.dir / "scores.parquet", "scores")
+        self.maps_w = TableWriter(self.dir / "error_maps.parquet", "error_maps")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.scores_w.close()
+        self.maps_w.close()
+
+    def add(self, meta, anomalous, scores, pvals, px, recon, maps, masks) -> None:
+        """One scored batch."""
+        flagged = scores > self.threshold
+        self.scores_w.write({**meta, "is_anomaly": anomalous, "score": scores, "p_value": pvals,
+                             "flagged": flagged, "rank": np.zeros(len(scores), np.int64)})
         f_idx = np.flatnonzero(flagged)
         if len(f_idx):
-            maps_w.write({"image_id": [meta["image_id"][k] for k in f_idx], "path": [meta["path"][k] for k in f_idx],
-                          "score": scores[f_idx], "error_map": fixed_binary(maps[f_idx].astype("<f2").tobytes(), len(f_idx))})
-        if with_masks:  # pixel AUROC: defect pixels of masked images against every normal image's pixels
+            self.maps_w.write({"image_id": [meta["image_id"][k] for k in f_idx],
+                               "path": [meta["path"][k] for k in f_idx], "score": scores[f_idx],
+                               "error_map": fixed_binary(maps[f_idx].astype("<f2").tobytes(), len(f_idx))})
+        if self.with_masks:  # pixel AUROC: defect pixels of masked images against every normal image's pixels
             for k in range(len(scores)):
                 if masks[k] is not None or anomalous[k] is False:
-                    pixels.add(meta["image_id"][k], maps[k], masks[k] if masks[k] is not None else np.zeros(maps[k].shape, np.uint8))
-        for k in _candidates(scores, threshold):
+                    mask = masks[k] if masks[k] is not None else np.zeros(maps[k].shape, np.uint8)
+                    self.pixels.add(meta["image_id"][k], maps[k], mask)
+        for k in _candidates(scores, self.threshold):
             rec = _example(meta, k, scores, pvals, flagged, anomalous, px, recon, maps, masks)
-            top.add(scores[k], rec)
-            border.add(-abs(scores[k] - threshold), rec)
-        done += len(scores)
-        if progress:
-            progress(done, len(part))
-    scores_w.close()
-    maps_w.close()
-    examples = [dict(r, kind="top") for r in top.prune()] + [dict(r, kind="borderline") for r in border.prune()]
-    write_table(part_dir / "examples.parquet", "examples", _columns(examples, "examples"))
-    np.savez(part_dir / "pixels.npz", *pixels.arrays())
-    write_table(part_dir / "rejects.parquet", "rejects",
-                {"source": [s for s, _ in rejects], "reason": [r for _, r in rejects]})
-    return {"scored": done, "rejects": len(rejects), "seconds": timing}
+            self.top.add(scores[k], rec)
+            self.border.add(-abs(scores[k] - self.threshold), rec)
+        self.done += len(scores)
+
+    def finish(self, rejects: list) -> None:
+        """The example candidates, pixel samples and rejects."""
+        examples = ([dict(r, kind="top") for r in self.top.prune()]
+                    + [dict(r, kind="borderline") for r in self.border.prune()])
+        write_table(self.dir / "examples.parquet", "examples", _columns(examples, "examples"))
+        np.savez(self.dir / "pixels.npz", *self.pixels.arrays())
+        write_table(self.dir / "rejects.parquet", "rejects", rejects_columns(rejects))
 
 
 def _candidates(scores: np.ndarray, threshold: float) -> set[int]:

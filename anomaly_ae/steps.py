@@ -85,6 +85,9 @@ def _fingerprint(*parts) -> str:
 
 def _normal_rows(ds, normal: list[str] | None, split: str | None = "auto"):
     """Rows of the normal classes: from the train split when the dataset has one."""
+    if not ds.classes and not normal:  # an unlabelled folder: every image is a normal one
+        split = ("train" if ds.has_split("train") else None) if split == "auto" else split
+        return [], split, ds.rows(split=split)
     classes = ds.resolve_classes(normal) if normal else ds.default_normal()
     if not classes:
         raise DataError(f"Say which classes are normal with --normal (a class name or label). "
@@ -121,7 +124,7 @@ def train(dataset: str | Path, out: str | Path, *, normal: list[str] | None = No
     perm = np.random.default_rng(config.train.seed).permutation(rows)
     n_cal = min(len(rows) - 2, max(1, int(round(config.train.calib_fraction * len(rows)))))
     cal, fit = np.sort(perm[:n_cal]), np.sort(perm[n_cal:])
-    fp = _fingerprint(ds.meta.get("fingerprint"), classes, split, config.to_dict())
+    fp = _fingerprint(ds.meta.get("fingerprint"), classes, split, _weights_config(config))
     if (out / "model.pt").exists() and not force:
         try:
             existing = checkpoint.read(out)
@@ -132,9 +135,10 @@ def train(dataset: str | Path, out: str | Path, *, normal: list[str] | None = No
             return _model_summary(out, existing, cached=True)
     state = out.parent / f".{out.name}.train-{fp[:12]}.pt"
     with atomic_dir(out, overwrite=overwrite or force) as tmp:
-        det = AutoencoderDetector(config).fit(ds.load(fit), validation=ds.load(cal), progress=progress,
+        held_out = ds.load(cal)
+        det = AutoencoderDetector(config).fit(ds.load(fit), validation=held_out, progress=progress,
                                               state_path=state, resume=resume)
-        det.calibrate(ds.load(cal))
+        det.calibrate(held_out)
         index = ds.index()
         data = {"dataset": str(ds.path.resolve()), "dataset_fingerprint": ds.meta.get("fingerprint"),
                 "fingerprint": fp, "split": split, "n_train": len(fit), "n_calibration": len(cal),
@@ -143,6 +147,14 @@ def train(dataset: str | Path, out: str | Path, *, normal: list[str] | None = No
         atomic_write_text(tmp / "config.toml", dump_toml(config.to_dict()))
     state.unlink(missing_ok=True)
     return _model_summary(out, checkpoint.read(out), cached=False)
+
+
+def _weights_config(config) -> dict:
+    """The settings a trained model depends on: not the threshold, the device or the collapse policy."""
+    d = config.to_dict()
+    d.pop("threshold")
+    d["train"] = {k: v for k, v in d["train"].items() if k not in ("device", "allow_collapsed")}
+    return d
 
 
 def _model_summary(out: Path, ckpt: dict, cached: bool) -> dict:
@@ -199,7 +211,13 @@ def _normal_scores(det, data, normal, split):
     policy = Preprocess.from_dict(det.meta_["preprocess"])
     classes = None
     if is_dataset(data):
-        classes = Dataset(data).resolve_classes(normal or det.meta_.get("normal_classes") or [])
+        ds = Dataset(data)
+        trained = det.meta_.get("data", {})
+        if ds.meta.get("fingerprint") == trained.get("dataset_fingerprint") and split in (None, trained.get("split")):
+            raise DataError(f"{data} is the dataset the model was trained on: its normal images trained the model, "
+                            "and their scores would set the threshold too low. Calibrate on other normal images, "
+                            "or pass --split with a split the model never saw (e.g. --split test).")
+        classes = ds.resolve_classes(normal or det.meta_.get("normal_classes") or []) or None
     rejects: list = []
     scores = [det.score_samples(px) for part in plan(data, policy, split=split, classes=classes)
               for _, px, _ in iter_batches(part, policy, 256, None, rejects)]
@@ -211,12 +229,16 @@ def _normal_scores(det, data, normal, split):
 def score(input: str | Path, model: str | Path, out: str | Path, *, threshold: float | None = None,
           target_fpr: float | None = None, split: str | None = None, batch_size: int | None = None,
           workers: int | None = None, overwrite: bool = False, report: bool = True, device: str = "auto",
-          partitions: int = 1, map_partitions=None, progress: Progress | None = None) -> dict:
+          partitions: int = 1, map_partitions=None, files: list[str] | None = None,
+          progress: Progress | None = None) -> dict:
     """Score a folder or dataset with a model into the run folder `out` (written atomically).
+
+    `files` (paths relative to the folder `input`) scores exactly those files, unlabelled.
 
     `map_partitions(parts, part_dirs, threshold, normal)`, when given, scores the partitions
     elsewhere (a task runner) and returns their summaries; by default they run here in turn.
     """
+    import shutil
     import time
 
     from anomaly_ae import results as run_results
@@ -230,7 +252,7 @@ def score(input: str | Path, model: str | Path, out: str | Path, *, threshold: f
     th = run_results.resolve_threshold(det, threshold, target_fpr)
     policy = Preprocess.from_dict(det.meta_["preprocess"])
     with FileLock(out.parent / f".{out.name}.lock", f"Run folder {out}"), atomic_dir(out, overwrite=overwrite) as tmp:
-        parts = scoring.plan(input, policy, partitions, split)
+        parts = scoring.plan(input, policy, partitions, split, files=files)
         normal = scoring.normal_names(det.meta_.get("normal_classes") or [])
         normal = normal if scoring.labels_known(parts, normal) else None
         part_dirs = [tmp / ".parts" / f"{k:05d}" for k in range(len(parts))]
@@ -240,7 +262,7 @@ def score(input: str | Path, model: str | Path, out: str | Path, *, threshold: f
             done = map_partitions(parts, part_dirs, th["threshold"], normal)
         t1 = time.perf_counter()
         merged = run_results.finalize(part_dirs, tmp, threshold_info=th, cal_scores=det.calibration_scores_)
-        _remove_tree(tmp / ".parts")
+        shutil.rmtree(tmp / ".parts", ignore_errors=True)
         if merged["metrics"] is not None:
             atomic_write_json(tmp / "metrics.json", merged["metrics"])
         run = run_results.run_record(det, model, input, split, th, parts, done, merged,
@@ -265,12 +287,6 @@ def _score_here(det, parts, part_dirs, threshold, normal, batch_size, workers, p
                                            batch_size=batch_size, workers=workers, progress=report))
         before += len(part)
     return out
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _build_report(run_dir: Path) -> str | None:

@@ -51,7 +51,7 @@ def conformal_threshold(cal_scores, target_fpr: float) -> dict:
     n = s.size
     k = math.ceil((n + 1) * (1.0 - a) - 1e-9)
     limited = k > n
-    k = min(k, n)
+    k = max(1, min(k, n))
     return {
         "threshold": float(s[k - 1]), "target_fpr": a, "n_calibration": int(n), "rank": int(k),
         "guaranteed_fpr": (n + 1 - k) / (n + 1), "limited": bool(limited), "method": "conformal",

@@ -50,6 +50,8 @@ def resolve_device(name: str = "auto") -> torch.device:
     """'auto' -> CUDA when available, else CPU; 'cuda' without CUDA is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not (name == "cpu" or name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise ModelError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}.")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ModelError("--device cuda was asked for, but no CUDA device is available. Use --device auto or cpu.")
     return torch.device(name)

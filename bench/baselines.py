@@ -46,7 +46,8 @@ class PyODAutoEncoder:
     def fit(self, images):
         from pyod.models.auto_encoder import AutoEncoder
 
-        self.model = AutoEncoder(verbose=0, random_state=0, device="cpu")
+        # PyOD drops incomplete batches: keep at least one batch on tiny training sets.
+        self.model = AutoEncoder(verbose=0, random_state=0, device="cpu", batch_size=min(32, max(2, len(images) // 2)))
         self.model.fit(flat(images))
         return self
 

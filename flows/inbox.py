@@ -51,8 +51,9 @@ def _score_inbox(p: Pipeline, task_runner: str | None, dask_address: str | None)
         staged = stage_new_files(run)
         if not staged:
             return inbox_summary(run, [], None, None)
+        files = run.scoreable()  # exactly the staged files that could be read
         scored = tasks.score(str(run.input_dir), str(p.model_dir), str(run.out_dir), partitions=p.scale.partitions,
-                             map_partitions=mapper_for(p, task_runner, dask_address))
+                             map_partitions=mapper_for(p, task_runner, dask_address), files=files) if files else None
         final = commit(run, staged)
         return inbox_summary(run, staged, scored, final)
 
@@ -72,6 +73,9 @@ def inbox_flow(pipeline: str, task_runner: str | None = None, dask_address: str 
         return {"inbox": p.inbox.folder, "skipped": "busy", "new_files": 0, "score": None}
     if not result["new_files"]:
         logger.info("no new files in %s (%d still settling)", p.inbox.folder, result["pending"])
+        return result
+    if result["score"] is None:
+        logger.warning("none of the %d new files could be read; they are recorded as rejected", result["new_files"])
         return result
     run_dir, score = result["run_dir"], result["score"]
     if p.inbox.report:

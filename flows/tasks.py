@@ -51,11 +51,11 @@ def calibrate(p: Pipeline, model: dict) -> dict:
 
 @task(name="score", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=3, retry_condition_fn=transient_only)
 def score(input: str, model: str, out: str, split: str | None = None, partitions: int = 1,
-          map_partitions=None) -> dict:
-    """Score a folder or dataset into a new run folder (partitions fan out as tasks)."""
+          map_partitions=None, files: list[str] | None = None) -> dict:
+    """Score a folder or dataset (or just `files` of a folder) into a new run folder (partitions fan out as tasks)."""
     forward_library_logs()
     return steps.score(input, model, out, split=split, partitions=partitions, map_partitions=map_partitions,
-                       report=False)
+                       report=False, files=files)
 
 
 @task(name="report", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2, retry_condition_fn=transient_only)

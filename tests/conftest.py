@@ -14,9 +14,8 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
-
 from hypothesis import settings  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from anomaly_ae.config import DetectorConfig, TrainConfig  # noqa: E402
 

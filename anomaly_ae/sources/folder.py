@@ -22,7 +22,7 @@ from anomaly_ae.sources import Item, Listing
 
 log = logging.getLogger(__name__)
 
-SPLIT_NAMES = ("train", "test", "val", "valid", "validation")
+SPLIT_NAMES = {"train": "train", "test": "test", "val": "val", "valid": "val", "validation": "val"}
 MASK_FOLDER = "ground_truth"
 MASK_SUFFIXES = ("_mask", "")
 
@@ -71,7 +71,7 @@ class FolderSource:
             items = []
             for split_dir in split_dirs:
                 for item in self._class_items(walker, Path(split_dir.path)):
-                    item.split = split_dir.name.lower()
+                    item.split = SPLIT_NAMES[split_dir.name.lower()]
                     item.mask_path = masks.get((item.class_name, _stem(item.path)))
                     items.append(item)
             return "split", items
@@ -181,7 +181,11 @@ class _Walker:
             if not cls_entry.is_dir(follow_symlinks=False):
                 continue
             for entry in self.children(Path(cls_entry.path)):
-                if not is_image_name(entry.name):
+                found = self.file_item(entry)  # the same checks as images: links, special files
+                if not found:
+                    continue
+                if found[0].reject_reason:
+                    log.warning("mask %s not used: %s", found[0].key, found[0].reject_reason)
                     continue
                 stem = _stem(Path(entry.name))
                 for suffix in MASK_SUFFIXES:
@@ -189,6 +193,4 @@ class _Walker:
                         stem = stem[: -len(suffix)]
                         break
                 index.setdefault((display_name(cls_entry.name), stem), Path(entry.path))
-                st = entry.stat()
-                self.stats.append((os.path.relpath(entry.path, self.root), st.st_size, st.st_mtime_ns))
         return index

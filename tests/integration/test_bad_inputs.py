@@ -142,7 +142,7 @@ def test_scoring_the_corpus_goes_on_past_bad_files(corpus, mnist_model, tmp_path
     summary = json.loads(proc.stdout)
     n_ok = sum(1 for v in expect.values() if v == OK)
     assert summary["scored"] == n_ok and summary["rejects"] == len(expect) - n_ok
-    assert (tmp_path / "run" / "report.html").exists() or summary["report"] is None
+    assert summary["report"] == "report.html" and (tmp_path / "run" / "report.html").exists()
 
 
 def test_bomb_limit_is_configurable(tmp_path):

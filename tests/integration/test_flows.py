@@ -99,6 +99,21 @@ def test_dask_runner_gives_the_same_scores(first_run, demo):
     assert fanned["flagged"] == single["flagged"]
 
 
+def test_dask_runner_scores_a_folder_like_one_process(first_run, demo, mnist_folder):
+    """Folder partitions decode inside Dask's (daemonic) workers, where no process pool may start."""
+    from anomaly_ae import steps
+    from anomaly_ae.pipeline import load_pipeline
+    from flows.pipeline import score_batch_flow
+
+    fanned = score_batch_flow(pipeline=str(demo), input=str(mnist_folder), task_runner="dask", partitions=2)
+    p = load_pipeline(demo)
+    single = steps.score(mnist_folder, p.model_dir, p.output / "single-folder", report=False)
+    a = pq.read_table(Path(fanned["run"]) / "scores.parquet")
+    b = pq.read_table(Path(single["run"]) / "scores.parquet")
+    assert a.num_rows == 1500 and a["image_id"].equals(b["image_id"])
+    np.testing.assert_allclose(a["score"].to_numpy(), b["score"].to_numpy(), rtol=1e-6)
+
+
 def test_bad_pipeline_file_fails_before_any_run(tmp_path):
     from anomaly_ae.errors import ConfigError
     from flows.entry import run

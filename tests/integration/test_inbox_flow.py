@@ -90,6 +90,39 @@ def test_files_arriving_between_runs_are_each_scored_once(line, tmp_path):
     assert r2["artifacts"]["summary"] == "line-t-inbox-summary"
 
 
+def test_every_file_is_scored_whatever_the_folder_names(line, tmp_path, monkeypatch):
+    """Sub-folders named like a dataset layout (train/, test/, ground_truth/), loose files, an
+    unreadable file and a name that is not UTF-8: each file is scored or recorded as rejected."""
+    import builtins
+
+    from flows.inbox import inbox_flow
+
+    path, inbox, p = make_line(line, tmp_path)
+    names = drop(line, inbox, ["loose.png", "train/a.png", "test/good/b.png", "ground_truth/c.png", "cats/d.png",
+                               "locked.png"])
+    raw = os.fsencode(inbox) + b"/caf\xe9.png"
+    with open(raw, "wb") as fh:
+        fh.write((inbox / "loose.png").read_bytes())
+    real_open = builtins.open
+
+    def deny_locked(file, *a, **k):
+        if str(file).endswith("locked.png") and str(inbox) in str(file):
+            raise PermissionError(13, "Permission denied")
+        return real_open(file, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", deny_locked)
+    result = inbox_flow(pipeline=str(path))
+    table = read_ledger(p.inbox_state_dir, consolidate=False)
+    status = dict(zip(table["path"].to_pylist(), table["status"].to_pylist()))
+    assert set(status) == set(names) | {"caf\\xe9.png"}
+    assert status["locked.png"] == "rejected"
+    assert all(v == "scored" for k, v in status.items() if k != "locked.png")
+    assert result["score"]["scored"] == len(names)  # the five readable drops and the Latin-1 name
+    monkeypatch.undo()
+    again = inbox_flow(pipeline=str(path))
+    assert again["new_files"] == 0
+
+
 def test_partial_and_fresh_files_wait(line, tmp_path):
     from flows.inbox import inbox_flow
 

@@ -1,6 +1,5 @@
 """The detector on real digits: quality floors, calibration, checkpoints, collapse detection."""
 
-import pickle
 
 import numpy as np
 import pytest

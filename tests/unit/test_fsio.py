@@ -32,11 +32,15 @@ def test_atomic_dir_appears_only_when_complete(tmp_path):
 
 def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = tmp_path / f".out.tmp-{dead.stdout.strip()}-abcdef"
+    from anomaly_ae.fsio import _HOST
+
+    stale = tmp_path / f".out.tmp-{_HOST}-{dead.stdout.strip()}-abcdef"
     stale.mkdir()
-    mine = tmp_path / f".x.tmp-{os.getpid()}-abcdef"
+    mine = tmp_path / f".x.tmp-{_HOST}-{os.getpid()}-abcdef"
     mine.mkdir()
-    assert remove_stale_temps(tmp_path) == 1 and not stale.exists() and mine.exists()
+    other_host = tmp_path / f".y.tmp-000000-{dead.stdout.strip()}-abcdef"  # another machine's: kept
+    other_host.mkdir()
+    assert remove_stale_temps(tmp_path) == 1 and not stale.exists() and mine.exists() and other_host.exists()
 
 
 def test_atomic_write_replaces_whole_files(tmp_path):

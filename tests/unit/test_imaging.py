@@ -8,9 +8,16 @@ from PIL import Image
 
 from anomaly_ae.errors import ConfigError
 from anomaly_ae.imaging import (
-    PolicyRequest, Preprocess, Rejected, array_to_pixels, open_image, parse_size, read_file_bytes, to_pixels,
+    PolicyRequest,
+    Preprocess,
+    Rejected,
+    array_to_pixels,
+    open_image,
+    parse_size,
+    read_file_bytes,
+    to_pixels,
 )
-from anomaly_ae.parallel import decode_files, decode_one
+from anomaly_ae.parallel import decode_chunks, decode_one
 
 RNG = np.random.default_rng(0)
 GRAY = RNG.integers(0, 256, (20, 30), dtype=np.uint8)
@@ -161,10 +168,11 @@ def test_parallel_decode_keeps_order_and_matches_serial(tmp_path):
         Image.fromarray(np.full((6, 6), k, np.uint8)).save(paths[-1])
     paths.insert(40, tmp_path / "missing.png")
     policy = Preprocess(6, 6, "L")
-    results = list(decode_files(((p, None) for p in paths), policy, workers=2, chunk=7, n_jobs=len(paths)))
-    assert len(results) == 81
-    assert results[40].reason and "disappeared" in results[40].reason
-    values = [r.pixels[0] for r in results if r.reason is None]
+    chunks = list(decode_chunks(((p, None) for p in paths), policy, workers=2, chunk=7, n_jobs=len(paths)))
+    assert [len(jobs) for jobs, _ in chunks[:-1]] == [7] * (len(chunks) - 1)
+    reasons = [r for _, c in chunks for r in c.reasons]
+    assert len(reasons) == 81 and "disappeared" in reasons[40]
+    values = [int(v) for _, c in chunks for v in c.pixel_array(policy.shape)[:, 0, 0, 0]]
     assert values == list(range(80))
 
 

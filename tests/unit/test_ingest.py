@@ -29,7 +29,7 @@ def make_folder(root, n=6, size=(12, 10), rgb=False):
 
 
 def test_pixels_read_back_equal_direct_decode(tmp_path):
-    arrays = make_folder(tmp_path / "src", rgb=True)
+    make_folder(tmp_path / "src", rgb=True)
     meta = ingest(open_source(str(tmp_path / "src")).list(), tmp_path / "ds", workers=1)
     assert meta["image_shape"] == [12, 10, 3] and meta["preprocess"]["channels"] == "RGB"
     ds = Dataset(tmp_path / "ds")

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from anomaly_ae import report, steps
-from anomaly_ae.report import examples, figures, html, sections
 from anomaly_ae.config import DetectorConfig, TrainConfig
 from anomaly_ae.errors import DataError
+from anomaly_ae.report import examples, figures, html, sections
 
 ODD_NAME = 'digit <b>&"x"'  # must come out escaped wherever the page shows it
 

@@ -146,3 +146,13 @@ def test_pixel_auroc_with_masks_and_partitions(defects_folder, tmp_path):
     assert one["auroc"] > 0.9 and one["pixel_auroc"] > 0.9
     two = steps.score(tmp_path / "ds", tmp_path / "m", tmp_path / "run2", split="test", partitions=2, report=False)
     assert two["pixel_auroc"] == pytest.approx(one["pixel_auroc"])
+
+
+def test_drift_check_is_quiet_on_a_batch_of_normal_images(mnist_folder, mnist_model, tmp_path):
+    s = steps.score(mnist_folder / "0", mnist_model, tmp_path / "zeros", report=False)
+    run = json.loads((tmp_path / "zeros" / "run.json").read_text())
+    assert not s["drift"] and not run["drift"]["drift"]
+    # the expected rate is the conformal rank's own (70 calibration images cannot give 1%)
+    assert run["drift"]["expected_share"] == pytest.approx(run["threshold"]["guaranteed_fpr"])
+    ones = steps.score(mnist_folder / "1", mnist_model, tmp_path / "ones", report=False)
+    assert ones["drift"]  # a batch of another digit does not look like the normal images

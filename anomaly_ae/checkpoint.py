@@ -69,7 +69,7 @@ def build_checkpoint(det, meta: dict) -> dict:
         "threshold": dict(det.threshold_info_),
         "calibration_scores": torch.from_numpy(np.asarray(det.calibration_scores_, dtype=np.float64)),
         "history": det.history_, "collapse": dict(det.collapse_), "versions": versions(),
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **meta,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **meta,
     })
 
 

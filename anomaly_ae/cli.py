@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -46,20 +46,20 @@ def ingest(
     source: Annotated[str, typer.Argument(help="A folder of images, torchvision:<Dataset> (MNIST, "
                                                "FashionMNIST, KMNIST, QMNIST, CIFAR10, CIFAR100, SVHN) "
                                                "or sample:<name> (mnist5k, digits; bundled, no download).")],
-    out: Annotated[Optional[Path], typer.Option(help="Dataset folder to write \\[default: data/datasets/<name>].")] = None,
-    root: Annotated[Optional[str], typer.Option(help="Where torchvision datasets live (torchvision's layout).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Dataset folder to write \\[default: data/datasets/<name>].")] = None,
+    root: Annotated[str | None, typer.Option(help="Where torchvision datasets live (torchvision's layout).")] = None,
     download: Annotated[bool, typer.Option(help="Let torchvision download a missing dataset.")] = False,
-    size: Annotated[Optional[str], typer.Option(help="Working size, e.g. 256 or 256x192 (height x width). "
+    size: Annotated[str | None, typer.Option(help="Working size, e.g. 256 or 256x192 (height x width). "
                                                      "Default: the images' own size when they all agree "
                                                      "(up to 1024), else 256x256.")] = None,
-    channels: Annotated[Optional[str], typer.Option(help="L (gray) or RGB. Default: L when every image is gray.")] = None,
+    channels: Annotated[str | None, typer.Option(help="L (gray) or RGB. Default: L when every image is gray.")] = None,
     resize: Annotated[str, typer.Option(help="Resize method: bilinear, bicubic, area, lanczos, nearest.")] = "bilinear",
-    test_fraction: Annotated[Optional[float], typer.Option(help="For data without splits: share of each class "
+    test_fraction: Annotated[float | None, typer.Option(help="For data without splits: share of each class "
                                                                 "marked 'test' (seeded).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the --test-fraction split.")] = 0,
-    max_pixels: Annotated[Optional[int], typer.Option(help="Reject images with more pixels than this "
+    max_pixels: Annotated[int | None, typer.Option(help="Reject images with more pixels than this "
                                                            "(decompression-bomb guard) \\[default: 64,000,000].")] = None,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Decode processes \\[default: all cores].")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Decode processes \\[default: all cores].")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset at --out.")] = False,
     force: Annotated[bool, typer.Option(help="Ingest again even if --out is up to date.")] = False,
     as_json: Json = False, verbose: Verbose = False,
@@ -120,7 +120,7 @@ def info(
             out_console.print(f"... and {len(s['rejects']) - 50} more (use --json for all).")
 
 
-def _detector_config(config: Optional[Path], **overrides):
+def _detector_config(config: Path | None, **overrides):
     """DetectorConfig from defaults, a pipeline/config TOML file, then command-line overrides."""
     import dataclasses
 
@@ -137,20 +137,22 @@ def _detector_config(config: Optional[Path], **overrides):
 @app.command()
 def train(
     dataset: Annotated[Path, typer.Argument(help="A dataset folder written by `anomaly-ae ingest`.")],
-    normal: Annotated[Optional[list[str]], typer.Option("--normal", "-n", help="A normal class (name or label); "
+    normal: Annotated[list[str] | None, typer.Option("--normal", "-n", help="A normal class (name or label); "
                                                         "repeat for several. Default: 'good' when present.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Model folder \\[default: data/models/<dataset>-<normal>].")] = None,
-    model: Annotated[Optional[str], typer.Option(help="ae (classic), denoising or vae.")] = None,
-    latent_dim: Annotated[Optional[int], typer.Option(min=1, help="Size of the bottleneck.")] = None,
-    epochs: Annotated[Optional[int], typer.Option(min=1, help="Most epochs (early stopping may end sooner).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per step.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate.")] = None,
-    score: Annotated[Optional[str], typer.Option(help="Image score: mse, topk (smoothed top-k error) or ssim.")] = None,
-    target_fpr: Annotated[Optional[float], typer.Option(help="False-positive rate the threshold holds on normal images.")] = None,
-    calib_fraction: Annotated[Optional[float], typer.Option(help="Share of normal images held out to calibrate.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the split, the initial weights and the batches.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto (GPU when present), cpu or cuda.")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="A TOML file with [model], [train], [score], [threshold].")] = None,
+    out: Annotated[Path | None, typer.Option(help="Model folder \\[default: data/models/<dataset>-<normal>].")] = None,
+    model: Annotated[str | None, typer.Option(help="ae (classic), denoising or vae.")] = None,
+    latent_dim: Annotated[int | None, typer.Option(min=1, help="Size of the bottleneck.")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Most epochs (early stopping may end sooner).")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Images per step.")] = None,
+    lr: Annotated[float | None, typer.Option(help="AdamW learning rate.")] = None,
+    score: Annotated[str | None, typer.Option(help="Image score: mse, topk (smoothed top-k error) or ssim.")] = None,
+    target_fpr: Annotated[float | None, typer.Option(help="False-positive rate the threshold holds on normal images.")] = None,
+    calib_fraction: Annotated[float | None, typer.Option(help="Share of normal images held out to calibrate.")] = None,
+    val_fraction: Annotated[float | None, typer.Option(help="Share of the training images held back to decide when "
+                                                       "to stop (0: train every epoch).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the split, the initial weights and the batches.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto (GPU when present), cpu or cuda.")] = None,
+    config: Annotated[Path | None, typer.Option(help="A TOML file with \\[model], \\[train], \\[score], \\[threshold] tables.")] = None,
     allow_collapsed: Annotated[bool, typer.Option(help="Keep a model whose output barely depends on its input.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted training run of the same settings.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model at --out.")] = False,
@@ -164,7 +166,7 @@ def train(
     cfg = _detector_config(
         config, model={"kind": model, "latent_dim": latent_dim},
         train={"epochs": epochs, "batch_size": batch_size, "lr": lr, "calib_fraction": calib_fraction,
-               "seed": seed, "device": device, "allow_collapsed": allow_collapsed or None},
+               "val_fraction": val_fraction, "seed": seed, "device": device, "allow_collapsed": allow_collapsed or None},
         score={"method": score}, threshold={"target_fpr": target_fpr})
     out = out or Path("data") / "models" / f"{Path(dataset).name}-{'-'.join(normal or ['good'])}"
     with console.progress("train") as update:
@@ -182,12 +184,12 @@ def train(
 @app.command()
 def calibrate(
     model: Annotated[Path, typer.Argument(help="A model folder written by `anomaly-ae train`.")],
-    target_fpr: Annotated[Optional[float], typer.Option(help="New false-positive rate to hold on normal images.")] = None,
-    data: Annotated[Optional[Path], typer.Option(help="Other normal images (a dataset or a folder) to calibrate on; "
+    target_fpr: Annotated[float | None, typer.Option(help="New false-positive rate to hold on normal images.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Other normal images (a dataset or a folder) to calibrate on; "
                                                       "they must not have been used for training.")] = None,
-    normal: Annotated[Optional[list[str]], typer.Option("--normal", "-n", help="Normal classes in --data "
+    normal: Annotated[list[str] | None, typer.Option("--normal", "-n", help="Normal classes in --data "
                                                         "\\[default: the model's].")] = None,
-    split: Annotated[Optional[str], typer.Option(help="Only this split of --data.")] = None,
+    split: Annotated[str | None, typer.Option(help="Only this split of --data.")] = None,
     as_json: Json = False, verbose: Verbose = False,
 ) -> None:
     """Recalibrate a model's threshold without retraining."""
@@ -205,12 +207,12 @@ def calibrate(
 def score(
     input: Annotated[Path, typer.Argument(help="A folder of images or a dataset written by `anomaly-ae ingest`.")],
     model: Annotated[Path, typer.Option("--model", "-m", help="A model folder written by `anomaly-ae train`.")],
-    out: Annotated[Optional[Path], typer.Option(help="Run folder \\[default: data/runs/<input>-<time>].")] = None,
-    threshold: Annotated[Optional[float], typer.Option(help="Flag scores above this value instead of the calibrated threshold.")] = None,
-    target_fpr: Annotated[Optional[float], typer.Option(help="Recompute the threshold for this false-positive rate.")] = None,
-    split: Annotated[Optional[str], typer.Option(help="Only this split (e.g. test) of the input.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per batch \\[default: from the image size].")] = None,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Decode processes \\[default: all cores].")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder \\[default: data/runs/<input>-<time>].")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Flag scores above this value instead of the calibrated threshold.")] = None,
+    target_fpr: Annotated[float | None, typer.Option(help="Recompute the threshold for this false-positive rate.")] = None,
+    split: Annotated[str | None, typer.Option(help="Only this split (e.g. test) of the input.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Images per batch \\[default: from the image size].")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Decode processes \\[default: all cores].")] = None,
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
     report: Annotated[bool, typer.Option(help="Write report.html into the run folder.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder at --out.")] = False,
@@ -267,7 +269,7 @@ def report(
 
 Pipeline = Annotated[Path, typer.Argument(help="A pipeline file (pipelines/*.toml).")]
 TaskRunner = Annotated[str, typer.Option(help="local (one process) or dask (fan scoring out over partitions).")]
-DaskAddress = Annotated[Optional[str], typer.Option(help="An existing Dask scheduler \\[default: a local cluster].")]
+DaskAddress = Annotated[str | None, typer.Option(help="An existing Dask scheduler \\[default: a local cluster].")]
 
 
 @app.command()

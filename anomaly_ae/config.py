@@ -51,6 +51,9 @@ class TrainConfig:
     min_steps_per_epoch: int = 20  # small datasets repeat their images to make an epoch
     patience: int = 6  # epochs without held-out improvement before stopping
     calib_fraction: float = 0.2
+    # Share of the training images held back to decide when to stop (never the calibration images,
+    # so the threshold's false-positive guarantee holds); 0 trains every epoch on all of them.
+    val_fraction: float = 0.1
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     allow_collapsed: bool = False
@@ -64,6 +67,8 @@ class TrainConfig:
         require(self.patience >= 1, "train.patience", f"must be >= 1, got {self.patience}")
         require(0.0 < self.calib_fraction < 1.0, "train.calib_fraction",
                  f"must be between 0 and 1, got {self.calib_fraction}")
+        require(0.0 <= self.val_fraction < 1.0, "train.val_fraction",
+                f"must be 0 (no early stopping) or between 0 and 1, got {self.val_fraction}")
         require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                  "train.device", f"must be auto, cpu or cuda[:N], got {self.device!r}")
 
@@ -108,7 +113,7 @@ class DetectorConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DetectorConfig":
+    def from_dict(cls, d: dict) -> DetectorConfig:
         """Inverse of `to_dict`; unknown keys raise ConfigError."""
         parts = {}
         for f in fields(cls):

@@ -1,7 +1,7 @@
 """The detector: fit on normal images, calibrate a threshold, score, predict, save and load.
 
-    det = AutoencoderDetector(DetectorConfig()).fit(normal_train, validation=held_out)
-    det.calibrate(held_out, target_fpr=0.01)   # sets threshold_
+    det = AutoencoderDetector(DetectorConfig()).fit(normal_train)  # early stopping on 10% of normal_train
+    det.calibrate(held_out, target_fpr=0.01)   # sets threshold_ (held_out: normals never trained on)
     det.score_samples(images)                   # higher = more anomalous
     det.predict(images)                         # 1 = anomaly, 0 = normal
 
@@ -11,7 +11,7 @@ Images are uint8 arrays (n, height, width, channels). Fitted attributes end in `
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -36,6 +36,16 @@ ALIKE_SPREAD = 0.08
 SCORE_BATCH = 256
 
 
+def split_validation(images: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(training images, early-stopping images): a seeded `fraction` of `images` held back, or
+    (images, None) when that would leave fewer than 1 held back or 2 to train on."""
+    n_val = int(round(fraction * len(images)))
+    if n_val < 1 or len(images) - n_val < 2:
+        return images, None
+    perm = np.random.default_rng(seed + 1).permutation(len(images))
+    return images[np.sort(perm[n_val:])], images[np.sort(perm[:n_val])]
+
+
 class AutoencoderDetector:
     """A convolutional autoencoder with a calibrated reconstruction-error threshold."""
 
@@ -44,8 +54,11 @@ class AutoencoderDetector:
 
     # -- fitting -------------------------------------------------------------------------
     def fit(self, images: np.ndarray, validation: np.ndarray | None = None, *, progress=None,
-            state_path=None, resume: bool = False) -> "AutoencoderDetector":
-        """Train on normal images; `validation` (held-out normals) drives early stopping.
+            state_path=None, resume: bool = False) -> AutoencoderDetector:
+        """Train on normal images. Early stopping watches `validation` (held-out normals) or, when
+        it is None, a seeded ``train.val_fraction`` share of `images` kept out of training. Never
+        pass the images the threshold will be calibrated on: choosing the epoch on them would bias
+        their scores low and the realised false-positive rate above the target.
 
         Raises:
             DataError: images of the wrong shape or type.
@@ -59,6 +72,8 @@ class AutoencoderDetector:
         torch.manual_seed(cfg.train.seed)
         m = cfg.model
         self.model_ = build_model(m.kind, self.shape_, m.latent_dim, m.base_channels, m.max_channels).to(self.device_)
+        if validation is None:
+            images, validation = split_validation(images, cfg.train.val_fraction, cfg.train.seed)
         data = to_device_uint8(images, self.device_)
         val = to_device_uint8(_check_images(validation, self.shape_), self.device_) if validation is not None else None
         self.history_ = train(self.model_, data, val, m, cfg.train, progress=progress,
@@ -145,12 +160,12 @@ class AutoencoderDetector:
         return out[0]
 
     # -- threshold -----------------------------------------------------------------------
-    def calibrate(self, images: np.ndarray, target_fpr: float | None = None) -> "AutoencoderDetector":
+    def calibrate(self, images: np.ndarray, target_fpr: float | None = None) -> AutoencoderDetector:
         """Set `threshold_` from held-out normal images (never the training images)."""
         scores = self.score_samples(images)
         return self.calibrate_scores(scores, target_fpr)
 
-    def calibrate_scores(self, scores: np.ndarray, target_fpr: float | None = None) -> "AutoencoderDetector":
+    def calibrate_scores(self, scores: np.ndarray, target_fpr: float | None = None) -> AutoencoderDetector:
         """Set `threshold_` from scores of held-out normal images."""
         fpr = check_fpr(target_fpr if target_fpr is not None else self.config.threshold.target_fpr)
         self.calibration_scores_ = np.asarray(scores, dtype=np.float64)
@@ -192,7 +207,7 @@ class AutoencoderDetector:
         return checkpoint.write(Path(folder), checkpoint.build_checkpoint(self, self.meta_))
 
     @classmethod
-    def load(cls, path, device: str = "auto") -> "AutoencoderDetector":
+    def load(cls, path, device: str = "auto") -> AutoencoderDetector:
         """A detector from a model folder or ``model.pt`` (weights_only: runs no code)."""
         from anomaly_ae import checkpoint
 

@@ -17,8 +17,8 @@ import re
 import secrets
 import shutil
 import socket
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from anomaly_ae.errors import BusyError, DataError
 
@@ -55,9 +55,8 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     tmp = temp_name(path)
     try:
         yield tmp
-        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError), open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
     finally:
@@ -167,7 +166,7 @@ class FileLock:
         self.what = what
         self._fd: int | None = None
 
-    def __enter__(self) -> "FileLock":
+    def __enter__(self) -> FileLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

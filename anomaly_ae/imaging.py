@@ -79,7 +79,7 @@ class Preprocess:
                 "resize": self.resize, "exif_orientation": True, "alpha": "composited on black"}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocess":
+    def from_dict(cls, d: dict) -> Preprocess:
         """Inverse of `to_dict` (unknown informational keys are ignored)."""
         return cls(int(d["height"]), int(d["width"]), str(d["channels"]), str(d["resize"]))
 

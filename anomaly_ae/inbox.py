@@ -182,7 +182,7 @@ class _Known:
 
 def new_run_id() -> str:
     """A sortable, unique run name: UTC time plus a random suffix."""
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
 
 
 class InboxRun:
@@ -205,7 +205,7 @@ class InboxRun:
         self._lock = FileLock(self.state_dir / ".lock", f"Inbox {self.folder}")
         self._known: _Known | None = None
 
-    def __enter__(self) -> "InboxRun":
+    def __enter__(self) -> InboxRun:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._lock.__enter__()
         try:
@@ -287,7 +287,7 @@ class InboxRun:
     def commit(self, staged: list[StagedFile]) -> Path:
         """Write the ledger part into the run folder and rename it into ``runs/``: the commit."""
         rejected = _rejected_paths(self.out_dir)
-        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         schema.write_table(self.out_dir / LEDGER, "ledger", {
             "path": [s.key for s in staged], "sha256": [s.sha256 for s in staged],

@@ -17,8 +17,8 @@ import hashlib
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa

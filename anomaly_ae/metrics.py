@@ -123,7 +123,7 @@ def detection_metrics(is_anomaly: np.ndarray, scores: np.ndarray, flagged: np.nd
     recall = tp / (tp + fn) if tp + fn else None
     f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None
     out = {
-        "n_items": int(len(y)), "n_normal": int((~y).sum()), "n_anomalous": int(y.sum()),
+        "n_items": len(y), "n_normal": int((~y).sum()), "n_anomalous": int(y.sum()),
         "threshold": float(threshold), "auroc": _auroc(y, s), "auprc": None,
         "tpr": recall, "fpr": fp / (fp + tn) if fp + tn else None,
         "precision": precision, "recall": recall, "f1": f1,

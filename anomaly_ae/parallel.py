@@ -11,10 +11,11 @@ import multiprocessing
 import os
 import sys
 from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -71,7 +72,7 @@ class Chunk:
     gray: list = field(default_factory=list)
 
     @classmethod
-    def pack(cls, decoded: list[Decoded], mask_size: int) -> "Chunk":
+    def pack(cls, decoded: list[Decoded], mask_size: int) -> Chunk:
         """One Chunk from per-file results."""
         ok = [d for d in decoded if d.reason is None]
         return cls([d.reason for d in decoded], b"".join(d.pixels for d in ok),

@@ -74,7 +74,7 @@ def finalize(part_dirs: list[Path], out: Path, *, threshold_info: dict, cal_scor
         m = detection_metrics(y, scores[known], flagged[known], t)
         m["per_class"] = per_class(np.array(table["class_name"].to_pylist(), object)[known], y, scores[known], flagged[known])
         m["pixel_auroc"] = pixel_auroc(errors, pixel_labels)
-        m["n_pixels_sampled"] = int(len(errors))
+        m["n_pixels_sampled"] = len(errors)
         m["f1_optimal"] = f1_optimal_threshold(scores[known], y) if 0 < y.sum() < len(y) else None
         normal_scores = scores[known][~y]
         m["drift_normal_only"] = drift_check(normal_scores, cal_scores, int(flagged[known][~y].sum()), target)
@@ -124,7 +124,7 @@ def run_record(det, model, input, split, th, parts, results, merged, timings, no
     m = det.meta_
     return {
         "run_id": dt.datetime.now().strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3),
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "input": str(Path(input).resolve()), "input_kind": parts[0].kind, "split": split,
         "model": {"path": str(model_file(model).resolve()), "kind": det.config.model.kind,
                   "score_method": det.config.score.method, "normal_classes": m.get("normal_classes"),

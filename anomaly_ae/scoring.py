@@ -17,9 +17,9 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -252,7 +252,7 @@ class _PartWriter:
         self.top, self.border = _Best(EXAMPLES_PER_KIND), _Best(EXAMPLES_PER_KIND)
         self.pixels, self.done = PixelSamples(), 0
 
-    def __enter__(self) -> "_PartWriter":
+    def __enter__(self) -> _PartWriter:
         self.scores_w = TableWriter(self.dir / "scores.parquet", "scores")
         self.maps_w = TableWriter(self.dir / "error_maps.parquet", "error_maps")
         return self

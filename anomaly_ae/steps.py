@@ -7,8 +7,8 @@ JSON-able summary. Steps never import prefect or typer.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from anomaly_ae.errors import DataError
 
@@ -103,8 +103,9 @@ def train(dataset: str | Path, out: str | Path, *, normal: list[str] | None = No
           progress: Progress | None = None) -> dict:
     """Train a detector on the normal classes of a dataset and calibrate it on a held-out part.
 
-    The held-out share (``train.calib_fraction``) is drawn with ``train.seed``; the dataset's
-    test split is never used. A model folder trained from the same data and settings is kept
+    The held-out share (``train.calib_fraction``) is drawn with ``train.seed`` and used for the
+    threshold only: early stopping watches a separate share of the training images
+    (``train.val_fraction``). The dataset's test split is never used. A model folder trained from the same data and settings is kept
     (``cached: True``) unless `force`.
     """
     import numpy as np
@@ -136,7 +137,7 @@ def train(dataset: str | Path, out: str | Path, *, normal: list[str] | None = No
     state = out.parent / f".{out.name}.train-{fp[:12]}.pt"
     with atomic_dir(out, overwrite=overwrite or force) as tmp:
         held_out = ds.load(cal)
-        det = AutoencoderDetector(config).fit(ds.load(fit), validation=held_out, progress=progress,
+        det = AutoencoderDetector(config).fit(ds.load(fit), progress=progress,
                                               state_path=state, resume=resume)
         det.calibrate(held_out)
         index = ds.index()

@@ -34,7 +34,9 @@ def machine() -> dict:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(), "torch": str(torch.__version__), "platform": platform.platform(),
         "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "command": " ".join(["python", "-m", Path(sys.argv[0]).stem if sys.argv[0] else "?", *sys.argv[1:]]),
+        "command": " ".join(["python", "-m", f"bench.{Path(sys.argv[0]).stem}" if sys.argv[0] else "?", *sys.argv[1:]]),
+        # Other work on the machine inflates the seconds (not the AUROCs): the load average says how busy it was.
+        "load_average_1m": round(os.getloadavg()[0], 2),
     }
 
 
@@ -44,7 +46,8 @@ def write_results(name: str, payload: dict, markdown: str) -> tuple[Path, Path]:
     payload = {"machine": machine(), **payload}
     m = payload["machine"]
     md = (markdown.rstrip() + f"\n\nMachine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
-          f"GPU {m['gpu'] or 'none'}; Python {m['python']}, torch {m['torch']}; {m['date']}.\n"
+          f"GPU {m['gpu'] or 'none'}; Python {m['python']}, torch {m['torch']}; {m['date']}; "
+          f"load average at the end {m['load_average_1m']}.\n"
           f"Command: `{m['command']}`\n")
     j, k = RESULTS / f"{name}.json", RESULTS / f"{name}.md"
     j.write_text(json.dumps(payload, indent=2, default=str) + "\n")

@@ -20,8 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from anomaly_ae.errors import AnomalyAEError
 from anomaly_ae.pipeline import Pipeline, Schedule, load_pipeline

@@ -10,14 +10,14 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="anomaly-ae-prefect-"))
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from hypothesis import settings  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import pytest
+from hypothesis import settings
+from PIL import Image
 
-from anomaly_ae.config import DetectorConfig, TrainConfig  # noqa: E402
+from anomaly_ae.config import DetectorConfig, TrainConfig
 
 # No per-example deadline: timings on a loaded 2-core CI machine are no property of the code.
 settings.register_profile("anomaly-ae", deadline=None)

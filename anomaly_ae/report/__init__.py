@@ -109,7 +109,7 @@ def render(data: RunData) -> str:
     parts = [p for p in parts if p[2]]
     nav = "".join(f'<li><a href="#{k}">{t}</a></li>' for k, t, _ in parts)
     run_id = escape(str(data.run.get("run_id", "")))
-    built = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    built = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>Anomaly report {run_id}</title><style>{css()}</style></head><body><main>"

@@ -116,7 +116,7 @@ def distribution(data: RunData, plots) -> str:
     score = s["score"].astype(float)
     if data.run.get("labels_known"):
         labels = s["is_anomaly"]
-        groups = {"normal": score[labels == False], "anomalous": score[labels == True],  # noqa: E712 (object array)
+        groups = {"normal": score[labels == False], "anomalous": score[labels == True],
                   "label unknown": score[np.array([v is None for v in labels], bool)]}
     else:
         groups = {"all items": score}
@@ -175,7 +175,7 @@ def drift(data: RunData, plots) -> str:
                    "Two-sample Kolmogorov-Smirnov test against the calibration scores, and a one-sided "
                    "binomial test of the flagged count against the expected false-positive rate.")
     text = notice("warn", warning) if warning else notice("ok", reading)
-    normal = data.scores["score"][data.scores["is_anomaly"] == False] if dn else None  # noqa: E712
+    normal = data.scores["score"][data.scores["is_anomaly"] == False] if dn else None
     cal = np.asarray(data.run.get("calibration_scores") or [], float)
     return text + table + plots.ecdf_html(data.scores["score"].astype(float), cal, normal,
                                           data.run["threshold"]["threshold"], d)

@@ -62,7 +62,7 @@ class FolderSource:
         }
         return Listing(items, classes, description, walker.stats)
 
-    def _layout_items(self, walker: "_Walker") -> tuple[str, list[Item]]:
+    def _layout_items(self, walker: _Walker) -> tuple[str, list[Item]]:
         children = walker.children(self.root)
         dirs = [e for e in children if e.is_dir(follow_symlinks=False)]
         split_dirs = [d for d in dirs if d.name.lower() in SPLIT_NAMES]
@@ -78,7 +78,7 @@ class FolderSource:
         items = self._class_items(walker, self.root)
         return ("class" if any(i.class_name is not None for i in items) else "flat"), items
 
-    def _class_items(self, walker: "_Walker", top: Path) -> list[Item]:
+    def _class_items(self, walker: _Walker, top: Path) -> list[Item]:
         """Loose images under `top` (unlabelled) and images in its sub-folders (one class each)."""
         items = []
         for entry in walker.children(top):

@@ -67,7 +67,7 @@ def test_killed_ingest_leaves_nothing_and_rerun_matches(many_pngs, tmp_path):
 def test_killed_training_resumes_to_the_same_model(mnist_ds, mnist_images, tmp_path):
     args = ["train", mnist_ds, "--normal", "3", "--epochs", "6", "--seed", "1"]
     out = tmp_path / "m"
-    state = lambda: list(tmp_path.glob(".m.train-*.pt"))  # noqa: E731
+    state = lambda: list(tmp_path.glob(".m.train-*.pt"))
     assert kill_when([*args, "--out", out], lambda: bool(state()))
     assert visible(tmp_path) == [] and state(), "the per-epoch state should survive the kill"
     run(*args, "--out", out, "--resume")

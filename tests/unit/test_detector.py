@@ -26,7 +26,7 @@ def fitted(mnist_images):
     out = {}
     for digit in ("0", "1"):
         fit, cal, test, y = split_digit(mnist_images, digit)
-        det = AutoencoderDetector(FAST).fit(fit, validation=cal).calibrate(cal, target_fpr=0.05)
+        det = AutoencoderDetector(FAST).fit(fit).calibrate(cal, target_fpr=0.05)
         out[digit] = (det, test, y)
     return out
 
@@ -55,7 +55,7 @@ def test_variants_train(mnist_images):
     fit, cal, test, y = split_digit(mnist_images, "1")
     for kind in ("denoising", "vae"):
         cfg = DetectorConfig(model=ModelConfig(kind=kind), train=TrainConfig(epochs=4))
-        det = AutoencoderDetector(cfg).fit(fit, validation=cal).calibrate(cal)
+        det = AutoencoderDetector(cfg).fit(fit).calibrate(cal)
         assert roc_auc_score(y, det.score_samples(test)) > 0.9, kind
 
 
@@ -186,9 +186,52 @@ def test_calibrate_step_retargets_without_retraining(mnist_model, tmp_path):
 def test_cuda_training_and_scoring(mnist_images, tmp_path):
     fit, cal, test, y = split_digit(mnist_images, "0")
     cfg = DetectorConfig(train=TrainConfig(epochs=6, device="cuda"))
-    det = AutoencoderDetector(cfg).fit(fit, validation=cal).calibrate(cal)
+    det = AutoencoderDetector(cfg).fit(fit).calibrate(cal)
     assert det.device_.type == "cuda" and det.history_["device"].startswith("cuda")
     assert roc_auc_score(y, det.score_samples(test)) > 0.95
     det.save(tmp_path / "m", preprocess={"height": 28, "width": 28, "channels": "L", "resize": "bilinear"})
     on_cpu = AutoencoderDetector.load(tmp_path / "m", device="cpu")
     assert np.allclose(on_cpu.score_samples(test[:64]), det.score_samples(test[:64]), rtol=0.1, atol=1e-3)
+
+
+def test_calibration_images_never_reach_training_or_early_stopping(mnist_ds, tmp_path, monkeypatch):
+    """The conformal guarantee needs calibration scores exchangeable with new normal images: the
+    calibration images may not train the model nor choose its epoch."""
+    from anomaly_ae.dataset import Dataset
+
+    seen = {}
+    real_fit = AutoencoderDetector.fit
+
+    def spy(self, images, validation=None, **kw):
+        seen["passed_validation"] = validation
+        out = real_fit(self, images, validation, **kw)
+        seen["trained"] = {bytes(im) for im in images}
+        return out
+
+    monkeypatch.setattr(AutoencoderDetector, "fit", spy)
+    real_cal = AutoencoderDetector.calibrate
+
+    def spy_cal(self, images, target_fpr=None):
+        seen["calibrated"] = images
+        return real_cal(self, images, target_fpr)
+
+    monkeypatch.setattr(AutoencoderDetector, "calibrate", spy_cal)
+    steps.train(mnist_ds, tmp_path / "m", normal=["3"], config=FAST)
+    cal = seen["calibrated"]
+    assert seen["passed_validation"] is None and len(cal) > 0
+    assert not seen["trained"] & {bytes(im) for im in cal}
+    n_normal = len(Dataset(mnist_ds).rows(split="train", classes=["3"]))
+    assert len(seen["trained"]) + len(cal) <= n_normal
+
+
+def test_split_validation_holds_back_a_seeded_disjoint_share():
+    from anomaly_ae.detector import split_validation
+
+    images = np.arange(50 * 4, dtype=np.uint8).reshape(50, 2, 2, 1)
+    train, val = split_validation(images, 0.1, seed=0)
+    assert len(val) == 5 and len(train) == 45
+    assert not {bytes(v) for v in val} & {bytes(t) for t in train}
+    again, val2 = split_validation(images, 0.1, seed=0)
+    np.testing.assert_array_equal(val, val2)
+    assert split_validation(images[:3], 0.1, seed=0)[1] is None
+    assert split_validation(images, 0.0, seed=0)[1] is None

@@ -13,17 +13,15 @@ from anomaly_ae.fsio import FileLock, atomic_dir, atomic_write_text, remove_stal
 
 
 def test_atomic_dir_appears_only_when_complete(tmp_path):
-    with pytest.raises(RuntimeError):
-        with atomic_dir(tmp_path / "out") as tmp:
-            (tmp / "half.txt").write_text("x")
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "half.txt").write_text("x")
+        raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []
     with atomic_dir(tmp_path / "out") as tmp:
         (tmp / "a.txt").write_text("done")
     assert (tmp_path / "out" / "a.txt").read_text() == "done"
-    with pytest.raises(DataError, match="already exists"):
-        with atomic_dir(tmp_path / "out"):
-            pass
+    with pytest.raises(DataError, match="already exists"), atomic_dir(tmp_path / "out"):
+        pass
     with atomic_dir(tmp_path / "out", overwrite=True) as tmp:
         (tmp / "b.txt").write_text("new")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b.txt"]

@@ -92,9 +92,8 @@ def test_unlabelled_folder_with_bad_files(mnist_images, mnist_model, tmp_path):
 
 def test_run_folder_is_refused_while_locked_or_existing(mnist_ds, mnist_model, tmp_path):
     out = tmp_path / "run"
-    with FileLock(tmp_path / ".run.lock", "Run folder"):
-        with pytest.raises(BusyError, match="in use"):
-            steps.score(mnist_ds, mnist_model, out, split="test", report=False)
+    with FileLock(tmp_path / ".run.lock", "Run folder"), pytest.raises(BusyError, match="in use"):
+        steps.score(mnist_ds, mnist_model, out, split="test", report=False)
     assert not out.exists()
     steps.score(mnist_ds, mnist_model, out, split="test", report=False)
     with pytest.raises(DataError, match="already exists"):

@@ -10,6 +10,8 @@ import logging
 import multiprocessing
 import os
 import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -126,13 +128,27 @@ def _decode_chunk(jobs, policy_dict, max_pixels) -> Chunk:
                       policy.height * policy.width)
 
 
+def _worker_init() -> None:
+    """In each decode worker: drop the parent's lock descriptors, and leave as soon as the parent
+    is gone (killed with SIGKILL, say), instead of waiting forever for work that will not come."""
+    close_inherited_locks()
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _make_pool(workers: int) -> ProcessPoolExecutor:
     # fork on Linux: workers start at once and never re-run the caller's script (as spawn and
     # forkserver do when a script lacks a __main__ guard). Workers only decode with Pillow and
     # numpy; they never touch torch, whose threads a fork would not carry over.
     method = "fork" if sys.platform.startswith("linux") else "spawn"
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
-                               initializer=close_inherited_locks)
+                               initializer=_worker_init)
 
 
 def decode_chunks(

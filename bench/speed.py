@@ -141,8 +141,8 @@ def bench_train(device: str, epochs: int = 3, rounds: int = 3) -> dict:
 def _model(workdir: Path) -> Path:
     """A small MNIST model (digit 0 normal) to score with."""
     ds, model = workdir / "ds", workdir / "model"
-    subprocess.run([EXE, "ingest", "sample:mnist5k", "--out", str(ds)], check=True, capture_output=True)
-    subprocess.run([EXE, "train", str(ds), "--normal", "0", "--out", str(model), "--epochs", "3"],
+    subprocess.run([EXE, "ingest", "sample:mnist5k", "--out", str(ds), "--overwrite"], check=True, capture_output=True)
+    subprocess.run([EXE, "train", str(ds), "--normal", "0", "--out", str(model), "--epochs", "3", "--force"],
                    check=True, capture_output=True)
     return model
 

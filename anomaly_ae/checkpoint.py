@@ -21,7 +21,6 @@ from anomaly_ae import __version__
 from anomaly_ae.config import DetectorConfig
 from anomaly_ae.errors import ConfigError, DataError, ModelError
 from anomaly_ae.fsio import atomic_path, atomic_write_json
-from anomaly_ae.models import build_model
 
 FORMAT = "anomaly-ae/checkpoint"
 FORMAT_VERSION = 1
@@ -158,8 +157,7 @@ def restore(ckpt: dict, device: str = "auto"):
     det = AutoencoderDetector(cfg)
     det.device_ = resolve_device(device)
     det.shape_ = tuple(int(v) for v in ckpt["image_shape"])
-    m = cfg.model
-    det.model_ = build_model(m.kind, det.shape_, m.latent_dim, m.base_channels, m.max_channels)
+    det.model_ = det._build_model()
     try:
         det.model_.load_state_dict(ckpt["state_dict"])
     except (RuntimeError, KeyError) as exc:

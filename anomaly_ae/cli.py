@@ -142,6 +142,8 @@ def train(
     out: Annotated[Path | None, typer.Option(help="Model folder \\[default: data/models/<dataset>-<normal>].")] = None,
     model: Annotated[str | None, typer.Option(help="ae (classic), denoising or vae.")] = None,
     latent_dim: Annotated[int | None, typer.Option(min=1, help="Size of the bottleneck.")] = None,
+    tile: Annotated[int | None, typer.Option(min=0, help="Work on square tiles of this side (pixels) at full "
+                                             "resolution, for large images with small defects; 0: the whole image.")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Most epochs (early stopping may end sooner).")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per step.")] = None,
     lr: Annotated[float | None, typer.Option(help="AdamW learning rate.")] = None,
@@ -164,7 +166,7 @@ def train(
     from anomaly_ae import steps
 
     cfg = _detector_config(
-        config, model={"kind": model, "latent_dim": latent_dim},
+        config, model={"kind": model, "latent_dim": latent_dim, "tile": tile},
         train={"epochs": epochs, "batch_size": batch_size, "lr": lr, "calib_fraction": calib_fraction,
                "val_fraction": val_fraction, "seed": seed, "device": device, "allow_collapsed": allow_collapsed or None},
         score={"method": score}, threshold={"target_fpr": target_fpr})

@@ -29,6 +29,9 @@ class ModelConfig:
     max_channels: int = 256
     noise_std: float = 0.1  # denoising: Gaussian noise added to training inputs
     kl_weight: float = 0.01  # vae: weight of the KL term (per pixel)
+    # Side of the square tiles the model works on; 0 = the whole image. For large images with
+    # small defects: train on random tiles and score every image tile by tile at full resolution.
+    tile: int = 0
 
     def __post_init__(self):
         require(self.kind in ("ae", "denoising", "vae"), "model.kind", f"must be ae, denoising or vae, got {self.kind!r}")
@@ -38,6 +41,8 @@ class ModelConfig:
                  f"must be base_channels..2048, got {self.max_channels}")
         require(0.0 <= self.noise_std <= 1.0, "model.noise_std", f"must be 0..1, got {self.noise_std}")
         require(self.kl_weight >= 0.0, "model.kl_weight", f"must be >= 0, got {self.kl_weight}")
+        require(self.tile == 0 or 8 <= self.tile <= 8192, "model.tile",
+                f"must be 0 (whole image) or 8..8192 pixels, got {self.tile}")
 
 
 @dataclass(frozen=True)

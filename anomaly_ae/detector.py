@@ -21,6 +21,7 @@ from anomaly_ae.errors import DataError, ModelError
 from anomaly_ae.measures import anomaly_map, image_scores
 from anomaly_ae.models import build_model
 from anomaly_ae.threshold import check_fpr, conformal_threshold, p_values
+from anomaly_ae.tiles import grid_tiles, is_tiled, reconstruct, tile_shape
 from anomaly_ae.train import as_float, autocast, resolve_device, to_device_uint8, train
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ COLLAPSE_GAIN = 0.05
 # alike": measured 0.02-0.07 on paper-surface images, 0.17 on handwritten digits.
 ALIKE_SPREAD = 0.08
 SCORE_BATCH = 256
+# Pixels of the sample the collapse check reconstructs (512 images of 128 x 128; fewer when larger).
+COLLAPSE_SAMPLE_PIXELS = 512 * 128 * 128
 
 
 def split_validation(images: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -71,13 +74,16 @@ class AutoencoderDetector:
         self.shape_ = tuple(int(v) for v in images.shape[1:])
         torch.manual_seed(cfg.train.seed)
         m = cfg.model
-        self.model_ = build_model(m.kind, self.shape_, m.latent_dim, m.base_channels, m.max_channels).to(self.device_)
+        self.model_ = self._build_model().to(self.device_)
         if validation is None:
             images, validation = split_validation(images, cfg.train.val_fraction, cfg.train.seed)
         data = to_device_uint8(images, self.device_)
         val = to_device_uint8(_check_images(validation, self.shape_), self.device_) if validation is not None else None
+        tile = tile_shape(self.shape_, m.tile)
+        if val is not None and is_tiled(self.shape_, m.tile):
+            val = grid_tiles(val, *tile)
         self.history_ = train(self.model_, data, val, m, cfg.train, progress=progress,
-                              state_path=state_path, resume=resume).to_dict()
+                              state_path=state_path, resume=resume, tile=tile).to_dict()
         train_mean = images.mean(axis=0, dtype=np.float64).astype(np.float32) / 255.0
         self.collapse_ = self._collapse_check(validation if validation is not None else images, train_mean)
         if self.collapse_["near_constant"] and not self.collapse_["collapsed"]:
@@ -94,6 +100,12 @@ class AutoencoderDetector:
             )
         return self
 
+    def _build_model(self):
+        """The network for this configuration and image shape (tile-sized for tiled models)."""
+        m = self.config.model
+        th, tw = tile_shape(self.shape_, m.tile)
+        return build_model(m.kind, (th, tw, self.shape_[2]), m.latent_dim, m.base_channels, m.max_channels)
+
     def _collapse_check(self, images: np.ndarray, train_mean: np.ndarray | None = None) -> dict:
         """Is the model just drawing one image whatever the input?
 
@@ -103,7 +115,7 @@ class AutoencoderDetector:
         alike (a uniform surface) the mean image is a fair reconstruction and deviations from it
         are what the scores should measure, so it is only noted.
         """
-        sample = images[:512]
+        sample = images[: int(np.clip(COLLAPSE_SAMPLE_PIXELS // (images.shape[1] * images.shape[2]), 16, 512))]
         if len(sample) < 2:
             return {"spread_ratio": None, "gain_over_mean": None, "input_spread": None,
                     "near_constant": False, "collapsed": False}
@@ -134,13 +146,18 @@ class AutoencoderDetector:
         self._require_fitted()
         images = _check_images(images, self.shape_)
         s = self.config.score
+        tile = tile_shape(self.shape_, self.config.model.tile)
+        area = tile[0] * tile[1]
+        if is_tiled(self.shape_, self.config.model.tile):
+            # About 4 overlapping tiles per tile of image: fewer images per batch.
+            batch_size = max(1, min(batch_size, SCORE_BATCH * area // (4 * self.shape_[0] * self.shape_[1])))
         self.model_.eval()
         for i in range(0, len(images), batch_size):
             x = as_float(to_device_uint8(images[i: i + batch_size], self.device_))
             with torch.inference_mode(), autocast(self.device_):
-                recon = self.model_(x).float()
+                recon = reconstruct(self.model_, x, *tile).float()
             maps = anomaly_map(x, recon, s.method, s.sigma)
-            scores = image_scores(maps, s.method, s.top_fraction).double().cpu().numpy()
+            scores = image_scores(maps, s.method, s.top_fraction, area).double().cpu().numpy()
             if details:
                 yield scores, recon.permute(0, 2, 3, 1).cpu().numpy(), maps.cpu().numpy()
             else:
@@ -157,7 +174,7 @@ class AutoencoderDetector:
         if not out:
             h, w, c = self.shape_
             return np.zeros(0), np.zeros((0, h, w, c), np.float32), np.zeros((0, h, w), np.float32)
-        return out[0]
+        return tuple(np.concatenate(part) for part in zip(*out))
 
     # -- threshold -----------------------------------------------------------------------
     def calibrate(self, images: np.ndarray, target_fpr: float | None = None) -> AutoencoderDetector:

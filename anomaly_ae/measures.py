@@ -58,10 +58,12 @@ def anomaly_map(x: torch.Tensor, recon: torch.Tensor, method: str, sigma: float)
     return blur(maps.unsqueeze(1), sigma).squeeze(1) if method == "topk" else maps
 
 
-def image_scores(maps: torch.Tensor, method: str, top_fraction: float) -> torch.Tensor:
-    """Per-image scores (n,) from anomaly maps: the mean for ``mse``, else the top-k mean."""
+def image_scores(maps: torch.Tensor, method: str, top_fraction: float, area: int | None = None) -> torch.Tensor:
+    """Per-image scores (n,) from anomaly maps: the mean for ``mse``, else the mean of the largest
+    `top_fraction` x `area` values (`area`: the map's own size by default; a tile's size for
+    tiled models, so a defect counts as much in a large image as in one tile)."""
     flat = maps.flatten(1)
     if method == "mse":
         return flat.mean(dim=1)
-    k = max(1, int(round(top_fraction * flat.shape[1])))
+    k = min(flat.shape[1], max(1, int(round(top_fraction * (area or flat.shape[1])))))
     return flat.topk(k, dim=1).values.mean(dim=1)

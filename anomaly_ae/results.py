@@ -117,6 +117,7 @@ def run_record(det, model, input, split, th, parts, results, merged, timings, no
     import secrets
 
     from anomaly_ae.checkpoint import model_file, versions
+    from anomaly_ae.tiles import is_tiled
 
     for key in ("decode", "model"):
         timings[key] = sum(r["seconds"][key] for r in results)
@@ -127,7 +128,8 @@ def run_record(det, model, input, split, th, parts, results, merged, timings, no
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "input": str(Path(input).resolve()), "input_kind": parts[0].kind, "split": split,
         "model": {"path": str(model_file(model).resolve()), "kind": det.config.model.kind,
-                  "score_method": det.config.score.method, "normal_classes": m.get("normal_classes"),
+                  "score_method": det.config.score.method, "tile": det.config.model.tile if is_tiled(det.shape_, det.config.model.tile) else 0,
+                  "normal_classes": m.get("normal_classes"),
                   "classes": m.get("classes"), "image_shape": list(det.shape_),
                   "dataset": m.get("data", {}).get("dataset"), "trained": getattr(det, "created_", None),
                   "collapse": getattr(det, "collapse_", None)},

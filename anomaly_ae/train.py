@@ -23,6 +23,7 @@ from anomaly_ae.config import ModelConfig, TrainConfig
 from anomaly_ae.errors import ModelError
 from anomaly_ae.fsio import atomic_path
 from anomaly_ae.models import ConvAutoencoder
+from anomaly_ae.tiles import TILES_PER_IMAGE, random_crops
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,12 @@ def evaluate(model, data: torch.Tensor, loss_fn: _Loss, batch_size: int) -> floa
 
 def train(model: ConvAutoencoder, data: torch.Tensor, val: torch.Tensor | None, model_cfg: ModelConfig,
           cfg: TrainConfig, *, progress: Progress | None = None, state_path: Path | None = None,
-          resume: bool = False) -> History:
+          resume: bool = False, tile: tuple[int, int] | None = None) -> History:
     """Train `model` in place on uint8 `data` (n, c, h, w); returns the history.
+
+    With `tile` (height, width) smaller than the images, each step trains on one random tile of
+    each image of the batch, and an epoch draws up to `tiles.TILES_PER_IMAGE` tiles per image;
+    `val` then holds tiles of that size.
 
     Raises:
         ModelError: fewer than 2 images, or a loss that becomes NaN or infinite.
@@ -121,7 +126,9 @@ def train(model: ConvAutoencoder, data: torch.Tensor, val: torch.Tensor | None, 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     batch = min(cfg.batch_size, n)
-    steps_per_epoch = max(math.ceil(n / batch), cfg.min_steps_per_epoch)
+    tile = tuple(tile) if tile is not None and tuple(tile) != tuple(data.shape[-2:]) else None
+    per_image = min(TILES_PER_IMAGE, max(1, (data.shape[-2] // tile[0]) * (data.shape[-1] // tile[1]))) if tile else 1
+    steps_per_epoch = max(math.ceil(n * per_image / batch), cfg.min_steps_per_epoch)
     model.to(memory_format=torch.channels_last)
     # The fused AdamW kernel updates every parameter in one pass (measured faster on CPU too).
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
@@ -139,7 +146,8 @@ def train(model: ConvAutoencoder, data: torch.Tensor, val: torch.Tensor | None, 
         order = order.to(device)
         running = 0.0
         for step in range(steps_per_epoch):
-            x = as_float(data[order[step * batch: (step + 1) * batch]])
+            x = data[order[step * batch: (step + 1) * batch]]
+            x = as_float(random_crops(x, *tile, gen) if tile else x)
             with autocast(device):
                 loss = loss_fn(model, x, train=True)
             if not torch.isfinite(loss.detach()):

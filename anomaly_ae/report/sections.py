@@ -34,7 +34,9 @@ def summary(data: RunData) -> str:
                   + tagged("n_calibration", str(th.get("n_calibration"))) + " held-out normal images")
     shape = "&times;".join(str(v) for v in model.get("image_shape") or []) or "n/a"
     kind, method = escape(str(model.get("kind"))), escape(str(model.get("score_method")))
-    facts = [("Model", f"{kind} autoencoder, score: {method}, images {shape} (height&times;width&times;channels)"),
+    tiles = f", in {int(model['tile'])}-pixel tiles" if model.get("tile") else ""
+    facts = [("Model", f"{kind} autoencoder, score: {method}, images {shape} (height&times;width&times;channels)"
+                       f"{tiles}"),
              ("Trained on", f'<span class="path">{escape(str(model.get("dataset") or "n/a"))}</span>'),
              ("Normal classes", tagged("normal_classes", name_list(model.get("normal_classes")))),
              ("Scored batch", f'<span class="path">{escape(str(run.get("input")))}</span> '

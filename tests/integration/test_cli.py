@@ -95,3 +95,20 @@ def test_demo_is_the_whole_pipeline(tmp_path):
     assert "AUROC" in proc.stdout and "flagged" in proc.stdout
     m = json.loads((tmp_path / "ws" / "runs" / "mnist5k-0-demo" / "metrics.json").read_text())
     assert m["auroc"] > 0.95
+
+
+def test_tiled_model_on_a_folder_of_large_images(tmp_path):
+    from tests.unit.test_tiles import boards
+
+    root = tmp_path / "boards"
+    for split, kind, n, seed in [("train", "good", 96, 0), ("test", "good", 30, 2), ("test", "defect", 30, 3)]:
+        for i, img in enumerate(boards(n, 128, seed, defect=kind == "defect")):
+            write_png(root / split / kind / f"{i:03d}.png", img[..., 0])
+    cli("ingest", root, "--out", tmp_path / "ds")
+    proc = cli("train", tmp_path / "ds", "--out", tmp_path / "m", "--tile", "16", "--latent-dim", "32",
+               "--epochs", "20")
+    assert "trained" in proc.stdout
+    summary = json.loads(cli("score", tmp_path / "ds", "--model", tmp_path / "m", "--split", "test",
+                             "--out", tmp_path / "run", "--json").stdout)
+    assert summary["scored"] == 60 and summary["auroc"] > 0.85
+    assert "in 16-pixel tiles" in (tmp_path / "run" / "report.html").read_text()

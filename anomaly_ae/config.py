@@ -114,8 +114,13 @@ class DetectorConfig:
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
 
     def to_dict(self) -> dict:
-        """Plain nested dict (for checkpoints and JSON)."""
-        return dataclasses.asdict(self)
+        """Plain nested dict (for checkpoints and JSON). ``model.tile`` appears only when set, so
+        whole-image models keep the configuration (and data fingerprint) they had before tiles
+        existed, and stay readable by releases that do not know the key."""
+        d = dataclasses.asdict(self)
+        if not d["model"]["tile"]:
+            del d["model"]["tile"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> DetectorConfig:

@@ -124,8 +124,10 @@ class AutoencoderDetector:
         # Batch by batch: per-pixel sums for the spread of the reconstructions, and both errors.
         r_sum = r_sq = 0.0
         err_model = err_mean = 0.0
-        for lo, (_, recon, _) in zip(range(0, len(sample), SCORE_BATCH), self._batches(sample, details=True)):
+        lo = 0  # batches may hold fewer than SCORE_BATCH images (tiled models)
+        for _, recon, _ in self._batches(sample, details=True):
             x = x_all[lo: lo + len(recon)]
+            lo += len(recon)
             r64 = recon.astype(np.float64)
             r_sum, r_sq = r_sum + r64.sum(axis=0), r_sq + (r64 ** 2).sum(axis=0)
             err_model += float(((x - recon) ** 2).sum())

@@ -31,7 +31,7 @@ PUBLISHED = ("Published (Deep SVDD paper, ICML 2018): DCAE mean AUROC MNIST 0.89
              "one-class Deep SVDD 0.948 and 0.648.")
 DEFAULT_METHODS = "ae,denoising,vae,iforest,pyod_ae,tutorial_conv_ae"
 # Datasets whose images are larger than this a side also run the tiled variant (full resolution);
-# every whole-image method gets them resized to this side, as `anomaly-ae ingest` would by default.
+# every whole-image method gets them resized to this side (their masks by nearest neighbour).
 WHOLE_SIDE = 256
 TILED_METHOD = "ae/tile=32/latent_dim=128"
 

@@ -124,3 +124,24 @@ def test_tiled_maps_are_full_size_and_checkpoints_round_trip(tiled_detector, tmp
     again = checkpoint.restore(checkpoint.read(tmp_path / "m"), "cpu")
     assert again.config.model.tile == 16
     np.testing.assert_allclose(again.score_samples(images), scores, rtol=1e-5)
+
+
+class Constant(torch.nn.Module):
+    height = 16
+
+    def forward(self, x):
+        return torch.full_like(x, 0.5)
+
+
+def test_collapse_check_reads_every_batch_of_a_tiled_model(tiled_detector):
+    # A tiled model scores one image per batch; a constant output must still read as collapsed.
+    det = AutoencoderDetector(tiled_detector.config)
+    det.shape_, det.device_, det.model_ = tiled_detector.shape_, tiled_detector.device_, Constant()
+    report = det._collapse_check(boards(10, 128, seed=5))
+    assert report["spread_ratio"] == 0.0 and report["near_constant"] and report["collapsed"]
+
+
+def test_config_keeps_tile_only_when_set():
+    assert "tile" not in DetectorConfig().to_dict()["model"]  # whole-image configurations as before
+    cfg = DetectorConfig(model=ModelConfig(tile=32))
+    assert DetectorConfig.from_dict(cfg.to_dict()) == cfg

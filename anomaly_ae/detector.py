@@ -79,8 +79,8 @@ class AutoencoderDetector:
             images, validation = split_validation(images, cfg.train.val_fraction, cfg.train.seed)
         data = to_device_uint8(images, self.device_)
         val = to_device_uint8(_check_images(validation, self.shape_), self.device_) if validation is not None else None
-        tile = tile_shape(self.shape_, m.tile)
-        if val is not None and is_tiled(self.shape_, m.tile):
+        tile = tile_shape(self.shape_, m.tile) if is_tiled(self.shape_, m.tile) else None
+        if val is not None and tile:
             val = grid_tiles(val, *tile)
         self.history_ = train(self.model_, data, val, m, cfg.train, progress=progress,
                               state_path=state_path, resume=resume, tile=tile).to_dict()

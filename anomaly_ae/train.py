@@ -112,7 +112,7 @@ def train(model: ConvAutoencoder, data: torch.Tensor, val: torch.Tensor | None, 
           resume: bool = False, tile: tuple[int, int] | None = None) -> History:
     """Train `model` in place on uint8 `data` (n, c, h, w); returns the history.
 
-    With `tile` (height, width) smaller than the images, each step trains on one random tile of
+    With `tile` (height, width), smaller than the images, each step trains on one random tile of
     each image of the batch, and an epoch draws up to `tiles.TILES_PER_IMAGE` tiles per image;
     `val` then holds tiles of that size.
 
@@ -126,7 +126,6 @@ def train(model: ConvAutoencoder, data: torch.Tensor, val: torch.Tensor | None, 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     batch = min(cfg.batch_size, n)
-    tile = tuple(tile) if tile is not None and tuple(tile) != tuple(data.shape[-2:]) else None
     per_image = min(TILES_PER_IMAGE, max(1, (data.shape[-2] // tile[0]) * (data.shape[-1] // tile[1]))) if tile else 1
     steps_per_epoch = max(math.ceil(n * per_image / batch), cfg.min_steps_per_epoch)
     model.to(memory_format=torch.channels_last)

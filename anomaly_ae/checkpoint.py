@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
+import logging
+import os
 import platform
+import stat
 import time
 from pathlib import Path
 
@@ -20,7 +24,9 @@ import torch
 from anomaly_ae import __version__
 from anomaly_ae.config import DetectorConfig
 from anomaly_ae.errors import ConfigError, DataError, ModelError
-from anomaly_ae.fsio import atomic_path, atomic_write_json
+from anomaly_ae.fsio import atomic_write_files, json_text
+
+log = logging.getLogger(__name__)
 
 FORMAT = "anomaly-ae/checkpoint"
 FORMAT_VERSION = 1
@@ -29,6 +35,9 @@ DETECTOR_KEYS = {"format", "format_version", "state_dict", "config", "image_shap
                   "threshold", "calibration_scores", "history", "collapse", "versions", "created"}
 REQUIRED = ("format", "format_version", "state_dict", "config", "image_shape", "preprocess",
             "threshold", "calibration_scores", "history", "versions")
+# The largest checkpoint file read (8 GiB, far above any model anomaly-ae trains): a bigger file
+# is not a checkpoint, and reading it whole would exhaust memory.
+MAX_CHECKPOINT_BYTES = 8 * 1024**3
 
 
 def model_file(path: Path | str) -> Path:
@@ -73,16 +82,20 @@ def build_checkpoint(det, meta: dict) -> dict:
 
 
 def write(folder: Path, ckpt: dict) -> Path:
-    """Write ``model.pt`` and ``model.json`` into `folder` (each atomically)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / "model.pt"
-    with atomic_path(target) as tmp:
-        torch.save(ckpt, tmp)
-        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    summary = {k: v for k, v in ckpt.items() if k not in ("state_dict", "calibration_scores")}
-    summary["sha256"] = digest
+    """Write ``model.pt`` and ``model.json`` into `folder`: each atomically, and neither replaced
+    unless both were written in full.
+
+    The checkpoint is serialised in memory first: torch reports a file write that failed (a full
+    disk) only as an obscure RuntimeError, a plain write as the OSError it is.
+    """
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    data = buf.getvalue()
+    summary = {k: v for k, v in ckpt.items() if k not in ("state_dict", "calibration_scores", "held_out_scores")}
+    summary["sha256"] = hashlib.sha256(data).hexdigest()
     summary["n_parameters"] = int(sum(v.numel() for v in ckpt["state_dict"].values()))
-    atomic_write_json(folder / "model.json", summary)
+    target = folder / "model.pt"
+    atomic_write_files({target: data, folder / "model.json": json_text(summary).encode("utf-8")})
     return target
 
 
@@ -120,7 +133,7 @@ def _read_checked(file: Path, path, retry: bool = True) -> bytes:
     briefly of different versions: one retry after a moment tells that from real damage.
     """
     try:
-        data = file.read_bytes()
+        data = _read_regular(file)
         _check_digest(file, data)
         return data
     except (FileNotFoundError, ModelError):
@@ -132,17 +145,69 @@ def _read_checked(file: Path, path, retry: bool = True) -> bytes:
         raise
 
 
+def _read_regular(file: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_CHECKPOINT_BYTES.
+
+    A folder, pipe, device or socket is refused before it is read: a pipe would block for ever
+    and a device such as /dev/zero never ends. Links are followed, and what they lead to is checked.
+    """
+    st = os.stat(file)
+    _check_regular(file, st.st_mode, st.st_size)
+    # O_NONBLOCK: should the file be swapped for a pipe since the check, opening it cannot hang.
+    with os.fdopen(os.open(file, os.O_RDONLY | os.O_NONBLOCK), "rb") as fh:
+        st = os.fstat(fh.fileno())
+        _check_regular(file, st.st_mode, st.st_size)
+        data = fh.read(MAX_CHECKPOINT_BYTES + 1)
+    _check_regular(file, stat.S_IFREG, len(data))  # it may have grown since
+    return data
+
+
+def _check_regular(file: Path, mode: int, size: int) -> None:
+    if stat.S_ISDIR(mode):
+        raise ModelError(f"{file} is a directory, not a checkpoint file (a model folder holds model.pt as a "
+                         "plain file). Retrain the model, or restore its model.pt.")
+    if not stat.S_ISREG(mode):
+        raise ModelError(f"{file} is not a regular file (a pipe, device or socket), so it was not read. "
+                         "A checkpoint is a plain file: retrain the model, or restore its model.pt.")
+    if size > MAX_CHECKPOINT_BYTES:
+        raise ModelError(f"{file} is larger than a checkpoint may be ({size:,} bytes; the limit is "
+                         f"{MAX_CHECKPOINT_BYTES:,}), so it was not read. Retrain the model or restore its "
+                         "model.pt (from Python, raise anomaly_ae.checkpoint.MAX_CHECKPOINT_BYTES for a "
+                         "larger genuine model).")
+
+
 def _check_digest(file: Path, data: bytes) -> None:
     summary = file.parent / "model.json"
     if file.name != "model.pt" or not summary.exists():
+        why = "not named model.pt, so model.json does not describe it" if file.name != "model.pt" else (
+            "no model.json next to it")
+        log.warning("checksum not checked for %s (%s): a damaged or changed checkpoint would go unnoticed. "
+                    "Keep the model folder as train wrote it, or retrain the model.", file, why)
         return
     try:
-        expected = json.loads(summary.read_text()).get("sha256")
+        doc = json.loads(summary.read_text())
     except (OSError, ValueError):
         raise ModelError(f"{summary} is unreadable; it is damaged. Retrain the model.") from None
-    if expected and hashlib.sha256(data).hexdigest() != expected:
+    if not isinstance(doc, dict):
+        raise ModelError(f"{summary} is not a model summary (a JSON object): it holds {_json_kind(doc)}; it is "
+                         "damaged. Retrain the model, or restore its model.json.")
+    expected = doc.get("sha256")
+    if not expected:
+        log.warning("checksum not checked for %s (%s records no sha256): a damaged or changed checkpoint "
+                    "would go unnoticed. Retrain the model to record one.", file, summary.name)
+        return
+    if not isinstance(expected, str) or hashlib.sha256(data).hexdigest() != expected:
         raise ModelError(f"{file} does not match the checksum recorded in {summary.name}: the checkpoint "
                          "was changed after training (damaged or tampered with). Retrain, or restore it.")
+
+
+def _json_kind(value) -> str:
+    """How a JSON value reads in a message: 'null', 'a JSON array', 'a number'..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    return {list: "a JSON array", str: "a string"}.get(type(value), "a number")
 
 
 def restore(ckpt: dict, device: str = "auto"):

@@ -28,3 +28,7 @@ class ModelError(AnomalyAEError):
 
 class BusyError(AnomalyAEError):
     """Another run holds the lock on an output folder or inbox."""
+
+
+class NoSpaceError(DataError):
+    """The disk filled up while writing; what was being written has been removed."""

@@ -3,6 +3,8 @@
 Everything is written under a hidden temporary name (``.<name>.tmp-<pid>-<rand>``) in the
 destination folder and renamed into place when complete, so a reader sees the old version or
 the new one, never a mixture. Temporaries left by killed processes are removed by the next run.
+An existing folder is replaced only when it is of the kind being written (FOLDER_KINDS) and is not
+what the command reads; a full disk is reported as NoSpaceError, with the temporary removed.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ import re
 import secrets
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from anomaly_ae.errors import BusyError, DataError
+from anomaly_ae.errors import BusyError, DataError, NoSpaceError
 
 # Lock descriptors this process holds; forked workers close their copies (close_inherited_locks),
 # so a lock is released as soon as its holder dies, not when its last worker does.
@@ -30,6 +32,22 @@ _TMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[
 # Temporaries carry a short hash of the host name: a process id means nothing on another machine
 # (or container) sharing the folder, so only this host's dead processes' leftovers are removed.
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+
+# What anomaly-ae writes into each kind of folder: (names it always holds, names it may hold).
+# An existing folder is replaced only when it holds the first and nothing outside both.
+FOLDER_KINDS = {
+    "dataset": ({"images.parquet", "dataset.json"}, {"rejects.parquet"}),
+    "model": ({"model.pt", "model.json"}, {"config.toml"}),
+    "run": ({"run.json", "scores.parquet"}, {"flagged.csv", "error_maps.parquet", "examples.parquet",
+                                            "metrics.json", "rejects.parquet", "report.html",
+                                            "ledger.parquet", "inbox.json"}),
+}
+KIND_NAMES = {"dataset": "dataset", "model": "model folder", "run": "run folder"}
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+# torch.save writing to a file reports a failed write only as a RuntimeError with these words;
+# it is taken for a full disk when the disk is then (nearly) full.
+_TORCH_WRITE_FAILED = ("unexpected pos", "file write failed", "PytorchStreamWriter failed")
+_NEARLY_FULL_BYTES = 2**20
 
 
 def temp_name(path: Path) -> Path:
@@ -51,14 +69,17 @@ def fsync_dir(folder: Path) -> None:
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces `path`, on error it is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         with contextlib.suppress(FileNotFoundError, IsADirectoryError), open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
+    except BaseException as exc:
+        raise_if_no_space(exc, path, probe=tmp)
+        raise
     finally:
         if tmp.exists() or tmp.is_symlink():
             _remove(tmp)
@@ -77,7 +98,21 @@ def atomic_write_text(path: Path | str, text: str) -> None:
 
 def atomic_write_json(path: Path | str, obj) -> None:
     """Write JSON (indented, keys in insertion order) atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    atomic_write_text(path, json_text(obj))
+
+
+def json_text(obj) -> str:
+    """`obj` as indented JSON text (numpy values and paths as plain values)."""
+    return json.dumps(obj, indent=2, default=_json_default) + "\n"
+
+
+def atomic_write_files(files: dict[Path, bytes]) -> None:
+    """Write several files, each atomically, replacing none of them unless all were written in
+    full (a full disk then leaves every old file as it was)."""
+    with contextlib.ExitStack() as stack:
+        tmps = {path: stack.enter_context(atomic_path(path)) for path in files}
+        for path, data in files.items():
+            tmps[path].write_bytes(data)
 
 
 def _json_default(obj):
@@ -91,37 +126,155 @@ def _json_default(obj):
 
 
 @contextlib.contextmanager
-def atomic_dir(final: Path | str, *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(final: Path | str, *, overwrite: bool = False, kind: str | None = None,
+               protect: Iterable[Path | str] = ()) -> Iterator[Path]:
     """Yield a temporary folder; on success it becomes `final`, on error it is removed.
 
+    Args:
+        final: the folder to create.
+        overwrite: replace an existing `final`, which must then be a folder of `kind`.
+        kind: what `final` holds ("dataset", "model" or "run", see FOLDER_KINDS); an existing
+            folder of another kind, or one holding anything anomaly-ae did not write, is never
+            replaced.
+        protect: paths the caller reads (its input, its model): `final` may be none of them and
+            may not hold one.
+
     Raises:
-        DataError: `final` exists (and is not empty) while `overwrite` is False.
+        DataError: `final` exists (and is not empty) while `overwrite` is False, is not a folder
+            of `kind`, or would replace a protected path.
+        NoSpaceError: the disk filled up; the temporary folder was removed.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(final.parent)
-    _refuse_existing(final, overwrite)
+    if overwrite and kind is None:
+        raise ValueError("atomic_dir(overwrite=True) needs the kind of folder it may replace")
     tmp = temp_name(final)
-    tmp.mkdir()
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(final.parent)
+        _refuse_existing(final, overwrite, kind, protect)
+        tmp.mkdir()
         yield tmp
-        _refuse_existing(final, overwrite)  # someone may have finished first
-        if final.exists():
-            old = temp_name(final)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            _remove(old)
-        else:
-            os.replace(tmp, final)
-        fsync_dir(final.parent)
+        _refuse_existing(final, overwrite, kind, protect)  # someone may have finished first
+        _swap_in(tmp, final)
+    except NoSpaceError:
+        raise _no_space(final) from None  # name the folder, not a file inside its temporary
+    except BaseException as exc:
+        raise_if_no_space(exc, final, probe=tmp)
+        raise
     finally:
         if tmp.exists():
             _remove(tmp)
 
 
-def _refuse_existing(final: Path, overwrite: bool) -> None:
-    if final.exists() and not overwrite and (not final.is_dir() or any(final.iterdir())):
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Rename `tmp` to `final`, removing what `final` held."""
+    if final.exists():
+        old = temp_name(final)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        _remove(old)
+    else:
+        os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
+def _refuse_existing(final: Path, overwrite: bool, kind: str | None, protect: Iterable[Path | str]) -> None:
+    if not final.exists() or (final.is_dir() and not any(final.iterdir())):
+        return
+    if kind is not None and folder_kind(final) != kind:
+        what = KIND_NAMES[kind]
+        raise DataError(f"{final} is not a {what} written by anomaly-ae: it holds {describe(final)}. "
+                        f"Only a {what} is ever replaced; choose another --out, or move it away yourself.")
+    _refuse_protected(final, protect)
+    if not overwrite:
         raise DataError(f"{final} already exists. Pass --overwrite to replace it, or choose another --out.")
+
+
+def _refuse_protected(final: Path, protect: Iterable[Path | str]) -> None:
+    target = final.resolve()
+    for path in protect:
+        path = Path(path).resolve()
+        if target == path or target in path.parents:
+            raise DataError(f"Writing to {final} would replace {path}, which this command reads. "
+                            "Choose another --out.")
+
+
+def folder_kind(folder: Path | str) -> str | None:
+    """'dataset', 'model' or 'run' for a folder that holds only what anomaly-ae writes there, else None."""
+    try:
+        names = {n for n in os.listdir(folder) if not _TMP_RE.match(n)}
+    except OSError:  # not a folder, or one that cannot be read: nothing to replace
+        return None
+    for kind, (required, optional) in FOLDER_KINDS.items():
+        if required <= names and names <= required | optional:
+            return kind
+    return None
+
+
+def describe(path: Path | str) -> str:
+    """What a path holds, in words, for messages: 'a model folder', '3 entries (a.png, b.png, c)'..."""
+    path = Path(path)
+    if not path.is_dir():
+        return "a file, not a folder" if path.exists() else "nothing"
+    kind = folder_kind(path)
+    if kind is not None:
+        return f"a {KIND_NAMES[kind]}"
+    try:
+        names = sorted(os.listdir(path))
+    except OSError as exc:
+        return f"a folder that cannot be listed ({exc.strerror})"
+    sample = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return f"{len(names)} {'entry' if len(names) == 1 else 'entries'} ({sample})"
+
+
+def raise_if_no_space(exc: BaseException, path: Path | str, *, probe: Path | str | None = None) -> None:
+    """Raise NoSpaceError naming `path` when `exc` means the disk is full (`probe`: where to look)."""
+    if isinstance(exc, OSError):
+        full = exc.errno in _NO_SPACE or "No space left on device" in str(exc)
+    elif isinstance(exc, RuntimeError) and any(s in str(exc) for s in _TORCH_WRITE_FAILED):
+        full = _free_bytes(Path(probe or path)) < _NEARLY_FULL_BYTES
+    else:
+        full = False
+    if full:
+        raise _no_space(Path(path)) from None
+
+
+def _no_space(path: Path) -> NoSpaceError:
+    return NoSpaceError(f"No space left on {_device(path)} while writing {path}; nothing was kept. "
+                        "Free some space there, or write to another disk.")
+
+
+def _existing(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _free_bytes(path: Path) -> int:
+    """Bytes this process may still write on the filesystem holding `path`."""
+    try:
+        st = os.statvfs(_existing(path))
+    except OSError:
+        return 2**63
+    return (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+
+
+def _device(path: Path) -> str:
+    """The filesystem holding `path`, in words: 'the device /dev/sda1 (mounted at /home)'."""
+    mount = _existing(path)
+    with contextlib.suppress(OSError):
+        dev = os.stat(mount).st_dev
+        while mount != mount.parent and os.stat(mount.parent).st_dev == dev:
+            mount = mount.parent
+    source = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            fields, rest = line.split(" - ", 1)
+            point = fields.split()[4].encode().decode("unicode_escape")
+            if point == str(mount):
+                source = rest.split()[1]
+    return f"the device {source} (mounted at {mount})" if source else f"the disk mounted at {mount}"
 
 
 def _remove(path: Path) -> None:
@@ -167,8 +320,29 @@ class FileLock:
         self._fd: int | None = None
 
     def __enter__(self) -> FileLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise_if_no_space(exc, self.path)
+            raise
+        self._lock(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except BaseException as exc:
+            # Unlock before failing: a descriptor left locked makes every later run of this
+            # process report the folder busy.
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise_if_no_space(exc, self.path)
+            raise
+        self._fd = fd
+        _HELD_FDS.add(fd)
+        return self
+
+    def _lock(self, fd: int) -> None:
+        """Take the lock on `fd`, or close it and raise BusyError naming the holder."""
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -180,11 +354,6 @@ class FileLock:
                     "Wait for that run to finish, or use another output folder."
                 ) from None
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self._fd = fd
-        _HELD_FDS.add(fd)
-        return self
 
     def __exit__(self, *exc) -> None:
         if self._fd is not None:

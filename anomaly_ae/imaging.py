@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -166,11 +167,40 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
     except Rejected:
         raise
     except UnidentifiedImageError:
+        _reject_damaged_png(data)
         raise Rejected("not a recognised image format (unreadable header)") from None
     except Image.DecompressionBombError as exc:
         raise Rejected(f"too large (decompression-bomb guard): {exc}") from None
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... for bad data
+        _reject_damaged_png(data)
         raise Rejected(f"corrupt or truncated image: {type(exc).__name__}: {exc}") from None
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _reject_damaged_png(data: bytes) -> None:
+    """Raise `Rejected` when the data is a PNG one of whose chunks fails its checksum (CRC).
+
+    Pillow reports a bad checksum in a PNG's header as an unknown format; the checksum says
+    the file is a PNG that was corrupted (in transfer or on disk), which is what to tell.
+    """
+    if not data.startswith(PNG_SIGNATURE):
+        return
+    pos = len(PNG_SIGNATURE)
+    while pos + 12 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        end = pos + 8 + length
+        if end + 4 > len(data):
+            return  # truncated: Pillow's own message says so
+        kind = data[pos + 4:pos + 8]
+        if zlib.crc32(data[pos + 4:end]) != int.from_bytes(data[end:end + 4], "big"):
+            name = kind.decode("ascii", "backslashreplace")
+            raise Rejected(f"damaged PNG file: the checksum (CRC) of its {name} chunk is wrong; the file was "
+                           "corrupted in transfer or on disk") from None
+        if kind == b"IEND":
+            return
+        pos = end + 4
 
 
 def is_gray(img: Image.Image) -> bool:

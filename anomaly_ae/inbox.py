@@ -54,11 +54,13 @@ _CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class InboxFile:
-    """A settled file of the inbox: its path relative to the inbox (with '/') and its stat."""
+    """A settled entry of the inbox: its path relative to the inbox (with '/') and its stat;
+    `reason` says why an entry that is no regular file (a link, a pipe, a folder) is rejected."""
 
     path: str
     size: int
     mtime_ns: int
+    reason: str | None = None
 
     @property
     def key(self) -> str:
@@ -93,6 +95,10 @@ def is_candidate_name(name: str) -> bool:
 def settled_files(folder: str | Path, settle_seconds: float, now: float | None = None) -> tuple[list[InboxFile], int]:
     """The inbox's settled image files (sorted by path) and how many are still settling.
 
+    Entries with an image name that are no regular file are listed too, with the reason they
+    are rejected: symbolic links (never followed), pipes and other special files, and folders
+    named like an image that hold no files. Links to folders are listed whatever their name.
+
     Raises:
         DataError: the inbox folder does not exist.
     """
@@ -103,29 +109,41 @@ def settled_files(folder: str | Path, settle_seconds: float, now: float | None =
     settled, pending = [], 0
     for dirpath, dirnames, filenames in os.walk(folder):  # never follows directory links
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if not is_candidate_name(name):
-                continue
+        entries = [(n, False) for n in filenames] + [(n, True) for n in dirnames]
+        for name, is_dir in entries:
             full = os.path.join(dirpath, name)
             try:
                 st = os.stat(full, follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            if not _is_regular(st):
+            reason = _entry_problem(full, st)
+            if not (is_candidate_name(name) or (is_dir and reason)) or (is_dir and reason is None):
                 continue
             if now - max(st.st_mtime, st.st_ctime) < settle_seconds:
                 pending += 1
                 continue
             rel = Path(os.path.relpath(full, folder)).as_posix()
-            settled.append(InboxFile(rel, st.st_size, st.st_mtime_ns))
+            settled.append(InboxFile(rel, st.st_size, st.st_mtime_ns, reason))
     settled.sort(key=lambda f: f.path)
     return settled, pending
 
 
-def _is_regular(st: os.stat_result) -> bool:
+def _entry_problem(full: str, st: os.stat_result) -> str | None:
+    """Why an inbox entry cannot be scored (None for a regular file, or a folder to walk into)."""
     import stat
 
-    return stat.S_ISREG(st.st_mode)
+    if stat.S_ISLNK(st.st_mode):
+        if not os.path.exists(full):
+            return "broken symbolic link (its target does not exist)"
+        target = display_name(os.path.realpath(full))
+        return f"symbolic link (to {target}): an inbox takes regular files only; deliver the file itself"
+    if stat.S_ISDIR(st.st_mode):
+        if is_candidate_name(os.path.basename(full)) and not any(files for _, _, files in os.walk(full)):
+            return "is a directory, not an image file"
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    return None
 
 
 def _empty_ledger() -> pa.Table:
@@ -245,6 +263,8 @@ class InboxRun:
         return staged
 
     def _stage_one(self, f: InboxFile) -> StagedFile | None:
+        if f.reason:  # a link, pipe or folder: recorded as rejected, never opened
+            return StagedFile(f.path, f.size, f.mtime_ns, "", f.reason)
         src, dst = self.folder / f.path, self.input_dir / f.path
         dst.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
@@ -286,9 +306,10 @@ class InboxRun:
 
     def commit(self, staged: list[StagedFile]) -> Path:
         """Write the ledger part into the run folder and rename it into ``runs/``: the commit."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        _add_rejects(self.out_dir, [(s.key, s.reason) for s in staged if s.reason])
         rejected = _rejected_paths(self.out_dir)
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         schema.write_table(self.out_dir / LEDGER, "ledger", {
             "path": [s.key for s in staged], "sha256": [s.sha256 for s in staged],
             "size": [s.size for s in staged], "mtime_ns": [s.mtime_ns for s in staged],
@@ -306,6 +327,28 @@ class InboxRun:
         except Exception:  # the cache is derived: the next run rebuilds it
             log.exception("refreshing %s failed; the next run will retry", self.state_dir / LEDGER)
         return self.final_dir
+
+
+def _add_rejects(run_dir: Path, rejects: list[tuple[str, str]]) -> None:
+    """Add files rejected before scoring (unreadable, links, pipes, folders) to the run's rejects table."""
+    if not rejects:
+        return
+    path = run_dir / "rejects.parquet"
+    if path.exists():
+        table = schema.validate(pq.read_table(path), "rejects")
+        rejects = [*zip(table["source"].to_pylist(), table["reason"].to_pylist()), *rejects]
+    schema.write_table(path, "rejects", schema.rejects_columns(rejects))
+
+
+def rejected_reasons(state_dir: str | Path) -> dict[str, str]:
+    """{path: reason} of every file the committed inbox runs rejected (from their rejects tables)."""
+    out: dict[str, str] = {}
+    for run in _committed_runs(Path(state_dir)):
+        path = Path(state_dir) / "runs" / run / "rejects.parquet"
+        if path.exists():
+            table = pq.read_table(path, columns=["source", "reason"])
+            out.update(zip(table["source"].to_pylist(), table["reason"].to_pylist()))
+    return out
 
 
 def _rejected_paths(run_dir: Path) -> set[str]:
@@ -340,4 +383,5 @@ def summary(run: InboxRun, staged: list[StagedFile], scored: dict | None, final:
         scored = {**scored, "run": str(final)}
     return {"inbox": str(run.folder), "run_id": run.run_id if staged else None,
             "run_dir": str(final) if final else None, "new_files": len(staged), "pending": run.pending,
-            "files": [s.key for s in staged], "score": scored}
+            "files": [s.key for s in staged], "score": scored,
+            "rejected": {s.key: s.reason for s in staged if s.reason}}

@@ -74,6 +74,7 @@ def ingest(
     listing: Listing, out: Path, *, request: PolicyRequest = PolicyRequest(),
     test_fraction: float | None = None, seed: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS,
     workers: int | None = None, overwrite: bool = False, progress: Progress | None = None,
+    protect: tuple[Path, ...] = (),
 ) -> dict:
     """Write `listing`'s images as a Parquet dataset in folder `out`.
 
@@ -85,14 +86,17 @@ def ingest(
         seed: seed of that split.
         max_pixels: images with more pixels are rejected (decompression-bomb guard).
         workers: decode processes (default: all cores).
-        overwrite: replace an existing dataset at `out`.
+        overwrite: replace an existing dataset at `out` (never a folder of anything else).
         progress: called with (done, total) as images are processed.
+        protect: paths being read (the source folder): `out` may be none of them nor hold one.
 
     Returns:
         The dataset metadata (as written to dataset.json).
 
     Raises:
-        DataError: no images, none readable, or `out` exists without `overwrite`.
+        DataError: no images, none readable, `out` exists without `overwrite`, or `out` is not a
+            dataset or would replace a protected path.
+        NoSpaceError: the disk filled up; nothing was kept.
     """
     require_items(listing, listing.description.get("spec", str(out)))
     if test_fraction is not None:
@@ -104,7 +108,7 @@ def ingest(
     extra = {"fingerprint": fingerprint(listing, request, options), "options": options,
              "anomaly_ae_version": __version__, "source": listing.description}
     policy = _initial_policy(listing.items, request, max_pixels)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, kind="dataset", protect=protect) as tmp:
         for _ in range(3):  # at most a size and a channel revision
             try:
                 meta = _write(tmp, listing, policy, request, max_pixels, workers, progress, extra)

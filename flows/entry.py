@@ -16,10 +16,17 @@ def _state_summary(state) -> dict:
             "completed": state.is_completed()}
 
 
-def _pipeline_path(pipeline_path: str) -> str:
+def _pipeline_path(pipeline_path: str, flow: str) -> str:
+    """Load and check the pipeline file and every path `flow` will need, then start the
+    temporary Prefect server (unless one is configured): all before any work."""
     from anomaly_ae.pipeline import load_pipeline
+    from flows.preflight import check_paths
+    from flows.tempserver import ensure_temporary_server
 
-    return str(load_pipeline(pipeline_path).path)
+    p = load_pipeline(pipeline_path)
+    check_paths(p, flow)
+    ensure_temporary_server()
+    return str(p.path)
 
 
 def run(pipeline_path: str, force: bool = False, task_runner: str = "local",
@@ -30,13 +37,14 @@ def run(pipeline_path: str, force: bool = False, task_runner: str = "local",
         The flow run's id and state, the step summaries and the score summary under "score".
 
     Raises:
-        AnomalyAEError: the pipeline file or data is wrong (the flow run is marked Failed).
+        AnomalyAEError: the pipeline file, a path it names or the data is wrong (the flow run is
+            marked Failed), or the temporary Prefect server did not start (PrefectServerError).
     """
     from flows.pipeline import pipeline_flow
     from flows.scale import make_task_runner
 
-    path = _pipeline_path(pipeline_path)
     make_task_runner(task_runner, dask_address)  # an unknown runner fails before the run starts
+    path = _pipeline_path(pipeline_path, "pipeline")
     state = pipeline_flow(pipeline=path, force=force, task_runner=task_runner, dask_address=dask_address,
                           return_state=True)
     return {**_state_summary(state), **state.result()}
@@ -47,8 +55,8 @@ def inbox(pipeline_path: str, task_runner: str = "local", dask_address: str | No
     from flows.inbox import inbox_flow
     from flows.scale import make_task_runner
 
-    path = _pipeline_path(pipeline_path)
     make_task_runner(task_runner, dask_address)
+    path = _pipeline_path(pipeline_path, "inbox")
     state = inbox_flow(pipeline=path, task_runner=task_runner, dask_address=dask_address, return_state=True)
     return {**_state_summary(state), **state.result()}
 

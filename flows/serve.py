@@ -17,7 +17,6 @@ import datetime as dt
 import logging
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,10 +24,11 @@ from pathlib import Path
 
 from anomaly_ae.errors import AnomalyAEError
 from anomaly_ae.pipeline import Pipeline, Schedule, load_pipeline
+from flows.tempserver import python_module_command
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 5.0
-SERVER_START_SECONDS = 90.0
+SERVER_START_SECONDS = 180.0  # a first start creates the database: slow on a loaded machine
 
 
 def prefect_schedules(schedules: list[Schedule]) -> list:
@@ -103,7 +103,8 @@ def local_server(timeout: float = SERVER_START_SECONDS) -> Iterator[str | None]:
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     logfile = tempfile.NamedTemporaryFile("w+", prefix="anomaly-ae-prefect-server-", suffix=".log", delete=False)
-    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    # Under a parent watch: the server stops when this process dies, even by SIGKILL.
+    cmd = python_module_command("prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port))
     # A session of its own: Ctrl-C stops serving first; the server is stopped after that.
     proc = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True)
@@ -152,6 +153,9 @@ def serve(pipeline_path: str | Path, poll_seconds: float = POLL_SECONDS) -> None
     """
     from prefect import serve as prefect_serve
 
+    from flows.preflight import check_paths
+
     p = load_pipeline(pipeline_path)
+    check_paths(p, "serve")
     with local_server():
         prefect_serve(*deployments(p), query_seconds=poll_seconds)

@@ -11,9 +11,11 @@ trap it) and rejects file links that lead outside the folder.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from anomaly_ae.errors import DataError
@@ -125,10 +127,24 @@ class _Walker:
             return []
 
     def files_under(self, top: Path) -> list[Item]:
+        """Every image under `top`, depth first in name order.
+
+        Walked with an explicit stack, not recursion, so folders of any depth can be listed.
+        """
         out: list[Item] = []
-        for entry in self.children(top):
-            if entry.is_dir(follow_symlinks=False):
-                out += self.folder_items(entry)
+        # One frame per open folder: its remaining entries, and (the folder's entry, how many
+        # items had been found when it was entered) to tell an image-named folder holding none.
+        stack: list[tuple[Iterator[os.DirEntry], tuple[os.DirEntry, int] | None]] = [
+            (iter(self.children(top)), None)]
+        while stack:
+            entries, opened = stack[-1]
+            entry = next(entries, None)
+            if entry is None:
+                stack.pop()
+                if opened is not None and len(out) == opened[1] and is_image_name(opened[0].name):
+                    out.append(self._folder_reject(opened[0]))
+            elif entry.is_dir(follow_symlinks=False):
+                stack.append((iter(self.children(entry.path)), (entry, len(out))))
             else:
                 out += self.file_item(entry)
         return out
@@ -137,9 +153,11 @@ class _Walker:
         """Images under a sub-folder; a folder named like an image but holding none is a reject."""
         items = self.files_under(entry.path)
         if not items and is_image_name(entry.name):
-            return [Item(key=self.relative(entry.path), path=entry.path,
-                         reject_reason="is a directory, not an image file")]
+            return [self._folder_reject(entry)]
         return items
+
+    def _folder_reject(self, entry: os.DirEntry) -> Item:
+        return Item(key=self.relative(entry.path), path=entry.path, reject_reason="is a directory, not an image file")
 
     def file_item(self, entry: os.DirEntry) -> list[Item]:
         """[] for a non-image name, else one Item (with a reject reason when unusable)."""
@@ -165,6 +183,11 @@ class _Walker:
         return rel if rel.isascii() else display_name(rel)
 
     def _link_problem(self, entry: os.DirEntry) -> str | None:
+        try:
+            os.stat(entry.path)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return "symbolic link loop (the link leads back to itself, directly or through other links)"
         target = os.path.realpath(entry.path)
         if not os.path.exists(target):
             return "broken symbolic link (its target does not exist)"

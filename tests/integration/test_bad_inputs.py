@@ -25,6 +25,12 @@ def png_bytes(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
     return buf.getvalue()
 
 
+def bad_crc_png(data: bytes) -> bytes:
+    """A PNG whose header chunk (IHDR) fails its checksum: one bit of the stored CRC flipped."""
+    crc_at = 8 + 8 + 13  # signature, IHDR length and type, 13 bytes of IHDR data
+    return data[:crc_at] + bytes([data[crc_at] ^ 1]) + data[crc_at + 1:]
+
+
 def digit(h=28, w=28) -> np.ndarray:
     return RNG.integers(0, 256, (h, w), dtype=np.uint8)
 
@@ -84,6 +90,9 @@ def make_corpus(root: Path) -> dict[str, str]:
     os.symlink(root / "nothing_here.png", root / "broken_link.png")
     expect["broken_link.png"] = "broken symbolic link"
     os.symlink(root, root / "loop")  # a folder link loop: never followed
+    os.symlink("self_link.png", root / "self_link.png")  # a file link loop
+    expect["self_link.png"] = "symbolic link loop"
+    put("bad_crc.png", bad_crc_png(png_bytes(gray)), "damaged PNG file")
     os.mkfifo(root / "pipe.png")
     expect["pipe.png"] = "not a regular file"
     put("unreadable.png", png_bytes(gray), OK if os.geteuid() == 0 else "permission denied")
@@ -181,3 +190,194 @@ def test_permission_denied_reason(monkeypatch, tmp_path):
     monkeypatch.setattr(builtins, "open", deny)
     with pytest.raises(Rejected, match="permission denied"):
         read_file_bytes(tmp_path / "x.png")
+
+
+# Deep folders, damaged model folders and unreadable pipeline files: each a one-line error
+# (exit 2) or a recorded reason, never a traceback.
+
+DEPTH = 600  # deeper than the interpreter's recursion limit allows a recursive walk
+
+
+def test_folder_nested_deeper_than_the_recursion_limit(tmp_path):
+    from anomaly_ae.sources.folder import FolderSource
+
+    src = tmp_path / "src"
+    deep = src.joinpath("d", *["n"] * DEPTH)
+    deep.mkdir(parents=True)
+    (deep / "bottom.png").write_bytes(png_bytes(Image.fromarray(digit())))
+    (src / "d" / "top.png").write_bytes(png_bytes(Image.fromarray(digit())))
+    (deep / "empty.png").mkdir()  # named like an image, holds none: a reject, found at any depth
+    items = FolderSource(src).list().items
+    by_name = {Path(i.path).name: i for i in items}
+    assert set(by_name) == {"bottom.png", "top.png", "empty.png"}
+    assert by_name["bottom.png"].class_name == "d" and by_name["bottom.png"].reject_reason is None
+    assert by_name["empty.png"].reject_reason == "is a directory, not an image file"
+    run("ingest", src, "--out", tmp_path / "ds", "--size", "28")
+    info = json.loads(run("info", tmp_path / "ds", "--json").stdout)
+    assert info["counts"]["images"] == 2
+
+
+def test_symbolic_link_loop_and_bad_png_checksum_are_named(tmp_path):
+    from anomaly_ae.imaging import Rejected, open_image
+    from anomaly_ae.sources.folder import FolderSource
+
+    os.symlink("b.png", tmp_path / "a.png")
+    os.symlink("a.png", tmp_path / "b.png")
+    reasons = {i.key: i.reject_reason for i in FolderSource(tmp_path).list().items}
+    assert set(reasons) == {"a.png", "b.png"}
+    assert all(r.startswith("symbolic link loop") for r in reasons.values()), reasons
+    with pytest.raises(Rejected, match=r"damaged PNG file: the checksum \(CRC\) of its IHDR chunk"):
+        open_image(bad_crc_png(png_bytes(Image.fromarray(digit()))))
+
+
+def _model_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "m"
+    folder.mkdir()
+    return folder
+
+
+@pytest.mark.parametrize("text,found", [("[1, 2]", "a JSON array"), ("null", "null"), ('"x"', "a string")])
+def test_model_json_that_is_not_an_object(tmp_path, text, found):
+    from anomaly_ae import checkpoint
+    from anomaly_ae.errors import ModelError
+
+    folder = _model_folder(tmp_path)
+    (folder / "model.pt").write_bytes(b"weights")
+    (folder / "model.json").write_text(text)
+    with pytest.raises(ModelError, match=f"model.json is not a model summary .*it holds {found}"):
+        checkpoint.read(folder)
+
+
+def test_model_pt_that_is_a_directory_exits_2(tmp_path):
+    folder = _model_folder(tmp_path)
+    (folder / "model.pt").mkdir()
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "a.png").write_bytes(png_bytes(Image.fromarray(digit())))
+    proc = run("score", tmp_path / "imgs", "--model", folder, "--out", tmp_path / "run", check_code=2)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "model.pt is a directory, not a checkpoint file" in lines[0], proc.stderr
+
+
+def test_model_pt_that_is_a_fifo_is_refused_without_blocking(tmp_path):
+    import signal
+
+    from anomaly_ae import checkpoint
+    from anomaly_ae.errors import ModelError
+
+    folder = _model_folder(tmp_path)
+    os.mkfifo(folder / "model.pt")
+
+    def hung(signum, frame):
+        raise TimeoutError("reading the FIFO blocked")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(120)  # a ceiling against a hang only: the refusal comes before any open
+    try:
+        with pytest.raises(ModelError, match="is not a regular file"):
+            checkpoint.read(folder)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_model_pt_linked_to_dev_zero_is_refused_unread(tmp_path):
+    folder = _model_folder(tmp_path)
+    os.symlink("/dev/zero", folder / "model.pt")
+    # In a child whose address space is capped: an unbounded read fails there at once instead of
+    # filling this machine's memory.
+    code = (
+        "import resource, sys\n"
+        "from anomaly_ae import checkpoint\n"
+        "from anomaly_ae.errors import ModelError\n"
+        "vm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmSize:')) * 1024\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (vm + 2**30, resource.getrlimit(resource.RLIMIT_AS)[1]))\n"
+        "try:\n    checkpoint.read(sys.argv[1])\nexcept ModelError as exc:\n    print(exc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "is not a regular file" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_model_pt_larger_than_the_cap_is_refused(tmp_path, monkeypatch):
+    from anomaly_ae import checkpoint
+    from anomaly_ae.errors import ModelError
+
+    folder = _model_folder(tmp_path)
+    (folder / "model.pt").write_bytes(b"x" * 1000)
+    monkeypatch.setattr(checkpoint, "MAX_CHECKPOINT_BYTES", 999)
+    with pytest.raises(ModelError, match="is larger than a checkpoint may be"):
+        checkpoint.read(folder)
+
+
+@pytest.mark.parametrize("summary", ["missing", "empty sha256"])
+def test_unchecked_checkpoint_is_warned_about(mnist_model, tmp_path, caplog, summary):
+    import shutil
+
+    from anomaly_ae import checkpoint
+
+    folder = tmp_path / "m"
+    shutil.copytree(mnist_model, folder)
+    if summary == "missing":
+        (folder / "model.json").unlink()
+    else:
+        doc = json.loads((folder / "model.json").read_text())
+        (folder / "model.json").write_text(json.dumps({**doc, "sha256": ""}))
+    with caplog.at_level("WARNING", logger="anomaly_ae.checkpoint"):
+        assert checkpoint.read(folder)["format"] == checkpoint.FORMAT
+    assert [r for r in caplog.records if "checksum not checked" in r.getMessage()], caplog.text
+
+
+def _pipeline(tmp_path: Path, extra: str = "") -> Path:
+    path = tmp_path / "p.toml"
+    path.write_text('[data]\nsource = "sample:digits"\n' + extra)
+    return path
+
+
+def test_pipeline_file_that_is_not_utf8(tmp_path):
+    from anomaly_ae.errors import ConfigError
+    from anomaly_ae.pipeline import load_pipeline
+
+    path = _pipeline(tmp_path)
+    path.write_bytes(path.read_bytes() + '[pipeline]\ndescription = "Linie für Teile"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"p.toml: not UTF-8 text \(byte 0xfc at line 4\)"):
+        load_pipeline(path)
+
+
+@pytest.mark.parametrize("cron", ["61 * * * *", "a b c d e", "* 24 * * *", "H * * * *"])
+def test_cron_line_the_scheduler_would_refuse(tmp_path, cron):
+    from anomaly_ae.errors import ConfigError
+    from anomaly_ae.pipeline import load_pipeline
+
+    path = _pipeline(tmp_path, f'[[schedule]]\nflow = "pipeline"\ncron = "{cron}"\n')
+    with pytest.raises(ConfigError, match=r"\[\[schedule\]\] #1: cron: .*(is not a valid cron line|hashed)"):
+        load_pipeline(path)
+
+
+def test_cron_check_agrees_with_the_scheduler():
+    """The lines the pipeline check refuses are those Prefect's cron schedule refuses."""
+    from prefect.client.schemas.schedules import CronSchedule
+
+    from anomaly_ae.errors import ConfigError
+    from anomaly_ae.pipeline import Schedule
+
+    for cron in ["61 * * * *", "a b c d e", "*/5 * * * *", "0 0 31 2 *", "H * * * *", "@daily",
+                 "0 6 * * mon-fri", "30 2 1,15 * *", "@midnight", "0 0 * * 7", "1-70 * * * *"]:
+        try:
+            Schedule(flow="pipeline", cron=cron)
+            ours = True
+        except ConfigError:
+            ours = False
+        try:
+            CronSchedule(cron=cron)
+            theirs = True
+        except ValueError:
+            theirs = False
+        assert ours == theirs, cron
+
+
+def test_cron_check_does_not_import_prefect(tmp_path):
+    path = _pipeline(tmp_path, '[[schedule]]\nflow = "pipeline"\ncron = "61 * * * *"\n')
+    code = ("import sys\nfrom anomaly_ae.errors import ConfigError\nfrom anomaly_ae.pipeline import load_pipeline\n"
+            f"try:\n    load_pipeline({str(path)!r})\nexcept ConfigError:\n    pass\n"
+            "else:\n    raise AssertionError('a minute of 61 was accepted')\n"
+            "assert 'prefect' not in sys.modules, 'prefect imported'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=600)

@@ -15,6 +15,7 @@ from tests.integration.conftest import write_pipeline
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 ROOT = Path(__file__).resolve().parents[2]
+RTOL = 1e-5  # scores computed in other processes or batchings agree to this relative tolerance
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +35,8 @@ def first_run(demo) -> dict:
     return run(str(demo))
 
 
-def _flow_run_logs(flow_run_id: str, needle: str, timeout: float = 15.0) -> list[str]:
-    """Messages of a flow run's logs (waiting for the asynchronous log shipping)."""
+def _flow_run_logs(flow_run_id: str, needle: str, timeout: float = 120.0) -> list[str]:
+    """Messages of a flow run's logs (waiting, with a generous ceiling, for the asynchronous log shipping)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
@@ -94,9 +95,15 @@ def test_dask_runner_gives_the_same_scores(first_run, demo):
     a = pq.read_table(Path(fanned["run"]) / "scores.parquet").sort_by("image_id")
     b = pq.read_table(Path(single["run"]) / "scores.parquet").sort_by("image_id")
     assert a["image_id"].equals(b["image_id"])
-    np.testing.assert_array_equal(a["score"].to_numpy(), b["score"].to_numpy())
-    assert a["flagged"].equals(b["flagged"]) and a["rank"].equals(b["rank"])
-    assert fanned["flagged"] == single["flagged"]
+    # Float32 scores depend on batch composition and the CPU's kernels: equal within RTOL, and
+    # flagged alike except where a score lies within that tolerance of the threshold.
+    sa, sb = a["score"].to_numpy(), b["score"].to_numpy()
+    np.testing.assert_allclose(sa, sb, rtol=RTOL, atol=0)
+    threshold = single["threshold"]
+    borderline = np.abs(sb - threshold) <= RTOL * abs(threshold)
+    fa, fb = a["flagged"].to_numpy(zero_copy_only=False), b["flagged"].to_numpy(zero_copy_only=False)
+    assert np.array_equal(fa[~borderline], fb[~borderline])
+    assert abs(fanned["flagged"] - single["flagged"]) <= borderline.sum()
 
 
 def test_dask_runner_scores_a_folder_like_one_process(first_run, demo, mnist_folder):
@@ -124,3 +131,84 @@ def test_bad_pipeline_file_fails_before_any_run(tmp_path):
         run(str(bad))
     with pytest.raises(ConfigError, match="task-runner must be one of local, dask"):
         run(str(ROOT / "pipelines" / "mnist-demo.toml"), task_runner="ray")
+
+
+def test_temporary_server_that_does_not_start_is_a_clear_error(demo, monkeypatch):
+    """No server configured and Prefect's temporary one never answers: one exit-2 error, after
+    waiting long enough for a loaded machine (not Prefect's 20 s), and no stray server process."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from anomaly_ae.errors import AnomalyAEError
+    from flows.entry import run
+    from flows.tempserver import PrefectServerError
+
+    waited, stopped = [], []
+
+    def never_answers(self, timeout=None):
+        waited.append(timeout)
+        raise RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server.")
+
+    monkeypatch.setattr(SubprocessASGIServer, "_instances", {})  # not the test harness's server
+    monkeypatch.setattr(SubprocessASGIServer, "start", never_answers)
+    monkeypatch.setattr(SubprocessASGIServer, "stop", lambda self: stopped.append(self))
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        with pytest.raises(PrefectServerError, match=r"temporary Prefect server did not answer within 180 s"):
+            run(str(demo))
+    assert issubclass(PrefectServerError, AnomalyAEError)  # the CLI prints it in one line, exit code 2
+    assert waited == [180] and len(stopped) == 1
+
+
+def test_temporary_server_is_started_once_and_shared(monkeypatch):
+    """Every client of the process (flow engine, logs, events, artifacts) uses the one server."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.tempserver import ensure_temporary_server
+
+    starts = []
+
+    def fake_start(self, timeout=None):
+        starts.append(timeout)
+        self.running, self.port = True, 1
+
+    monkeypatch.setattr(SubprocessASGIServer, "_instances", {})
+    monkeypatch.setattr(SubprocessASGIServer, "start", fake_start)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert ensure_temporary_server() == "http://127.0.0.1:1/api"
+        assert ensure_temporary_server() == "http://127.0.0.1:1/api"
+        assert SubprocessASGIServer().api_url == "http://127.0.0.1:1/api"
+    assert len(starts) == 1
+    assert ensure_temporary_server() is None  # a configured server (the test harness's) is used as is
+
+
+def test_missing_inbox_fails_before_any_work(tmp_path):
+    """Every path the pipeline names is checked first: no ingest, no training, exit code 2."""
+    import subprocess
+    import sys
+
+    from anomaly_ae.errors import DataError
+    from flows.entry import inbox, run
+
+    out = tmp_path / "out"
+    path = write_pipeline(tmp_path / "p.toml", {
+        "pipeline": {"name": "p"}, "data": {"source": "sample:digits", "normal": ["0"]},
+        "output": {"folder": str(out)}, "inbox": {"folder": str(tmp_path / "no-such-inbox")}})
+    with pytest.raises(DataError, match=r"p.toml: \[inbox\] folder .*no-such-inbox does not exist"):
+        inbox(str(path))
+    assert not out.exists()  # nothing was ingested or trained
+    proc = subprocess.run([str(Path(sys.executable).with_name("anomaly-ae")), "inbox", str(path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "[inbox] folder" in proc.stderr and "Traceback" not in proc.stderr
+    missing = write_pipeline(tmp_path / "q.toml", {
+        "pipeline": {"name": "q"}, "data": {"source": str(tmp_path / "no-such-source"), "normal": ["good"]},
+        "output": {"folder": str(out)}})
+    with pytest.raises(DataError, match=r"q.toml: \[data\] source .*no-such-source does not exist"):
+        run(str(missing))
+    (tmp_path / "a-file").write_text("")
+    blocked = write_pipeline(tmp_path / "r.toml", {
+        "pipeline": {"name": "r"}, "data": {"source": "sample:digits", "normal": ["0"]},
+        "output": {"folder": str(tmp_path / "a-file" / "out")}})
+    with pytest.raises(DataError, match=r"a-file is in the way: a file where the pipeline needs the folder"):
+        run(str(blocked))
+    assert not out.exists()

@@ -18,13 +18,14 @@ def test_atomic_dir_appears_only_when_complete(tmp_path):
         raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []
     with atomic_dir(tmp_path / "out") as tmp:
-        (tmp / "a.txt").write_text("done")
-    assert (tmp_path / "out" / "a.txt").read_text() == "done"
+        (tmp / "run.json").write_text("done")
+        (tmp / "scores.parquet").write_text("")
+    assert (tmp_path / "out" / "run.json").read_text() == "done"
     with pytest.raises(DataError, match="already exists"), atomic_dir(tmp_path / "out"):
         pass
-    with atomic_dir(tmp_path / "out", overwrite=True) as tmp:
-        (tmp / "b.txt").write_text("new")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b.txt"]
+    with atomic_dir(tmp_path / "out", overwrite=True, kind="run") as tmp:
+        (tmp / "run.json").write_text("new")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["run.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
@@ -71,3 +72,43 @@ def test_lock_is_released_when_its_holder_dies_while_decode_workers_live(tmp_pat
     proc.wait()
     with FileLock(tmp_path / "l", "Thing"):
         pass
+
+
+def test_lock_that_cannot_record_its_holder_is_released_and_says_why(tmp_path, monkeypatch):
+    """A full disk after flock (writing the pid): the lock is released, not leaked, so a retry is
+    not refused as busy; and the failure names the full disk."""
+    import errno
+
+    from anomaly_ae.errors import NoSpaceError
+
+    def no_space(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    for call in ("ftruncate", "pwrite"):
+        monkeypatch.setattr(os, call, no_space)
+        with pytest.raises(NoSpaceError, match=f"No space left on .* while writing {tmp_path / 'l'}"):
+            FileLock(tmp_path / "l", "Thing").__enter__()
+        monkeypatch.undo()
+        with FileLock(tmp_path / "l", "Thing"):
+            pass
+
+
+def test_existing_folders_are_replaced_only_when_of_the_kind_written(tmp_path):
+    from anomaly_ae.fsio import describe, folder_kind
+
+    (tmp_path / "ds").mkdir()
+    for name in ("images.parquet", "dataset.json", ".images.parquet.tmp-abcdef-1-ff"):
+        (tmp_path / "ds" / name).write_text(name)
+    assert folder_kind(tmp_path / "ds") == "dataset" and describe(tmp_path / "ds") == "a dataset"
+    with pytest.raises(DataError, match="is not a model folder written by anomaly-ae: it holds a dataset"), \
+            atomic_dir(tmp_path / "ds", overwrite=True, kind="model"):
+        pass
+    with atomic_dir(tmp_path / "ds", overwrite=True, kind="dataset") as tmp:
+        (tmp / "images.parquet").write_text("new")
+        (tmp / "dataset.json").write_text("new")
+    assert sorted(os.listdir(tmp_path / "ds")) == ["dataset.json", "images.parquet"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match="it holds a file, not a folder"), \
+            atomic_dir(tmp_path / "file", overwrite=True, kind="run"):
+        pass
+    assert (tmp_path / "file").read_text() == "x"

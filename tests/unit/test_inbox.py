@@ -69,9 +69,11 @@ def test_recent_changes_wait_even_with_an_old_mtime(tmp_path):
     box = tmp_path / "inbox"
     put(box, "old.png")
     time.sleep(0.6)
+    before = time.time()  # old.png changed at least 0.6 s earlier; the next two at or after it
     put(box, "copied.png")  # cp -p style: just written, mtime set back; the ctime says "just now"
     put(box, "writing.png", age=0)
-    files, pending = settled_files(box, settle_seconds=0.5)
+    # A fixed "now" (not the clock after the writes, which a busy machine may delay past the settling time).
+    files, pending = settled_files(box, settle_seconds=0.5, now=before + 0.3)
     assert [f.path for f in files] == ["old.png"] and pending == 2
     files, pending = settled_files(box, settle_seconds=0.5, now=time.time() + 1)
     assert len(files) == 3 and pending == 0
@@ -215,3 +217,33 @@ def test_leftovers_of_a_killed_run_are_cleared(tmp_path):
     junk.write_bytes(b"half")
     assert run(tmp_path)["files"] == ["a.png"]
     assert not junk.exists()
+
+
+def test_links_pipes_and_folders_named_like_images_are_recorded_as_rejected(tmp_path):
+    """Nothing with an image name is skipped silently: each entry that is no regular file is in
+    the ledger as rejected, once, with its reason in the run's rejects table."""
+    box = tmp_path / "inbox"
+    put(box, "good.png")
+    outside = put(tmp_path / "elsewhere", "x.png")
+    os.symlink(box / "good.png", box / "inside-link.png")
+    os.symlink(outside, box / "outside-link.png")
+    os.symlink(box / "gone.png", box / "broken.png")
+    os.mkfifo(box / "pipe.png")
+    (box / "dir.png").mkdir()
+    os.symlink(tmp_path / "elsewhere", box / "linked-folder")
+    r = run(tmp_path)
+    reasons = inbox_mod.rejected_reasons(tmp_path / "state")
+    table = read_ledger(tmp_path / "state", consolidate=False)
+    status = dict(zip(table["path"].to_pylist(), table["status"].to_pylist()))
+    rejected = {"inside-link.png", "outside-link.png", "broken.png", "pipe.png", "dir.png", "linked-folder"}
+    assert status == {"good.png": "scored", **{k: "rejected" for k in rejected}}
+    assert set(reasons) == rejected and r["rejected"] == reasons
+    assert reasons["pipe.png"] == "not a regular file"
+    assert reasons["dir.png"] == "is a directory, not an image file"
+    assert reasons["broken.png"].startswith("broken symbolic link")
+    assert reasons["inside-link.png"].startswith("symbolic link (to ") and "regular files only" in reasons["inside-link.png"]
+    assert SCORED == [["good.png"]]  # the pipe was never opened (that would hang)
+    assert run(tmp_path)["new_files"] == 0  # recorded once, not again on every run
+    (box / "dir.png" / "a.png").write_bytes(b"png bytes")  # a folder that now holds a file is walked into
+    os.utime(box / "dir.png" / "a.png", (time.time() - 60, time.time() - 60))
+    assert run(tmp_path)["files"] == ["dir.png/a.png"]

@@ -111,7 +111,15 @@ def test_partitions_give_the_same_results(mnist_ds, mnist_model, run_dir, tmp_pa
     steps.score(mnist_ds, mnist_model, tmp_path / "parts", split="test", partitions=3, report=False)
     one = pq.read_table(run_dir / "scores.parquet")
     three = pq.read_table(tmp_path / "parts" / "scores.parquet")
-    assert one.equals(three)
+    # Other batchings give float32 results equal within a tolerance, not bit for bit; a flag
+    # may differ only for a score within that tolerance of the threshold.
+    exact = [c for c in one.column_names if c not in ("score", "p_value", "flagged", "rank")]
+    assert one.select(exact).equals(three.select(exact))
+    for c in ("score", "p_value"):
+        np.testing.assert_allclose(one[c].to_numpy(), three[c].to_numpy(), rtol=1e-5, atol=1e-12)
+    t = json.loads((run_dir / "run.json").read_text())["threshold"]["threshold"]
+    differ = one["flagged"].to_numpy(zero_copy_only=False) != three["flagged"].to_numpy(zero_copy_only=False)
+    assert (np.abs(one["score"].to_numpy()[differ] - t) <= 1e-5 * abs(t)).all()
 
 
 @pytest.fixture(scope="module")

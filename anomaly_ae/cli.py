@@ -6,25 +6,59 @@ torch, torchvision and prefect are imported inside the commands that need them, 
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from anomaly_ae import console
+from anomaly_ae.config import ModelConfig, ScoreConfig, ThresholdConfig, TrainConfig
 from anomaly_ae.console import err_console, out_console
 from anomaly_ae.errors import AnomalyAEError
 
+log = logging.getLogger(__name__)
+
+
+class _HelpStyle:
+    """Help in the usual style: ``DATASET`` in the usage line (not ``{dataset}``), no ``<bool>``
+    type beside a flag and no ``[default: no-force]`` for a flag that is off unless given."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+                if param.default is False:
+                    param.show_default = False
+        return params
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = super().collect_usage_pieces(ctx)
+        return [p[1:-1].upper() if p.startswith("{") and p.endswith("}") else p for p in pieces]
+
+
+class _Command(_HelpStyle, TyperCommand):
+    """A command with anomaly-ae's help style."""
+
+
+class _Group(_HelpStyle, TyperGroup):
+    """The command group with anomaly-ae's help style."""
+
+
 app = typer.Typer(
-    name="anomaly-ae", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
+    name="anomaly-ae", no_args_is_help=True, add_completion=False, rich_markup_mode="rich", cls=_Group,
     help="Image anomaly detection with convolutional autoencoders: ingest images into Parquet, "
          "train on normal images, calibrate a threshold, score new batches and report.",
 )
 
 Json = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show progress messages (INFO logs).")]
+# The defaults the train options show (an option left out keeps the --config file's value or these).
+_MODEL, _TRAIN, _SCORE, _THRESHOLD = ModelConfig(), TrainConfig(), ScoreConfig(), ThresholdConfig()
 
 
 def main() -> None:
@@ -32,8 +66,15 @@ def main() -> None:
     try:
         app()
     except AnomalyAEError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        print_error(exc)
         sys.exit(2)
+
+
+def print_error(exc: BaseException) -> None:
+    """One line on stderr: a red 'error:' and the message exactly as written (no markup)."""
+    from rich.text import Text
+
+    err_console.print(Text.assemble(("error:", "bold red"), " ", str(exc)), soft_wrap=True)
 
 
 def _default_name(spec: str) -> str:
@@ -57,8 +98,9 @@ def ingest(
     test_fraction: Annotated[float | None, typer.Option(help="For data without splits: share of each class "
                                                                 "marked 'test' (seeded).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the --test-fraction split.")] = 0,
-    max_pixels: Annotated[int | None, typer.Option(help="Reject images with more pixels than this "
-                                                           "(decompression-bomb guard) \\[default: 64,000,000].")] = None,
+    max_pixels: Annotated[int | None, typer.Option(min=1, help="Reject images with more pixels than this "
+                                                           "(decompression-bomb guard; at least 1) "
+                                                           "\\[default: 64,000,000].")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Decode processes \\[default: all cores].")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset at --out.")] = False,
     force: Annotated[bool, typer.Option(help="Ingest again even if --out is up to date.")] = False,
@@ -89,20 +131,25 @@ def ingest(
 
 @app.command()
 def info(
-    dataset: Annotated[Path, typer.Argument(help="A dataset folder written by `anomaly-ae ingest`.")],
+    dataset: Annotated[Path, typer.Argument(help="A dataset folder written by `anomaly-ae ingest`, or a model "
+                                            "folder written by `anomaly-ae train`.")],
     as_json: Json = False,
 ) -> None:
-    """Counts per split and class, image shape, masks and rejects of a dataset."""
+    """A dataset's counts per split and class, image shape, masks and rejects; or a model's kind, how it was
+    chosen, its training and threshold."""
     from rich.table import Table
+    from rich.text import Text
 
     from anomaly_ae import steps
 
+    if (dataset / "model.pt").exists() or dataset.name == "model.pt":
+        return _model_info(dataset, as_json)
     s = steps.info(dataset)
     if as_json:
         return console.print_json(s)
     p = s["preprocess"]
-    out_console.print(f"[bold]{s['dataset']}[/]  source {s['source']} ({s['layout']} layout), "
-                      f"schema v{s['schema_version']}")
+    out_console.print(Text.assemble((s["dataset"], "bold"), f"  source {s['source']} ({s['layout']} layout), "
+                                    f"schema v{s['schema_version']}"))
     out_console.print(f"images {s['counts']['images']}, shape {'x'.join(map(str, s['image_shape']))} "
                       f"({p['channels']}, resized {p['resize']}), masks {s['counts']['masks']}, "
                       f"rejects {s['counts']['rejects']}")
@@ -134,27 +181,65 @@ def _detector_config(config: Path | None, **overrides):
     return cfg
 
 
+def _model_info(path: Path, as_json: bool) -> None:
+    """`info` on a model folder: its kind, how it was chosen, training and threshold."""
+    from anomaly_ae import steps
+
+    s = steps.model_info(path)
+    if as_json:
+        return console.print_json(s)
+    _print_selection(s.get("selection"))
+    out_console.print(f"Model {s['model']}: {s['kind']} on {', '.join(s['normal_classes'] or []) or 'all images'} "
+                      f"({s['n_train']} images, {s['epochs']} epochs on {s['device']}, {s['seconds']:.1f} s); threshold "
+                      f"{s['threshold']:.4g} for target FPR {s['target_fpr']:g} from {s['n_calibration']} held-out images.")
+
+
+def _print_selection(selection: dict | None) -> None:
+    from anomaly_ae.selection import describe as _candidate
+
+    if selection:
+        out_console.print("auto chose " + selection["chosen"] + " (AUROC on simulated defects in held-back images: "
+                          + ", ".join(_candidate(c) for c in selection["candidates"]) + ")")
+
+
 @app.command()
 def train(
     dataset: Annotated[Path, typer.Argument(help="A dataset folder written by `anomaly-ae ingest`.")],
-    normal: Annotated[list[str] | None, typer.Option("--normal", "-n", help="A normal class (name or label); "
+    normal: Annotated[list[str] | None, typer.Option("--normal", "-n", metavar="CLASS",
+                                                        help="A normal class (name or label); "
                                                         "repeat for several. Default: 'good' when present.")] = None,
     out: Annotated[Path | None, typer.Option(help="Model folder \\[default: data/models/<dataset>-<normal>].")] = None,
-    model: Annotated[str | None, typer.Option(help="ae (classic), denoising or vae.")] = None,
-    latent_dim: Annotated[int | None, typer.Option(min=1, help="Size of the bottleneck.")] = None,
+    model: Annotated[str | None, typer.Option(help="ae (classic), denoising, vae, draem (learns to outline "
+                                              "simulated defects: for subtle defects on textured surfaces) or auto "
+                                              "(trains ae and draem, keeps the one that best finds simulated defects "
+                                              "in held-back training images) \[default: ae].")] = None,
+    latent_dim: Annotated[int | None, typer.Option(min=1, help="Size of the bottleneck "
+                                                   f"\\[default: {_MODEL.latent_dim}].")] = None,
     tile: Annotated[int | None, typer.Option(min=0, help="Work on square tiles of this side (pixels) at full "
-                                             "resolution, for large images with small defects; 0: the whole image.")] = None,
-    epochs: Annotated[int | None, typer.Option(min=1, help="Most epochs (early stopping may end sooner).")] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1, help="Images per step.")] = None,
-    lr: Annotated[float | None, typer.Option(help="AdamW learning rate.")] = None,
-    score: Annotated[str | None, typer.Option(help="Image score: mse, topk (smoothed top-k error) or ssim.")] = None,
-    target_fpr: Annotated[float | None, typer.Option(help="False-positive rate the threshold holds on normal images.")] = None,
-    calib_fraction: Annotated[float | None, typer.Option(help="Share of normal images held out to calibrate.")] = None,
+                                             "resolution, for large images with small defects; 0: the whole image "
+                                             "\\[default: 0].")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Most epochs (early stopping may end sooner) "
+                                               f"\\[default: {_TRAIN.epochs}].")] = None,
+    max_minutes: Annotated[float | None, typer.Option(min=0, help="Most minutes of training; the epochs that fit "
+                                                      "are planned after the first (0: no limit) \[default: 0].")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Images per step "
+                                                   f"\\[default: {_TRAIN.batch_size}].")] = None,
+    lr: Annotated[float | None, typer.Option(help=f"AdamW learning rate \\[default: {_TRAIN.lr:g}].")] = None,
+    score: Annotated[str | None, typer.Option(help="Image score: mse, topk (smoothed top-k error) or ssim "
+                                              f"\\[default: {_SCORE.method}].")] = None,
+    target_fpr: Annotated[float | None, typer.Option(help="False-positive rate the threshold holds on normal images "
+                                                     f"\\[default: {_THRESHOLD.target_fpr:g}].")] = None,
+    calib_fraction: Annotated[float | None, typer.Option(help="Share of normal images held out to calibrate "
+                                                         f"\\[default: {_TRAIN.calib_fraction:g}].")] = None,
     val_fraction: Annotated[float | None, typer.Option(help="Share of the training images held back to decide when "
-                                                       "to stop (0: train every epoch).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the split, the initial weights and the batches.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto (GPU when present), cpu or cuda.")] = None,
-    config: Annotated[Path | None, typer.Option(help="A TOML file with \\[model], \\[train], \\[score], \\[threshold] tables.")] = None,
+                                                       "to stop (0: train every epoch) "
+                                                       f"\\[default: {_TRAIN.val_fraction:g}].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the split, the initial weights and the batches "
+                                             f"\\[default: {_TRAIN.seed}].")] = None,
+    device: Annotated[str | None, typer.Option(help="auto (GPU when present), cpu or cuda \\[default: auto].")] = None,
+    config: Annotated[Path | None, typer.Option(help="A TOML file with \\[model], \\[train], \\[score], "
+                                                   "\\[threshold] tables; its values replace the defaults shown, and "
+                                                   "options given replace its values.")] = None,
     allow_collapsed: Annotated[bool, typer.Option(help="Keep a model whose output barely depends on its input.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted training run of the same settings.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model at --out.")] = False,
@@ -167,9 +252,11 @@ def train(
 
     cfg = _detector_config(
         config, model={"kind": model, "latent_dim": latent_dim, "tile": tile},
-        train={"epochs": epochs, "batch_size": batch_size, "lr": lr, "calib_fraction": calib_fraction,
+        train={"epochs": epochs, "max_minutes": max_minutes, "batch_size": batch_size, "lr": lr,
+               "calib_fraction": calib_fraction,
                "val_fraction": val_fraction, "seed": seed, "device": device, "allow_collapsed": allow_collapsed or None},
         score={"method": score}, threshold={"target_fpr": target_fpr})
+    _warn_untiled(dataset, cfg.model.tile)
     out = out or Path("data") / "models" / f"{Path(dataset).name}-{'-'.join(normal or ['good'])}"
     with console.progress("train") as update:
         s = steps.train(dataset, out, normal=normal, config=cfg, overwrite=overwrite, force=force,
@@ -177,10 +264,26 @@ def train(
     if as_json:
         return console.print_json(s)
     verb = "is up to date (use --force to train again)" if s["cached"] else "trained"
+    _print_selection(s.get("selection"))
     out_console.print(
         f"Model {s['model']} {verb}: {s['kind']} on {', '.join(s['normal_classes']) or 'all images'} ({s['n_train']} images, "
         f"{s['epochs']} epochs on {s['device']}, {s['seconds']:.1f} s); threshold {s['threshold']:.4g} for "
         f"target FPR {s['target_fpr']:g} from {s['n_calibration']} held-out images.")
+
+
+def _warn_untiled(dataset: Path, tile: int) -> None:
+    """Say so when the tile side is not smaller than the images: the model then sees whole images."""
+    if not tile:
+        return
+    from anomaly_ae.dataset import Dataset
+
+    try:
+        h, w = Dataset(dataset).shape[:2]
+    except (AnomalyAEError, OSError):
+        return  # training itself says what is wrong with the dataset
+    if tile >= h and tile >= w:
+        log.warning("tile %d is not smaller than the images (%dx%d): the model works on whole images, as "
+                    "without tiles. For tiles, give a side below %d (at least 8).", tile, h, w, max(h, w))
 
 
 @app.command()
@@ -189,7 +292,8 @@ def calibrate(
     target_fpr: Annotated[float | None, typer.Option(help="New false-positive rate to hold on normal images.")] = None,
     data: Annotated[Path | None, typer.Option(help="Other normal images (a dataset or a folder) to calibrate on; "
                                                       "they must not have been used for training.")] = None,
-    normal: Annotated[list[str] | None, typer.Option("--normal", "-n", help="Normal classes in --data "
+    normal: Annotated[list[str] | None, typer.Option("--normal", "-n", metavar="CLASS",
+                                                        help="Normal classes in --data "
                                                         "\\[default: the model's].")] = None,
     split: Annotated[str | None, typer.Option(help="Only this split of --data.")] = None,
     as_json: Json = False, verbose: Verbose = False,
@@ -249,9 +353,10 @@ def demo(
 
     with console.progress("demo") as update:
         s = steps.demo(workdir, normal=normal, device=device, progress=update)
+    trained = ("is up to date (trained before; not trained again)" if s["model"]["cached"]
+               else f"trained in {s['model']['seconds']:.1f} s")
     out_console.print(f"Dataset {s['dataset']['dataset']}: {s['dataset']['counts']['images']} real MNIST digits "
-                      f"(bundled). Model {s['model']['model']}: digit {normal} is normal, trained in "
-                      f"{s['model']['seconds']:.1f} s.")
+                      f"(bundled). Model {s['model']['model']}: digit {normal} is normal, {trained}.")
     out_console.print(f"Scored the test split ({s['score']['scored']} digits; every digit but {normal} is an anomaly):")
     console.print_score_summary(s["score"])
 
@@ -318,6 +423,11 @@ def inbox(
     out_console.print(f"Flow run {s['flow_run_id']}: {s['state']}")
     details = {k: v for k, v in s.items() if k not in ("flow_run_id", "state", "completed")}
     console.print_json(details)
+
+
+for _info in app.registered_commands:  # every command gets the help style, whoever declared it
+    if _info.cls in (None, TyperCommand):
+        _info.cls = _Command
 
 
 if __name__ == "__main__":  # pragma: no cover

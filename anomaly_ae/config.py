@@ -19,11 +19,15 @@ def require(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+# "auto" trains the candidates and keeps the one that best finds simulated defects (selection.py).
+MODEL_KINDS = ("ae", "denoising", "vae", "draem", "auto")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Which autoencoder and how big."""
 
-    kind: str = "ae"  # ae | denoising | vae
+    kind: str = "ae"  # ae | denoising | vae | draem (discriminative, trained on simulated defects) | auto
     latent_dim: int = 32
     base_channels: int = 32
     max_channels: int = 256
@@ -34,7 +38,7 @@ class ModelConfig:
     tile: int = 0
 
     def __post_init__(self):
-        require(self.kind in ("ae", "denoising", "vae"), "model.kind", f"must be ae, denoising or vae, got {self.kind!r}")
+        require(self.kind in MODEL_KINDS, "model.kind", f"must be {', '.join(MODEL_KINDS)}, got {self.kind!r}")
         require(1 <= self.latent_dim <= 4096, "model.latent_dim", f"must be 1..4096, got {self.latent_dim}")
         require(1 <= self.base_channels <= 512, "model.base_channels", f"must be 1..512, got {self.base_channels}")
         require(self.base_channels <= self.max_channels <= 2048, "model.max_channels",
@@ -62,6 +66,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     allow_collapsed: bool = False
+    # Most minutes of training (0: no limit): the epochs that fit are planned after the first.
+    max_minutes: float = 0.0
 
     def __post_init__(self):
         require(1 <= self.epochs <= 100_000, "train.epochs", f"must be 1..100000, got {self.epochs}")
@@ -74,6 +80,7 @@ class TrainConfig:
                  f"must be between 0 and 1, got {self.calib_fraction}")
         require(0.0 <= self.val_fraction < 1.0, "train.val_fraction",
                 f"must be 0 (no early stopping) or between 0 and 1, got {self.val_fraction}")
+        require(0.0 <= self.max_minutes <= 1e6, "train.max_minutes", f"must be 0 (no limit) or more, got {self.max_minutes}")
         require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                  "train.device", f"must be auto, cpu or cuda[:N], got {self.device!r}")
 
@@ -114,12 +121,14 @@ class DetectorConfig:
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
 
     def to_dict(self) -> dict:
-        """Plain nested dict (for checkpoints and JSON). ``model.tile`` appears only when set, so
-        whole-image models keep the configuration (and data fingerprint) they had before tiles
-        existed, and stay readable by releases that do not know the key."""
+        """Plain nested dict (for checkpoints and JSON). ``model.tile`` and ``train.max_minutes``
+        appear only when set, so other models keep the configuration (and data fingerprint) they
+        had before those keys existed, and stay readable by releases that do not know them."""
         d = dataclasses.asdict(self)
         if not d["model"]["tile"]:
             del d["model"]["tile"]
+        if not d["train"]["max_minutes"]:
+            del d["train"]["max_minutes"]
         return d
 
     @classmethod
@@ -225,6 +234,14 @@ def read_toml(path) -> dict:
         raise ConfigError(f"{path}: no such file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at line {line}); "
+                          "TOML files must be UTF-8: save the file as UTF-8.") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a pipeline or config file; pass the .toml file.") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: could not be read ({exc.strerror or exc}); check the file's permissions.") from None
 
 
 def detector_config_from(doc: dict, where: str) -> DetectorConfig:

@@ -5,29 +5,56 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import sys
 from pathlib import Path
 
 from rich.console import Console
 
-out_console = Console()
-err_console = Console(stderr=True)
+# Output that is not a terminal (a pipe, a file) is not wrapped: a path stays on one line.
+PIPED_WIDTH = 100_000
+
+
+def _console(stderr: bool = False) -> Console:
+    """A console that prints text as it is given: user text (paths, class names, messages) may
+    hold brackets, so markup is off, and nothing is highlighted."""
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not (hasattr(stream, "isatty") and stream.isatty())
+    return Console(stderr=stderr, markup=False, highlight=False, soft_wrap=piped,
+                   width=PIPED_WIDTH if piped else None)
+
+
+out_console = _console()
+err_console = _console(stderr=True)
 
 
 def setup_logging(verbose: bool) -> None:
-    """Library logs to stderr through rich: warnings, or everything from INFO with --verbose."""
+    """Library logs to stderr: warnings, or everything from INFO with --verbose.
+
+    On a terminal through rich; elsewhere one plain line per message (``WARNING: ...``).
+    """
+    from rich.highlighter import NullHighlighter
     from rich.logging import RichHandler
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
-                        handlers=[RichHandler(console=err_console, show_path=False)], force=True)
+    if err_console.is_terminal:
+        handler: logging.Handler = RichHandler(console=err_console, show_path=False, markup=False,
+                                               highlighter=NullHighlighter())
+        fmt = "%(message)s"
+    else:
+        handler, fmt = logging.StreamHandler(sys.stderr), "%(levelname)s: %(message)s"
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format=fmt,
+                        handlers=[handler], force=True)
 
 
 @contextlib.contextmanager
 def progress(label: str):
     """A progress bar on stderr; yields a callback ``(done, total, **fields)``."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    if not err_console.is_terminal:  # a bar cannot redraw in a pipe or file; it would leave blank lines
+        yield lambda done, total, **fields: None
+        return
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[note]}"), TimeElapsedColumn()]
+               TextColumn("{task.fields[note]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*columns, console=err_console, transient=True) as bar:
         task = bar.add_task(label, total=None, note="")
 

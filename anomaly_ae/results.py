@@ -132,7 +132,7 @@ def run_record(det, model, input, split, th, parts, results, merged, timings, no
                   "tile": det.config.model.tile if is_tiled(det.shape_, det.config.model.tile) else 0,
                   "classes": m.get("classes"), "image_shape": list(det.shape_),
                   "dataset": m.get("data", {}).get("dataset"), "trained": getattr(det, "created_", None),
-                  "collapse": getattr(det, "collapse_", None)},
+                  "collapse": getattr(det, "collapse_", None), "selection": m.get("selection")},
         "threshold": th, "labels_known": normal is not None,
         "counts": {"items": n_items, "scored": merged["n_scored"], "flagged": merged["n_flagged"],
                    "rejects": sum(r["rejects"] for r in results)},

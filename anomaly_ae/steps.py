@@ -10,9 +10,12 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from anomaly_ae.errors import DataError
+from anomaly_ae.errors import DataError, NoSpaceError
 
 log = logging.getLogger(__name__)
+
+# Where a model's calibration scores came from, when train computed them.
+HELD_OUT_SOURCE = "held-out normal images of the training data"
 
 Progress = Callable[[int, int], None]
 
@@ -26,7 +29,8 @@ def ingest(source: str, out: str | Path, *, root: str | None = None, download: b
 
     An existing dataset made from the same files with the same options is kept as it is
     (``cached: True`` in the summary) unless `force`; one made from something else is
-    replaced only with `overwrite`.
+    replaced only with `overwrite`, and only when it is a dataset (never the source itself or a
+    folder holding anything else).
     """
     from anomaly_ae import imaging
     from anomaly_ae.dataset import Dataset
@@ -44,9 +48,10 @@ def ingest(source: str, out: str | Path, *, root: str | None = None, download: b
         if existing.get("fingerprint") == fingerprint(listing, request, options):
             log.info("%s is up to date with %s; skipping ingest", out, source)
             return _dataset_summary(out, existing, cached=True)
+    protect = tuple(Path(p) for p in (source, root) if p and Path(p).exists())
     meta = run_ingest(listing, out, request=request, test_fraction=test_fraction, seed=seed,
                       max_pixels=max_pixels, workers=workers, overwrite=overwrite or force,
-                      progress=progress)
+                      progress=progress, protect=protect)
     return _dataset_summary(out, meta, cached=False)
 
 
@@ -74,6 +79,14 @@ def info(path: str | Path) -> dict:
         raise DataError(f"{path}: metadata says {summary['counts']['images']} images but the file "
                         f"holds {summary['rows']}; the dataset is damaged. Ingest it again.")
     return summary
+
+
+def model_info(path: str | Path) -> dict:
+    """What a model folder holds: kind, how it was chosen and trained, and its threshold."""
+    from anomaly_ae import checkpoint
+
+    folder = checkpoint.model_file(path).parent
+    return _model_summary(folder, checkpoint.read(path), cached=False)
 
 
 def _fingerprint(*parts) -> str:
@@ -106,15 +119,15 @@ def train(dataset: str | Path, out: str | Path, *, normal: list[str] | None = No
     The held-out share (``train.calib_fraction``) is drawn with ``train.seed`` and used for the
     threshold only: early stopping watches a separate share of the training images
     (``train.val_fraction``). The dataset's test split is never used. A model folder trained from the same data and settings is kept
-    (``cached: True``) unless `force`.
+    (``cached: True``) unless `force`; another is replaced (`overwrite` or `force`) only when it is a
+    model folder, never the dataset or a folder holding anything else.
     """
     import numpy as np
 
     from anomaly_ae import checkpoint
-    from anomaly_ae.config import DetectorConfig, dump_toml
+    from anomaly_ae.config import DetectorConfig
     from anomaly_ae.dataset import Dataset
-    from anomaly_ae.detector import AutoencoderDetector
-    from anomaly_ae.fsio import atomic_dir, atomic_write_text
+    from anomaly_ae.fsio import FileLock, atomic_dir
 
     config = config or DetectorConfig()
     ds, out = Dataset(dataset), Path(out)
@@ -126,28 +139,56 @@ def train(dataset: str | Path, out: str | Path, *, normal: list[str] | None = No
     n_cal = min(len(rows) - 2, max(1, int(round(config.train.calib_fraction * len(rows)))))
     cal, fit = np.sort(perm[:n_cal]), np.sort(perm[n_cal:])
     fp = _fingerprint(ds.meta.get("fingerprint"), classes, split, _weights_config(config))
-    if (out / "model.pt").exists() and not force:
-        try:
-            existing = checkpoint.read(out)
-        except Exception:  # a damaged model is simply retrained
-            existing = {}
-        if existing.get("data", {}).get("fingerprint") == fp:
+    # One train per model folder at a time: a second would race the first for the folder and leave
+    # its resume state behind.
+    with FileLock(out.parent / f".{out.name}.lock", f"Model folder {out}"):
+        existing = None if force else _up_to_date_model(out, fp)
+        if existing is not None:
             log.info("%s is up to date; skipping training", out)
             return _model_summary(out, existing, cached=True)
-    state = out.parent / f".{out.name}.train-{fp[:12]}.pt"
-    with atomic_dir(out, overwrite=overwrite or force) as tmp:
-        held_out = ds.load(cal)
-        det = AutoencoderDetector(config).fit(ds.load(fit), progress=progress,
-                                              state_path=state, resume=resume)
-        det.calibrate(held_out)
-        index = ds.index()
-        data = {"dataset": str(ds.path.resolve()), "dataset_fingerprint": ds.meta.get("fingerprint"),
-                "fingerprint": fp, "split": split, "n_train": len(fit), "n_calibration": len(cal),
-                "train_sha256": _fingerprint(index["sha256"].take(fit).to_pylist())}
-        det.save(tmp, preprocess=ds.meta["preprocess"], classes=ds.classes, normal_classes=classes, data=data)
-        atomic_write_text(tmp / "config.toml", dump_toml(config.to_dict()))
-    state.unlink(missing_ok=True)
+        state = out.parent / f".{out.name}.train-{fp[:12]}.pt"
+        try:
+            with atomic_dir(out, overwrite=overwrite or force, kind="model", protect=[ds.path]) as tmp:
+                _fit_into(tmp, ds, config, (fit, cal), {"fingerprint": fp, "split": split}, classes,
+                          state=state, resume=resume, progress=progress)
+        except NoSpaceError:
+            state.unlink(missing_ok=True)  # "nothing was kept": the resume state neither
+            raise
+        state.unlink(missing_ok=True)
     return _model_summary(out, checkpoint.read(out), cached=False)
+
+
+def _up_to_date_model(out: Path, fp: str) -> dict | None:
+    """The checkpoint at `out` when it was trained from the same data and settings (fingerprint `fp`)."""
+    from anomaly_ae import checkpoint
+
+    if not (out / "model.pt").exists():
+        return None
+    try:
+        existing = checkpoint.read(out)
+    except Exception:  # a damaged model is simply retrained
+        return None
+    return existing if existing.get("data", {}).get("fingerprint") == fp else None
+
+
+def _fit_into(tmp: Path, ds, config, rows: tuple, data: dict, classes: list[str], *, state: Path,
+              resume: bool, progress: Progress | None) -> None:
+    """Fit on the training rows, calibrate on the held-out rows and save the model folder into `tmp`."""
+    from anomaly_ae.config import dump_toml
+    from anomaly_ae.detector import AutoencoderDetector
+    from anomaly_ae.fsio import atomic_write_text
+
+    fit, cal = rows
+    held_out = ds.load(cal)
+    det = AutoencoderDetector(config).fit(ds.load(fit), progress=progress, state_path=state, resume=resume)
+    det.calibrate(held_out)
+    det.threshold_info_["source"] = HELD_OUT_SOURCE
+    index = ds.index()
+    data = {"dataset": str(ds.path.resolve()), "dataset_fingerprint": ds.meta.get("fingerprint"),
+            "fingerprint": data["fingerprint"], "split": data["split"], "n_train": len(fit),
+            "n_calibration": len(cal), "train_sha256": _fingerprint(index["sha256"].take(fit).to_pylist())}
+    det.save(tmp, preprocess=ds.meta["preprocess"], classes=ds.classes, normal_classes=classes, data=data)
+    atomic_write_text(tmp / "config.toml", dump_toml(config.to_dict()))
 
 
 def _weights_config(config) -> dict:
@@ -167,38 +208,61 @@ def _model_summary(out: Path, ckpt: dict, cached: bool) -> dict:
             "train_loss": h["train_loss"][h["best_epoch"]], "held_out_loss": h["val_loss"][h["best_epoch"]],
             "seconds": h["seconds"], "device": h["device"], "threshold": t["threshold"],
             "target_fpr": t["target_fpr"], "guaranteed_fpr": t.get("guaranteed_fpr"),
-            "collapse": ckpt.get("collapse")}
+            "collapse": ckpt.get("collapse"), "selection": ckpt.get("selection")}
 
 
 def calibrate(model: str | Path, *, target_fpr: float | None = None, data: str | Path | None = None,
-              normal: list[str] | None = None, split: str | None = None) -> dict:
+              normal: list[str] | None = None, split: str | None = None, held_out: bool = False) -> dict:
     """Recalibrate a model's threshold without retraining.
 
     With `data` (a dataset's normal classes, or a folder of normal images) the calibration
-    scores are recomputed on those images; without it the stored held-out scores are reused.
-    """
-    import shutil
+    scores are recomputed on those images and replace the ones in use; the held-out scores train
+    computed stay in the model all the same, and `held_out` brings them back. Without either, the
+    scores in use are reused. The summary's `source` says where the scores came from.
 
+    Raises:
+        BusyError: the model is being trained or recalibrated by another process.
+        DataError: `data` is the training data, holds no usable images, or `held_out` asks for
+            held-out scores the model no longer has.
+    """
     from anomaly_ae import checkpoint
     from anomaly_ae.detector import AutoencoderDetector
-    from anomaly_ae.fsio import atomic_dir
+    from anomaly_ae.fsio import FileLock
 
     folder = checkpoint.model_file(model).parent
-    det = AutoencoderDetector.load(folder)
-    fpr = target_fpr if target_fpr is not None else det.threshold_info_["target_fpr"]
+    with FileLock(folder.parent / f".{folder.name}.lock", f"Model folder {folder}"):
+        det = AutoencoderDetector.load(folder)
+        fpr = target_fpr if target_fpr is not None else det.threshold_info_["target_fpr"]
+        scores, source = _calibration_set(det, data, normal, split, held_out)
+        det.calibrate_scores(scores, fpr)
+        det.threshold_info_["source"] = source
+        # In place, file by file: replacing the whole folder would drop whatever else it holds.
+        det.save(folder)
+    return {"model": str(folder), "source": source, **det.threshold_info_,
+            "held_out_kept": len(det.meta_.get("held_out_scores") or [])}
+
+
+def _calibration_set(det, data, normal, split, held_out: bool):
+    """(scores, where they came from) to calibrate on; keeps train's held-out scores in `det.meta_`."""
+    import numpy as np
+
+    current = det.threshold_info_.get("source", HELD_OUT_SOURCE)
+    if current == HELD_OUT_SOURCE and "held_out_scores" not in det.meta_:
+        det.meta_["held_out_scores"] = det.calibration_scores_.tolist()
+    if held_out:
+        if data is not None:
+            raise DataError("Calibrate either on new normal images (--data) or on the held-out scores, not both.")
+        if "held_out_scores" not in det.meta_:
+            raise DataError(f"The model no longer holds the held-out scores of its training (they were replaced "
+                            f"by those of {current}). Calibrate with --data, or train the model again.")
+        return np.asarray(det.meta_["held_out_scores"], dtype=np.float64), HELD_OUT_SOURCE
     if data is None:
-        det.calibrate_scores(det.calibration_scores_, fpr)
-        source = "stored held-out scores"
-    else:
-        det.calibrate_scores(_normal_scores(det, data, normal, split), fpr)
-        source = str(data)
-    det.threshold_info_["source"] = source
-    with atomic_dir(folder, overwrite=True) as tmp:
-        for f in folder.iterdir():
-            if f.name not in ("model.pt", "model.json") and f.is_file():
-                shutil.copy2(f, tmp / f.name)
-        det.save(tmp)
-    return {"model": str(folder), "source": source, **det.threshold_info_}
+        return det.calibration_scores_, current
+    scores = _normal_scores(det, data, normal, split)
+    source = f"normal images of {data}" + (f" (split {split})" if split else "")
+    log.info("%d calibration scores of %s replace those of %s; the held-out scores of training stay in the model",
+             len(scores), source, current)
+    return scores, source
 
 
 def _normal_scores(det, data, normal, split):
@@ -234,6 +298,9 @@ def score(input: str | Path, model: str | Path, out: str | Path, *, threshold: f
           progress: Progress | None = None) -> dict:
     """Score a folder or dataset with a model into the run folder `out` (written atomically).
 
+    With `overwrite`, an existing `out` is replaced only when it is a run folder: never the input,
+    the model, or a folder holding anything else.
+
     `files` (paths relative to the folder `input`) scores exactly those files, unlabelled.
 
     `map_partitions(parts, part_dirs, threshold, normal)`, when given, scores the partitions
@@ -242,8 +309,8 @@ def score(input: str | Path, model: str | Path, out: str | Path, *, threshold: f
     import shutil
     import time
 
+    from anomaly_ae import checkpoint, scoring
     from anomaly_ae import results as run_results
-    from anomaly_ae import scoring
     from anomaly_ae.detector import AutoencoderDetector
     from anomaly_ae.fsio import FileLock, atomic_dir, atomic_write_json
     from anomaly_ae.imaging import Preprocess
@@ -252,7 +319,9 @@ def score(input: str | Path, model: str | Path, out: str | Path, *, threshold: f
     det = AutoencoderDetector.load(model, device=device)
     th = run_results.resolve_threshold(det, threshold, target_fpr)
     policy = Preprocess.from_dict(det.meta_["preprocess"])
-    with FileLock(out.parent / f".{out.name}.lock", f"Run folder {out}"), atomic_dir(out, overwrite=overwrite) as tmp:
+    protect = [Path(input), checkpoint.model_file(model).parent]  # never written over, whatever --out says
+    with (FileLock(out.parent / f".{out.name}.lock", f"Run folder {out}"),
+          atomic_dir(out, overwrite=overwrite, kind="run", protect=protect) as tmp):
         parts = scoring.plan(input, policy, partitions, split, files=files)
         normal = scoring.normal_names(det.meta_.get("normal_classes") or [])
         normal = normal if scoring.labels_known(parts, normal) else None

@@ -58,6 +58,8 @@ def _datasets(root: Path, tv_root: Path | None) -> dict:
         "piped": [(t, str(root / "piped" / t), {}, "good") for t in piped],
         # Full resolution (640): the tiled variant works on it; whole-image methods see WHOLE_SIDE.
         "deeppcb": [("deeppcb", str(root / "deeppcb"), {"size": "640"}, "good")],
+        # Solar-cell electroluminescence images (300x300): subtle cracks and dark regions, no masks.
+        "elpv": [("elpv", str(root / "elpv"), {}, "good")],
     }
     for name in ("MNIST", "FashionMNIST", "CIFAR10"):
         if tv_root is not None:
@@ -87,8 +89,9 @@ def _load_task(source: str, options: dict, normal: str):
 
 
 def is_tiled_spec(spec: str) -> bool:
-    """A method spec of ours that sets model.tile (it works on full-resolution images)."""
-    return "/tile=" in spec
+    """A method spec of ours that works on full-resolution images: one that sets model.tile, and
+    the discriminative kind (fully convolutional) or auto, which may choose either."""
+    return "/tile=" in spec or spec.split("/")[0].split(":")[0] in ("draem", "auto")
 
 
 def _our_method(spec: str):
@@ -100,8 +103,10 @@ def _our_method(spec: str):
     head, *settings = spec.split("/")
     kind, _, score = head.partition(":")
     model = {k: int(v) for k, v in (x.split("=", 1) for x in settings)}
+    train = {k: float(model.pop(k)) for k in ("max_minutes",) if k in model}
     cfg = DetectorConfig()
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, kind=kind, **model))
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, kind=kind, **model),
+                              train=dataclasses.replace(cfg.train, **train))
     if score:
         cfg = dataclasses.replace(cfg, score=ScoreConfig(method=score))
 
@@ -116,6 +121,12 @@ def _our_method(spec: str):
 
         def score(self, images):
             return self.det.score_samples(images)
+
+        @property
+        def chosen(self):
+            """The kind `auto` chose and every candidate's AUROC on simulated defects (None otherwise)."""
+            sel = self.det.meta_.get("selection") if hasattr(self.det, "meta_") else None
+            return sel and {"kind": sel["chosen"], **{c["kind"]: c["synthetic_auroc"] and round(c["synthetic_auroc"], 3) for c in sel["candidates"]}}
 
         def pixel_auroc(self, images, masks, y):
             """Pixel AUROC of the anomaly maps: defect pixels of anomalous images against the
@@ -151,7 +162,7 @@ def run_method(spec: str, fit, cal, test, y, masks=None) -> dict:
     pixel = method.pixel_auroc(test, masks, y) if masks is not None and hasattr(method, "pixel_auroc") else None
     return {"method": getattr(method, "name", spec), "auroc": float(roc_auc_score(y, scores)),
             "fpr": float(flagged[~y].mean()), "tpr": float(flagged[y].mean()),
-            "fit_s": t1 - t0, "score_s": t2 - t1, "pixel_auroc": pixel}
+            "fit_s": t1 - t0, "score_s": t2 - t1, "pixel_auroc": pixel, "chosen": getattr(method, "chosen", None)}
 
 
 def bench_dataset(name: str, tasks: list, methods: list[str], quick: bool) -> dict:
@@ -170,8 +181,9 @@ def bench_dataset(name: str, tasks: list, methods: list[str], quick: bool) -> di
             r = run_method(spec, *(full if is_tiled_spec(spec) else whole))
             rows.append({"task": task, **r})
             pix = f"  pixel {r['pixel_auroc']:.3f}" if r.get("pixel_auroc") is not None else ""
+            chosen = f"  chose {r['chosen']}" if r.get("chosen") else ""
             print(f"{name:10s} {task:14s} {r['method']:24s} AUROC {r['auroc']:.3f}  FPR {r['fpr']:.3f}  "
-                  f"TPR {r['tpr']:.3f}  fit {r['fit_s']:.1f}s{pix}", flush=True)
+                  f"TPR {r['tpr']:.3f}  fit {r['fit_s']:.1f}s{pix}{chosen}", flush=True)
     means = []
     for m in dict.fromkeys(r["method"] for r in rows):
         sel = [r for r in rows if r["method"] == m]
@@ -188,9 +200,9 @@ def markdown(result: dict) -> str:
     means = md_table(["method", "mean AUROC", "min AUROC", "FPR", "TPR", "pixel AUROC", "fit s", "score s", "tasks"],
                      [[m["method"], m["auroc"], m["min_auroc"], m["fpr"], m["tpr"], m.get("pixel_auroc"), m["fit_s"],
                        m["score_s"], m["tasks"]] for m in result["means"]])
-    detail = md_table(["task", "method", "AUROC", "FPR", "TPR", "pixel AUROC", "fit s"],
-                      [[r["task"], r["method"], r["auroc"], r["fpr"], r["tpr"], r.get("pixel_auroc"), r["fit_s"]]
-                       for r in result["rows"]])
+    detail = md_table(["task", "method", "AUROC", "FPR", "TPR", "pixel AUROC", "fit s", "auto chose"],
+                      [[r["task"], r["method"], r["auroc"], r["fpr"], r["tpr"], r.get("pixel_auroc"), r["fit_s"],
+                        str(r.get("chosen") or "")] for r in result["rows"]])
     return f"{head}{means}\n\n{PUBLISHED}\n\n### Per task\n\n{detail}\n"
 
 

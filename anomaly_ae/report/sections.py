@@ -34,9 +34,12 @@ def summary(data: RunData) -> str:
                   + tagged("n_calibration", str(th.get("n_calibration"))) + " held-out normal images")
     shape = "&times;".join(str(v) for v in model.get("image_shape") or []) or "n/a"
     kind, method = escape(str(model.get("kind"))), escape(str(model.get("score_method")))
+    if model.get("kind") == "draem":
+        kind, method = "draem (discriminative)", "smoothed top-k of the defect probability map"
     tiles = f", in {int(model['tile'])}-pixel tiles" if model.get("tile") else ""
     facts = [("Model", f"{kind} autoencoder, score: {method}, images {shape} (height&times;width&times;channels)"
                        f"{tiles}"),
+             *_selection_fact(model.get("selection")),
              ("Trained on", f'<span class="path">{escape(str(model.get("dataset") or "n/a"))}</span>'),
              ("Normal classes", tagged("normal_classes", name_list(model.get("normal_classes")))),
              ("Scored batch", f'<span class="path">{escape(str(run.get("input")))}</span> '
@@ -253,3 +256,14 @@ def metadata(data: RunData) -> str:
     rows += [(f"Time: {escape(k)}", f"{fmt(v, '.2f')} s") for k, v in (run.get("timings") or {}).items()]
     rows += [(f"Version: {escape(k)}", escape(str(v))) for k, v in (run.get("versions") or {}).items()]
     return fact_table(rows)
+
+
+def _selection_fact(selection: dict | None) -> list[tuple[str, str]]:
+    """The 'Model choice' row of a model chosen by ``--model auto``: every candidate's AUROC."""
+    from anomaly_ae.selection import describe as _candidate
+
+    if not selection:
+        return []
+    tried = ", ".join(escape(_candidate(c)) for c in selection["candidates"])
+    return [("Model choice", f"auto chose {escape(str(selection['chosen']))}: AUROC on simulated defects in "
+                             f"{selection['n_images']} held-back training images: {tried}")]

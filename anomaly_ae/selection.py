@@ -31,6 +31,8 @@ SELECTION_SEED = 424_242
 # larger ones are tiled (full resolution, as for small defects in large images).
 WHOLE_IMAGE_SIDE = 64
 TILE, TILED_LATENT = 32, 128
+# Fewer held-back images than this make a weak judge; the choice is then said to be uncertain.
+FEW_IMAGES = 20
 
 
 def candidates(shape: tuple[int, ...], model: ModelConfig) -> list[ModelConfig]:
@@ -61,6 +63,9 @@ def choose(config: DetectorConfig, images: np.ndarray, validation: np.ndarray, *
     """(the chosen fitted detector, a record of every candidate) for ``model.kind = "auto"``."""
     from anomaly_ae.detector import AutoencoderDetector
 
+    if len(validation) < FEW_IMAGES:
+        log.warning("auto chooses on only %d held-back images: the choice may be down to chance; pass "
+                    "--model to pick a kind, or add images", len(validation))
     tried = []
     models = candidates(images.shape[1:], config.model)
     # A time budget is shared out: every candidate gets its part.

@@ -307,6 +307,10 @@ def remove_stale_temps(folder: Path) -> int:
     return removed
 
 
+# Tries to take a lock whose file its holder keeps replacing (each try is immediate).
+LOCK_ATTEMPTS = 20
+
+
 class FileLock:
     """An exclusive, non-blocking lock on `path` (flock); released when the holder dies.
 
@@ -320,13 +324,17 @@ class FileLock:
         self._fd: int | None = None
 
     def __enter__(self) -> FileLock:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise_if_no_space(exc, self.path)
-            raise
-        self._lock(fd)
+        for _ in range(LOCK_ATTEMPTS):
+            fd = self._open()
+            self._lock(fd)
+            if self._still_at_path(fd):
+                break
+            # The holder removed the file as it let go: this lock is on a file nobody else
+            # will look at; take the one at the path now.
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        else:
+            raise BusyError(f"{self.what}: its lock {self.path} kept changing hands; try again.")
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(os.getpid()).encode(), 0)
@@ -340,6 +348,22 @@ class FileLock:
         self._fd = fd
         _HELD_FDS.add(fd)
         return self
+
+    def _open(self) -> int:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise_if_no_space(exc, self.path)
+            raise
+
+    def _still_at_path(self, fd: int) -> bool:
+        try:
+            here = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(fd)
+        return (here.st_ino, here.st_dev) == (mine.st_ino, mine.st_dev)
 
     def _lock(self, fd: int) -> None:
         """Take the lock on `fd`, or close it and raise BusyError naming the holder."""
@@ -358,6 +382,11 @@ class FileLock:
     def __exit__(self, *exc) -> None:
         if self._fd is not None:
             _HELD_FDS.discard(self._fd)
+            # Removed while still held, so no lock file outlives its run; a process that opened
+            # it meanwhile sees it gone once it holds the lock, and takes a fresh one.
+            with contextlib.suppress(FileNotFoundError):
+                if self._still_at_path(self._fd):
+                    os.unlink(self.path)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

@@ -112,3 +112,35 @@ def test_existing_folders_are_replaced_only_when_of_the_kind_written(tmp_path):
             atomic_dir(tmp_path / "file", overwrite=True, kind="run"):
         pass
     assert (tmp_path / "file").read_text() == "x"
+
+
+def test_lock_files_do_not_outlive_their_run(tmp_path):
+    from anomaly_ae.errors import BusyError
+    from anomaly_ae.fsio import FileLock
+
+    path = tmp_path / ".run.lock"
+    with pytest.raises(RuntimeError, match="failed"), FileLock(path, "Run folder x"):
+        assert path.exists()
+        with pytest.raises(BusyError, match="in use by process"), FileLock(path, "Run folder x"):
+            pass
+        raise RuntimeError("the run failed")
+    assert not path.exists()  # a failed attempt leaves no lock file behind
+    with FileLock(path, "Run folder x"):
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lock_taken_on_a_file_its_holder_removed_is_taken_again(tmp_path):
+    import fcntl
+    import os
+
+    from anomaly_ae.fsio import FileLock
+
+    path = tmp_path / ".run.lock"
+    stale = os.open(path, os.O_RDWR | os.O_CREAT)  # opened before the holder let go...
+    os.unlink(path)  # ...which removed the file
+    lock = FileLock(path, "Run folder x")
+    with lock:
+        assert lock._still_at_path(lock._fd)
+        fcntl.flock(stale, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the old file is not the lock any more
+    os.close(stale)

@@ -77,6 +77,22 @@ def write_png(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
     return path
 
 
+# One epoch of one step: models for tests of files and folders, not of detection.
+TINY = DetectorConfig(train=TrainConfig(epochs=1, min_steps_per_epoch=1, allow_collapsed=True, device="cpu"))
+
+
+def noise_workspace(root: Path) -> dict[str, Path]:
+    """24 noise PNGs under root/imgs, their dataset (root/ds) and a TINY model (root/model)."""
+    from anomaly_ae import steps
+
+    rng = np.random.default_rng(0)
+    for k in range(24):
+        write_png(root / "imgs" / f"img{k:02d}.png", rng.integers(0, 255, (16, 16), dtype=np.uint8))
+    steps.ingest(str(root / "imgs"), root / "ds")
+    steps.train(root / "ds", root / "model", config=TINY)
+    return {"root": root, "input": root / "imgs", "dataset": root / "ds", "model": root / "model"}
+
+
 @pytest.fixture(scope="session")
 def mnist_folder(mnist_images, tmp_path_factory) -> Path:
     """The test split of the bundled MNIST as PNG files in class folders (digit 0..9)."""

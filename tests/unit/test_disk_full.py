@@ -21,24 +21,17 @@ import pytest
 import torch
 
 from anomaly_ae import steps
-from anomaly_ae.config import DetectorConfig, TrainConfig
 from anomaly_ae.errors import NoSpaceError
 from anomaly_ae.fsio import atomic_path
-from tests.conftest import write_png
+from tests.conftest import TINY, noise_workspace, write_png
 
-TINY = DetectorConfig(train=TrainConfig(epochs=1, min_steps_per_epoch=1, allow_collapsed=True, device="cpu"))
 TORCH_FULL = "[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("full")
-    rng = np.random.default_rng(0)
-    for k in range(24):
-        write_png(root / "imgs" / f"img{k:02d}.png", rng.integers(0, 255, (16, 16), dtype=np.uint8))
-    steps.ingest(str(root / "imgs"), root / "ds")
-    steps.train(root / "ds", root / "model", config=TINY)
-    return {"root": root, "input": root / "imgs", "dataset": root / "ds", "model": root / "model"}
+    return noise_workspace(root)
 
 
 def no_space(*args, **kwargs):

@@ -13,24 +13,19 @@ import numpy as np
 import pytest
 
 from anomaly_ae import checkpoint, steps
-from anomaly_ae.config import DetectorConfig, TrainConfig
 from anomaly_ae.errors import BusyError, DataError
-from tests.conftest import write_png
+from tests.conftest import TINY, noise_workspace, write_png
 
-TINY = DetectorConfig(train=TrainConfig(epochs=1, min_steps_per_epoch=1, allow_collapsed=True, device="cpu"))
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
-    rng = np.random.default_rng(0)
-    for k in range(24):
-        write_png(root / "imgs" / f"img{k:02d}.png", rng.integers(0, 255, (16, 16), dtype=np.uint8))
+    paths = noise_workspace(root)
+    rng = np.random.default_rng(1)
     for k in range(6):
         write_png(root / "more" / f"new{k}.png", rng.integers(0, 255, (16, 16), dtype=np.uint8))
-    steps.ingest(str(root / "imgs"), root / "ds")
-    steps.train(root / "ds", root / "model", config=TINY)
-    return {"root": root, "dataset": root / "ds", "model": root / "model", "more": root / "more"}
+    return {**paths, "more": root / "more"}
 
 
 WINNER = textwrap.dedent("""

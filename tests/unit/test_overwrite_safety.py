@@ -13,32 +13,24 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from anomaly_ae import steps
-from anomaly_ae.config import DetectorConfig, TrainConfig
 from anomaly_ae.errors import DataError
 from anomaly_ae.fsio import atomic_dir, folder_kind
-from tests.conftest import write_png
+from tests.conftest import TINY, noise_workspace
 
-TINY = DetectorConfig(train=TrainConfig(epochs=1, min_steps_per_epoch=1, allow_collapsed=True, device="cpu"))
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> dict[str, Path]:
     """A folder of images, its dataset, a model trained on it and a run folder, made once."""
     root = tmp_path_factory.mktemp("overwrite")
-    rng = np.random.default_rng(0)
-    for k in range(24):
-        write_png(root / "imgs" / f"img{k:02d}.png", rng.integers(0, 255, (16, 16), dtype=np.uint8))
-    steps.ingest(str(root / "imgs"), root / "ds")
-    steps.train(root / "ds", root / "model", config=TINY)
+    paths = noise_workspace(root)
     steps.score(root / "imgs", root / "model", root / "run", report=False, device="cpu")
-    return {"root": root, "input": root / "imgs", "dataset": root / "ds", "model": root / "model",
-            "run": root / "run"}
+    return {**paths, "run": root / "run"}
 
 
 def snapshot(folder: Path) -> dict[str, bytes | None]:

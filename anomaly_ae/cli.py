@@ -212,7 +212,7 @@ def train(
     model: Annotated[str | None, typer.Option(help="ae (classic), denoising, vae, draem (learns to outline "
                                               "simulated defects: for subtle defects on textured surfaces) or auto "
                                               "(trains ae and draem, keeps the one that best finds simulated defects "
-                                              "in held-back training images) \[default: ae].")] = None,
+                                              "in held-back training images) \\[default: ae].")] = None,
     latent_dim: Annotated[int | None, typer.Option(min=1, help="Size of the bottleneck "
                                                    f"\\[default: {_MODEL.latent_dim}].")] = None,
     tile: Annotated[int | None, typer.Option(min=0, help="Work on square tiles of this side (pixels) at full "
@@ -220,8 +220,8 @@ def train(
                                              "\\[default: 0].")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Most epochs (early stopping may end sooner) "
                                                f"\\[default: {_TRAIN.epochs}].")] = None,
-    max_minutes: Annotated[float | None, typer.Option(min=0, help="Most minutes of training; the epochs that fit "
-                                                      "are planned after the first (0: no limit) \[default: 0].")] = None,
+    max_minutes: Annotated[float | None, typer.Option(min=0, metavar="MINUTES", help="Most minutes of training; the epochs that fit "
+                                                      "are planned after the first (0: no limit) \\[default: 0].")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per step "
                                                    f"\\[default: {_TRAIN.batch_size}].")] = None,
     lr: Annotated[float | None, typer.Option(help=f"AdamW learning rate \\[default: {_TRAIN.lr:g}].")] = None,

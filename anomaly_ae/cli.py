@@ -188,18 +188,7 @@ def _model_info(path: Path, as_json: bool) -> None:
     s = steps.model_info(path)
     if as_json:
         return console.print_json(s)
-    _print_selection(s.get("selection"))
-    out_console.print(f"Model {s['model']}: {s['kind']} on {', '.join(s['normal_classes'] or []) or 'all images'} "
-                      f"({s['n_train']} images, {s['epochs']} epochs on {s['device']}, {s['seconds']:.1f} s); threshold "
-                      f"{s['threshold']:.4g} for target FPR {s['target_fpr']:g} from {s['n_calibration']} held-out images.")
-
-
-def _print_selection(selection: dict | None) -> None:
-    from anomaly_ae.selection import describe as _candidate
-
-    if selection:
-        out_console.print("auto chose " + selection["chosen"] + " (AUROC on simulated defects in held-back images: "
-                          + ", ".join(_candidate(c) for c in selection["candidates"]) + ")")
+    console.print_model_summary(s, "")
 
 
 @app.command()
@@ -264,11 +253,7 @@ def train(
     if as_json:
         return console.print_json(s)
     verb = "is up to date (use --force to train again)" if s["cached"] else "trained"
-    _print_selection(s.get("selection"))
-    out_console.print(
-        f"Model {s['model']} {verb}: {s['kind']} on {', '.join(s['normal_classes']) or 'all images'} ({s['n_train']} images, "
-        f"{s['epochs']} epochs on {s['device']}, {s['seconds']:.1f} s); threshold {s['threshold']:.4g} for "
-        f"target FPR {s['target_fpr']:g} from {s['n_calibration']} held-out images.")
+    console.print_model_summary(s, " " + verb)
 
 
 def _warn_untiled(dataset: Path, tile: int) -> None:

@@ -70,6 +70,20 @@ def print_json(obj) -> None:
     out_console.print_json(json.dumps(obj, default=str))
 
 
+def print_model_summary(s: dict, verb: str) -> None:
+    """A model summary (from `train` or `info`) in one line, after how `auto` chose it, if it did."""
+    from anomaly_ae.selection import describe
+
+    chosen = s.get("selection")
+    if chosen:
+        out_console.print("auto chose " + chosen["chosen"] + " (AUROC on simulated defects in held-back images: "
+                          + ", ".join(describe(c) for c in chosen["candidates"]) + ")")
+    out_console.print(
+        f"Model {s['model']}{verb}: {s['kind']} on {', '.join(s['normal_classes'] or []) or 'all images'} "
+        f"({s['n_train']} images, {s['epochs']} epochs on {s['device']}, {s['seconds']:.1f} s); threshold "
+        f"{s['threshold']:.4g} for target FPR {s['target_fpr']:g} from {s['n_calibration']} held-out images.")
+
+
 def print_score_summary(s: dict) -> None:
     from rich.table import Table
 

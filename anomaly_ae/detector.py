@@ -105,7 +105,7 @@ class AutoencoderDetector:
         train_mean = images.mean(axis=0, dtype=np.float64).astype(np.float32) / 255.0
         # The discriminative kind scores its defect map, not its reconstruction: a reconstruction
         # near one image does not make its scores distances to one image.
-        self.collapse_ = (_NOT_CHECKED if self._segments else
+        self.collapse_ = (dict(_NOT_CHECKED) if self._segments else
                           self._collapse_check(validation if validation is not None else images, train_mean))
         if self.collapse_["near_constant"] and not self.collapse_["collapsed"]:
             log.warning("the reconstructions are close to one image for every input; the training images are "
@@ -177,8 +177,7 @@ class AutoencoderDetector:
         """
         sample = images[: int(np.clip(COLLAPSE_SAMPLE_PIXELS // (images.shape[1] * images.shape[2]), 16, 512))]
         if len(sample) < 2:
-            return {"spread_ratio": None, "gain_over_mean": None, "input_spread": None,
-                    "near_constant": False, "collapsed": False}
+            return dict(_NOT_CHECKED)
         x_all = sample.astype(np.float32) / 255.0
         mean = x_all.mean(axis=0) if train_mean is None else train_mean
         # Batch by batch: per-pixel sums for the spread of the reconstructions, and both errors.

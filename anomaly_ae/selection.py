@@ -6,10 +6,10 @@ twice, as they are and with simulated defects (a seed no training run draws), an
 tells them apart best (AUROC) is kept. The calibration images take no part, so the threshold's
 false-positive guarantee is that of the chosen model alone.
 
-Simulated defects favour the discriminative kind, which trained on their like; a plain
-autoencoder must win by a clear margin (``AE_PREFERENCE``) on images where whole-image content,
-not a local defect, is the signal... which the simulated defects cannot show. So the
-reconstruction kind is preferred unless the discriminative one is ahead by more than that margin.
+Simulated defects favour the discriminative kind, which trained on their like, and they cannot
+show anomalies whose signal is the whole image's content (another digit, another object). So the
+reconstruction kind gets a head start (``AE_PREFERENCE``): the discriminative one is kept only
+when it is ahead by more than that.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ WHOLE_IMAGE_SIDE = 64
 TILE, TILED_LATENT = 32, 128
 # Fewer held-back images than this make a weak judge; the choice is then said to be uncertain.
 FEW_IMAGES = 20
+# Head start of the reconstruction kinds in the choice (see the module docstring).
+AE_PREFERENCE = 0.05
 
 
 def candidates(shape: tuple[int, ...], model: ModelConfig) -> list[ModelConfig]:
@@ -96,9 +98,6 @@ def choose(config: DetectorConfig, images: np.ndarray, validation: np.ndarray, *
               "n_images": len(validation)}
     return tried[best][0], record
 
-
-# Head start of the reconstruction kinds in the choice (see the module docstring).
-AE_PREFERENCE = 0.05
 
 
 def describe(candidate: dict) -> str:

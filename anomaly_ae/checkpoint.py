@@ -22,8 +22,7 @@ import numpy as np
 import torch
 
 from anomaly_ae import __version__
-from anomaly_ae.config import DetectorConfig
-from anomaly_ae.errors import ConfigError, DataError, ModelError
+from anomaly_ae.errors import DataError, ModelError
 from anomaly_ae.fsio import atomic_write_files, json_text
 
 log = logging.getLogger(__name__)
@@ -208,31 +207,3 @@ def _json_kind(value) -> str:
     if isinstance(value, bool):
         return "true/false"
     return {list: "a JSON array", str: "a string"}.get(type(value), "a number")
-
-
-def restore(ckpt: dict, device: str = "auto"):
-    """A ready AutoencoderDetector from a checkpoint dict."""
-    from anomaly_ae.detector import AutoencoderDetector
-    from anomaly_ae.train import resolve_device
-
-    try:
-        cfg = DetectorConfig.from_dict(ckpt["config"])
-    except (ConfigError, TypeError) as exc:
-        raise ModelError(f"The checkpoint's configuration is invalid: {exc}") from None
-    det = AutoencoderDetector(cfg)
-    det.device_ = resolve_device(device)
-    det.shape_ = tuple(int(v) for v in ckpt["image_shape"])
-    det.model_ = det._build_model()
-    try:
-        det.model_.load_state_dict(ckpt["state_dict"])
-    except (RuntimeError, KeyError) as exc:
-        raise ModelError(f"The checkpoint's weights do not fit its model: {str(exc).splitlines()[0]}") from None
-    det.model_.to(det.device_, memory_format=torch.channels_last).eval()
-    det.history_ = ckpt["history"]
-    det.collapse_ = ckpt.get("collapse", {})
-    det.calibration_scores_ = ckpt["calibration_scores"].numpy().astype(np.float64)
-    det.threshold_info_ = dict(ckpt["threshold"])
-    det.threshold_ = float(det.threshold_info_["threshold"])
-    det.meta_ = {k: v for k, v in ckpt.items() if k not in DETECTOR_KEYS}
-    det.created_ = ckpt.get("created")
-    return det

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from anomaly_ae.config import DetectorConfig
-from anomaly_ae.errors import DataError, ModelError
+from anomaly_ae.errors import ConfigError, DataError, ModelError
 from anomaly_ae.measures import anomaly_map, blur, image_scores
 from anomaly_ae.models import build_model
 from anomaly_ae.threshold import check_fpr, conformal_threshold, p_values
@@ -132,7 +132,8 @@ class AutoencoderDetector:
         if validation is None:
             raise ModelError("--model auto chooses on held-back training images, but there are too few images "
                              "(or val_fraction is 0) to hold any back. Choose a model kind, or add images.")
-        chosen, record = choose(self.config, images, _check_images(validation, images.shape[1:]), **fit_options)
+        validation = _check_images(validation, images.shape[1:])
+        chosen, record = choose(type(self), self.config, images, validation, **fit_options)
         log.info("auto chose %s: %s", record["chosen"], ", ".join(
             _candidate(c) for c in record["candidates"]))
         self.__dict__.update(chosen.__dict__)
@@ -299,7 +300,34 @@ class AutoencoderDetector:
         """A detector from a model folder or ``model.pt`` (weights_only: runs no code)."""
         from anomaly_ae import checkpoint
 
-        return checkpoint.restore(checkpoint.read(path), device)
+        return cls.from_checkpoint(checkpoint.read(path), device)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, device: str = "auto") -> AutoencoderDetector:
+        """A ready detector from a checkpoint dict (as `anomaly_ae.checkpoint.read` returns it)."""
+        from anomaly_ae.checkpoint import DETECTOR_KEYS
+
+        try:
+            cfg = DetectorConfig.from_dict(ckpt["config"])
+        except (ConfigError, TypeError) as exc:
+            raise ModelError(f"The checkpoint's configuration is invalid: {exc}") from None
+        det = cls(cfg)
+        det.device_ = resolve_device(device)
+        det.shape_ = tuple(int(v) for v in ckpt["image_shape"])
+        det.model_ = det._build_model()
+        try:
+            det.model_.load_state_dict(ckpt["state_dict"])
+        except (RuntimeError, KeyError) as exc:
+            raise ModelError(f"The checkpoint's weights do not fit its model: {str(exc).splitlines()[0]}") from None
+        det.model_.to(det.device_, memory_format=torch.channels_last).eval()
+        det.history_ = ckpt["history"]
+        det.collapse_ = ckpt.get("collapse", {})
+        det.calibration_scores_ = ckpt["calibration_scores"].numpy().astype(np.float64)
+        det.threshold_info_ = dict(ckpt["threshold"])
+        det.threshold_ = float(det.threshold_info_["threshold"])
+        det.meta_ = {k: v for k, v in ckpt.items() if k not in DETECTOR_KEYS}
+        det.created_ = ckpt.get("created")
+        return det
 
     def _require_fitted(self) -> None:
         if not hasattr(self, "model_"):

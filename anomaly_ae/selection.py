@@ -60,11 +60,10 @@ def synthetic_auroc(det, images: np.ndarray, seed: int = SELECTION_SEED) -> floa
     return float(auroc(labels, scores))
 
 
-def choose(config: DetectorConfig, images: np.ndarray, validation: np.ndarray, *, progress=None,
-           state_path=None, resume: bool = False):
-    """(the chosen fitted detector, a record of every candidate) for ``model.kind = "auto"``."""
-    from anomaly_ae.detector import AutoencoderDetector
-
+def choose(detector_class, config: DetectorConfig, images: np.ndarray, validation: np.ndarray, *,
+           progress=None, state_path=None, resume: bool = False):
+    """(the chosen fitted detector, a record of every candidate) for ``model.kind = "auto"``;
+    each candidate is a `detector_class` (the detector passes its own class: no import back)."""
     if len(validation) < FEW_IMAGES:
         log.warning("auto chooses on only %d held-back images: the choice may be down to chance; pass "
                     "--model to pick a kind, or add images", len(validation))
@@ -77,8 +76,8 @@ def choose(config: DetectorConfig, images: np.ndarray, validation: np.ndarray, *
         cfg = dataclasses.replace(config, model=model, train=train)
         t0 = time.perf_counter()
         try:
-            det = AutoencoderDetector(cfg).fit(images, validation, progress=_labelled(progress, model.kind),
-                                               state_path=_state_for(state_path, model.kind), resume=resume)
+            det = detector_class(cfg).fit(images, validation, progress=_labelled(progress, model.kind),
+                                         state_path=_state_for(state_path, model.kind), resume=resume)
         except ModelError as exc:  # e.g. a collapsed candidate: the others may still do
             log.warning("candidate %s left out: %s", model.kind, exc)
             failed.append({"kind": model.kind, "tile": model.tile, "synthetic_auroc": None, "error": str(exc)})

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from anomaly_ae import checkpoint, steps
+from anomaly_ae.detector import AutoencoderDetector
 from anomaly_ae.errors import BusyError, DataError
 from tests.conftest import TINY, noise_workspace, write_png
 
@@ -83,7 +84,7 @@ def test_recalibrating_on_new_images_keeps_the_held_out_scores_and_says_where_sc
 def test_held_out_scores_that_are_gone_are_said_to_be_gone(work, tmp_path):
     model = tmp_path / "m"
     shutil.copytree(work["model"], model)
-    det = checkpoint.restore(checkpoint.read(model), "cpu")
+    det = AutoencoderDetector.from_checkpoint(checkpoint.read(model), "cpu")
     det.threshold_info_["source"] = "normal images of /elsewhere"  # recalibrated before they were kept
     det.save(model)
     with pytest.raises(DataError, match="no longer holds the held-out scores"):

@@ -121,7 +121,7 @@ def test_tiled_maps_are_full_size_and_checkpoints_round_trip(tiled_detector, tmp
     assert recon.shape == (5, 128, 128, 1) and maps.shape == (5, 128, 128)
     np.testing.assert_allclose(scores, det.score_samples(images), rtol=1e-5)
     det.save(tmp_path / "m")
-    again = checkpoint.restore(checkpoint.read(tmp_path / "m"), "cpu")
+    again = AutoencoderDetector.from_checkpoint(checkpoint.read(tmp_path / "m"), "cpu")
     assert again.config.model.tile == 16
     np.testing.assert_allclose(again.score_samples(images), scores, rtol=1e-5)
 

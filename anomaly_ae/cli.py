@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from anomaly_ae import console
-from anomaly_ae.config import ModelConfig, ScoreConfig, ThresholdConfig, TrainConfig
+from anomaly_ae.config import DEFAULT_LR, KIND_LR, ModelConfig, ScoreConfig, ThresholdConfig, TrainConfig
 from anomaly_ae.console import err_console, out_console
 from anomaly_ae.errors import AnomalyAEError
 
@@ -213,7 +213,7 @@ def train(
                                                       "are planned after the first (0: no limit) \\[default: 0].")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per step "
                                                    f"\\[default: {_TRAIN.batch_size}].")] = None,
-    lr: Annotated[float | None, typer.Option(help=f"AdamW learning rate \\[default: {_TRAIN.lr:g}].")] = None,
+    lr: Annotated[float | None, typer.Option(help=f"AdamW learning rate \\[default: {DEFAULT_LR:g}; draem {KIND_LR['draem']:g}].")] = None,
     score: Annotated[str | None, typer.Option(help="Image score: mse, topk (smoothed top-k error) or ssim "
                                               f"\\[default: {_SCORE.method}].")] = None,
     target_fpr: Annotated[float | None, typer.Option(help="False-positive rate the threshold holds on normal images "

@@ -49,13 +49,20 @@ class ModelConfig:
                 f"must be 0 (whole image) or 8..8192 pixels, got {self.tile}")
 
 
+# Learning rate of each model kind when ``train.lr`` is 0. The discriminative kind trains at a higher
+# rate: on generated textured surfaces (20 epochs of 20 steps, 2 CPU cores) its AUROC went 0.70 /
+# 0.92 / 0.97 / 0.97 at 2e-3 / 8e-3 / 1.6e-2 / 3e-2; the reconstruction kinds were measured best at 2e-3.
+KIND_LR = {"draem": 1.6e-2}
+DEFAULT_LR = 2e-3
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How the model is trained on the normal images."""
 
     epochs: int = 30
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = 0.0  # AdamW learning rate; 0: the model kind's own (KIND_LR)
     weight_decay: float = 1e-4
     min_steps_per_epoch: int = 20  # small datasets repeat their images to make an epoch
     patience: int = 6  # epochs without held-out improvement before stopping
@@ -69,10 +76,15 @@ class TrainConfig:
     # Most minutes of training (0: no limit): the epochs that fit are planned after the first.
     max_minutes: float = 0.0
 
+    def lr_for(self, kind: str) -> float:
+        """The learning rate that trains model `kind`: ``lr``, or the kind's default when it is 0."""
+        return self.lr or KIND_LR.get(kind, DEFAULT_LR)
+
     def __post_init__(self):
         require(1 <= self.epochs <= 100_000, "train.epochs", f"must be 1..100000, got {self.epochs}")
         require(2 <= self.batch_size <= 65_536, "train.batch_size", f"must be 2..65536, got {self.batch_size}")
-        require(0.0 < self.lr < 1.0, "train.lr", f"must be between 0 and 1, got {self.lr}")
+        require(0.0 <= self.lr < 1.0, "train.lr",
+                f"must be between 0 and 1 (0: the model kind's default), got {self.lr}")
         require(0.0 <= self.weight_decay < 1.0, "train.weight_decay", f"must be 0..1, got {self.weight_decay}")
         require(self.min_steps_per_epoch >= 1, "train.min_steps_per_epoch", "must be >= 1")
         require(self.patience >= 1, "train.patience", f"must be >= 1, got {self.patience}")

@@ -195,10 +195,10 @@ class DiscriminativeAutoencoder(nn.Module):
         base_channels = max(4, base_channels // self.WIDTH_DIVISOR)
         cap = max(base_channels, max_channels // self.WIDTH_DIVISOR)
         self.reconstructive = _EncoderDecoder(in_channels, in_channels, base_channels, cap, self.DEPTH, skips=False)
-        # The segmentation keeps full resolution in its first layers: at half resolution it found
-        # one-pixel scratches on generated surfaces far less often (AUROC about 0.7 against 0.9).
-        self.discriminative = _EncoderDecoder(2 * in_channels, 1, base_channels, cap, self.DEPTH, skips=True,
-                                              stem_stride=1)
+        # The segmentation works at half resolution too (its map is interpolated back): on generated
+        # surfaces with one-pixel scratches, 200 steps at the discriminative learning rate gave AUROC
+        # 0.93 in 28 s against 0.90 in 54 s with full-resolution first layers (2 CPU cores).
+        self.discriminative = _EncoderDecoder(2 * in_channels, 1, base_channels, cap, self.DEPTH, skips=True)
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         m = self.multiple

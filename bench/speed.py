@@ -105,7 +105,7 @@ def _tutorial(X, dev, epochs: int) -> float:
     cfg = TrainConfig()
     torch.manual_seed(0)
     model = build_model("ae", X.shape[1:], 32, 32, 256).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr_for("ae"), weight_decay=cfg.weight_decay)
     loader = torch.utils.data.DataLoader(ArrayImages(X), batch_size=64, shuffle=True)
     t0 = time.perf_counter()
     model.train()

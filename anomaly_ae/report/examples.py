@@ -1,4 +1,4 @@
-"""Example items in the report: original, reconstruction and error heat map side by side."""
+"""Example items in the report: original, reconstruction and heat map (error or defect probability) side by side."""
 
 from __future__ import annotations
 
@@ -78,12 +78,30 @@ def _heat_scale(examples: list[dict]) -> float:
     return float(np.percentile(values, 99.5)) if len(values) else 1.0
 
 
-def _legend(vmax: float, lut: np.ndarray, masks: bool) -> str:
+# What the heat map shows: the reconstruction error, or for the discriminative kind (draem) the
+# probability of a defect that its segmentation network outputs.
+_MAP_WORDS = {
+    "error": {"title": "error map", "legend": "Error map", "low": "no error", "high": "large error",
+              "meaning": "dark = well reconstructed, bright = large error",
+              "alt": "Error heat map over the image, {who}; brighter means larger error"},
+    "defect": {"title": "defect map", "legend": "Defect probability", "low": "looks normal",
+               "high": "likely a defect", "meaning": "dark = looks normal, bright = likely a defect",
+               "alt": "Defect-probability heat map over the image, {who}; brighter means more likely a defect"},
+}
+
+
+def map_words(kind: str | None) -> dict:
+    """The words that name the heat map of a model `kind`."""
+    return _MAP_WORDS["defect" if kind == "draem" else "error"]
+
+
+def _legend(vmax: float, lut: np.ndarray, masks: bool, words: dict) -> str:
     stops = ",".join("#%02x%02x%02x" % tuple(int(c) for c in lut[i]) for i in np.linspace(0, 255, 8).astype(int))
     outline = "; <strong>cyan outline</strong>: ground-truth defect region" if masks else ""
-    return (f'<p class="legend">Error map: 0 <span class="bar" role="img" aria-label="colour scale from dark '
-            f'(no error) to bright yellow (large error)" style="background:linear-gradient(to right,{stops})"></span> '
-            f'&ge; {vmax:.3g} (dark = well reconstructed, bright = large error){outline}.</p>')
+    return (f'<p class="legend">{words["legend"]}: 0 <span class="bar" role="img" aria-label="colour scale from '
+            f'dark ({words["low"]}) to bright yellow ({words["high"]})" '
+            f'style="background:linear-gradient(to right,{stops})"></span> '
+            f'&ge; {vmax:.3g} ({words["meaning"]}){outline}.</p>')
 
 
 def _truth(e: dict) -> str:
@@ -96,7 +114,7 @@ def _truth(e: dict) -> str:
     return ("anomalous" if e["is_anomaly"] else "normal") + cls
 
 
-def _card(e: dict, rank: int | None, n: int, shape: list[int], vmax: float, lut: np.ndarray) -> str:
+def _card(e: dict, rank: int | None, n: int, shape: list[int], vmax: float, lut: np.ndarray, words: dict) -> str:
     h, w, c = shape
     pixels = np.frombuffer(e["pixels"], np.uint8).reshape(h, w, c)
     recon = np.frombuffer(e["recon"], np.uint8).reshape(h, w, c)
@@ -105,9 +123,9 @@ def _card(e: dict, rank: int | None, n: int, shape: list[int], vmax: float, lut:
     imgs = example_panels(pixels, recon, error, mask, vmax, lut)
     who = f"item ranked {rank}" if rank else "item"
     alts = [f"Original image, {who}", f"Reconstruction by the autoencoder, {who}",
-            f"Error heat map over the image, {who}; brighter means larger error"
+            words["alt"].format(who=who)
             + ("; a cyan outline marks the ground-truth defect" if mask is not None else "")]
-    titles = ("original", "recon&shy;struction", "error map")
+    titles = ("original", "recon&shy;struction", words["title"])
     panels = "".join(f'<figure><img src="data:image/png;base64,{b}" alt="{escape(a)}">'
                      f"<figcaption>{t}</figcaption></figure>" for b, a, t in zip(imgs, alts, titles))
     decision = '<span class="tag">FLAGGED</span>' if e.get("flagged") else "not flagged"
@@ -121,7 +139,7 @@ def _card(e: dict, rank: int | None, n: int, shape: list[int], vmax: float, lut:
 
 
 def example_grid(data, kind: str) -> str:
-    """The top flagged (`kind` 'top') or borderline items, each as original, reconstruction and error map."""
+    """The top flagged (`kind` 'top') or borderline items, each as original, reconstruction and heat map."""
     run, s = data.run, data.scores
     threshold = run["threshold"]["threshold"]
     items = sorted((e for e in data.examples if e["kind"] == kind and (kind != "top" or e["flagged"])),
@@ -141,12 +159,12 @@ def example_grid(data, kind: str) -> str:
     if n_cal:
         intro += (f" p-value: the share of calibration images scoring at least as high (with {n_cal} calibration "
                   f"images it cannot go below {1 / (n_cal + 1):.3g}).")
-    lut, vmax = heat_lut(), _heat_scale(data.examples)
+    lut, vmax, words = heat_lut(), _heat_scale(data.examples), map_words(run.get("model", {}).get("kind"))
     ranks = dict(zip(s["image_id"].tolist(), s["rank"].tolist()))
     shape = run["model"]["image_shape"]
 
     def grid(group: list[dict]) -> str:
-        cards = "".join(_card(e, ranks.get(e["image_id"]), len(s["score"]), shape, vmax, lut) for e in group)
+        cards = "".join(_card(e, ranks.get(e["image_id"]), len(s["score"]), shape, vmax, lut, words) for e in group)
         size = "items big" if max(shape[:2]) >= 64 else "items"  # larger images get larger cards
         return f'<div class="{size}">{cards}</div>' if group else '<p class="muted">None.</p>'
 
@@ -155,4 +173,4 @@ def example_grid(data, kind: str) -> str:
         + grid([e for e in items if e["flagged"]])
         + f"<h3>Just below the threshold: not flagged ({sum(not e['flagged'] for e in items)})</h3>"
         + grid([e for e in items if not e["flagged"]]))
-    return f"<p>{intro}</p>" + _legend(vmax, lut, any(e.get("mask") for e in items)) + body
+    return f"<p>{intro}</p>" + _legend(vmax, lut, any(e.get("mask") for e in items), words) + body

@@ -113,7 +113,7 @@ def histogram_figure(groups: dict[str, np.ndarray], calibration: np.ndarray, thr
         ax.stairs(counts / len(calibration), bins, color="#222222", lw=2, ls="--",
                   label=f"calibration images ({len(calibration)}, held-out normals)")
     ax.axvline(threshold, color="#000000", lw=2, ls="-.", label=f"threshold {threshold:.4g}")
-    ax.set(xlabel="anomaly score (reconstruction error" + (", log scale)" if log else ")"),
+    ax.set(xlabel="anomaly score" + (" (log scale)" if log else ""),
            ylabel="share of the group's items per bin", title="Score distribution")
     if log:
         ax.set_xscale("log")

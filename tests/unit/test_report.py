@@ -252,3 +252,12 @@ def test_score_bins_go_logarithmic_only_across_decades():
     assert log
     bins, log = figures.score_bins(np.linspace(1, 2, 200))
     assert not log and bins[0] == 1 and bins[-1] == 2
+
+
+def test_heat_map_is_named_for_what_the_model_kind_maps():
+    from anomaly_ae.report.examples import _legend, heat_lut, map_words
+
+    defect, error = map_words("draem"), map_words("ae")
+    assert defect["title"] == "defect map" and error["title"] == "error map" and map_words(None) == error
+    assert "Defect probability" in _legend(0.9, heat_lut(), False, defect)
+    assert "large error" in _legend(0.9, heat_lut(), True, error) and "cyan" in _legend(0.9, heat_lut(), True, error)

@@ -167,7 +167,10 @@ def test_train_step_uses_the_train_split_only(mnist_model):
     data = ckpt["data"]
     assert data["split"] == "train" and data["n_train"] + data["n_calibration"] == 350
     assert ckpt["normal_classes"] == ["0"] and ckpt["threshold"]["n_calibration"] == 70
-    assert (mnist_model / "config.toml").exists()
+    from anomaly_ae.config import load_detector_config
+
+    written = load_detector_config(mnist_model / "config.toml")  # the rate that trained it, not "0: default"
+    assert written.train.lr == written.train.lr_for(ckpt["config"]["model"]["kind"]) > 0
 
 
 def test_calibrate_step_retargets_without_retraining(mnist_model, tmp_path):

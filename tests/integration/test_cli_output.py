@@ -75,7 +75,7 @@ def test_help_shows_plain_names_and_the_defaults():
     assert "Usage: anomaly-ae train [OPTIONS] DATASET" in text
     for noise in ("<bool>", "{dataset}", "<list[str]>", "[default: no-force]"):
         assert noise not in text, noise
-    assert "[default: 30]" in text and "[default: 0.002]" in text and "[default: 64]" in text
+    assert "[default: 30]" in text and "[default: 0.002; draem 0.016]" in text and "[default: 64]" in text
     assert "{source}" not in cli("ingest", "--help", COLUMNS="200").stdout
 
 

@@ -213,7 +213,8 @@ def train(
                                                       "are planned after the first (0: no limit) \\[default: 0].")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per step "
                                                    f"\\[default: {_TRAIN.batch_size}].")] = None,
-    lr: Annotated[float | None, typer.Option(help=f"AdamW learning rate \\[default: {DEFAULT_LR:g}; draem {KIND_LR['draem']:g}].")] = None,
+    lr: Annotated[float | None, typer.Option(help=f"AdamW learning rate \\[default: {DEFAULT_LR:g}; "
+                                             f"draem {KIND_LR['draem']:g}].")] = None,
     score: Annotated[str | None, typer.Option(help="Image score: mse, topk (smoothed top-k error) or ssim "
                                               f"\\[default: {_SCORE.method}].")] = None,
     target_fpr: Annotated[float | None, typer.Option(help="False-positive rate the threshold holds on normal images "

@@ -6,7 +6,6 @@ JSON-able summary. Steps never import prefect or typer.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -189,9 +188,7 @@ def _fit_into(tmp: Path, ds, config, rows: tuple, data: dict, classes: list[str]
             "fingerprint": data["fingerprint"], "split": data["split"], "n_train": len(fit),
             "n_calibration": len(cal), "train_sha256": _fingerprint(index["sha256"].take(fit).to_pylist())}
     det.save(tmp, preprocess=ds.meta["preprocess"], classes=ds.classes, normal_classes=classes, data=data)
-    if config.model.kind != "auto":  # the file says the rate that trained the model ("auto" re-chooses its kind)
-        config = dataclasses.replace(config, train=dataclasses.replace(config.train, lr=config.train.lr_for(config.model.kind)))
-    atomic_write_text(tmp / "config.toml", dump_toml(config.to_dict()))
+    atomic_write_text(tmp / "config.toml", dump_toml(config.as_trained().to_dict()))
 
 
 def _weights_config(config) -> dict:

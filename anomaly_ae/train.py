@@ -177,7 +177,8 @@ def train(model: ConvAutoencoder, data: torch.Tensor, val: torch.Tensor | None, 
     steps_per_epoch = max(math.ceil(n * per_image / batch), cfg.min_steps_per_epoch)
     model.to(memory_format=torch.channels_last)
     # The fused AdamW kernel updates every parameter in one pass (measured faster on CPU too).
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr_for(model_cfg.kind), weight_decay=cfg.weight_decay, fused=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr_for(model_cfg.kind), weight_decay=cfg.weight_decay,
+                            fused=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
     loss_fn = loss_for(model_cfg, cfg.seed)
     hist, best = History(device=str(device)), None

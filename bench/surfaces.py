@@ -25,7 +25,8 @@ def main(argv=None) -> None:
         t0 = time.perf_counter()
         det = AutoencoderDetector(_fast(kind, epochs=int(epochs), **options)).fit(train)
         fit = time.perf_counter() - t0
-        print(f"{spec:32s} AUROC {_auroc(det, ok, bad):.3f}  fit {fit:.1f} s  steps {det.history_['steps']}", flush=True)
+        auroc = _auroc(det, ok, bad)
+        print(f"{spec:32s} AUROC {auroc:.3f}  fit {fit:.1f} s  steps {det.history_['steps']}", flush=True)
 
 
 if __name__ == "__main__":

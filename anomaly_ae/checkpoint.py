@@ -7,7 +7,6 @@ with ``torch.load(..., weights_only=True)``: loading a model someone sent you ne
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import io
 import json
@@ -29,9 +28,6 @@ log = logging.getLogger(__name__)
 
 FORMAT = "anomaly-ae/checkpoint"
 FORMAT_VERSION = 1
-# Keys the detector rebuilds itself on save; everything else is caller metadata kept in meta_.
-DETECTOR_KEYS = {"format", "format_version", "state_dict", "config", "image_shape", "normalisation",
-                  "threshold", "calibration_scores", "history", "collapse", "versions", "created"}
 REQUIRED = ("format", "format_version", "state_dict", "config", "image_shape", "preprocess",
             "threshold", "calibration_scores", "history", "versions")
 # The largest checkpoint file read (8 GiB, far above any model anomaly-ae trains): a bigger file
@@ -64,20 +60,6 @@ def plain(obj):
     if isinstance(obj, (str, Path)):  # str subclasses (such as torch's version string) and paths
         return str(obj)
     raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint")
-
-
-def build_checkpoint(det, meta: dict) -> dict:
-    """The checkpoint dict of a fitted, calibrated detector plus `meta` (classes, data facts)."""
-    return plain({
-        "format": FORMAT, "format_version": FORMAT_VERSION,
-        "state_dict": {k: v.detach().cpu() for k, v in det.model_.state_dict().items()},
-        "config": det.config.to_dict(), "image_shape": list(det.shape_),
-        "normalisation": {"input_scale": 1.0 / 255.0, "input_offset": 0.0, "output": "sigmoid"},
-        "threshold": dict(det.threshold_info_),
-        "calibration_scores": torch.from_numpy(np.asarray(det.calibration_scores_, dtype=np.float64)),
-        "history": det.history_, "collapse": dict(det.collapse_), "versions": versions(),
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **meta,
-    })
 
 
 def write(folder: Path, ckpt: dict) -> Path:

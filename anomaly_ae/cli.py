@@ -1,5 +1,6 @@
-"""The `anomaly-ae` command line: thin commands over anomaly_ae.steps.
+"""The library's commands of the `anomaly-ae` command line: thin commands over anomaly_ae.steps.
 
+`flows.cli` adds the Prefect commands (run, serve, inbox) and is the installed entry point.
 torch, torchvision and prefect are imported inside the commands that need them, so
 ``anomaly-ae --help`` starts fast. A user error prints one line and exits with code 2.
 """
@@ -13,9 +14,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from typer.core import TyperCommand, TyperGroup
 
 from anomaly_ae import console
+from anomaly_ae.cliopts import Group, apply_help_style, detector_config, given, named_as_flags
 from anomaly_ae.config import DEFAULT_LR, KIND_LR, ModelConfig, ScoreConfig, ThresholdConfig, TrainConfig
 from anomaly_ae.console import err_console, out_console
 from anomaly_ae.errors import AnomalyAEError
@@ -23,34 +24,8 @@ from anomaly_ae.errors import AnomalyAEError
 log = logging.getLogger(__name__)
 
 
-class _HelpStyle:
-    """Help in the usual style: ``DATASET`` in the usage line (not ``{dataset}``), no ``<bool>``
-    type beside a flag and no ``[default: no-force]`` for a flag that is off unless given."""
-
-    def get_params(self, ctx):
-        params = super().get_params(ctx)
-        for param in params:
-            if getattr(param, "is_flag", False) and param.metavar is None:
-                param.metavar = ""
-                if param.default is False:
-                    param.show_default = False
-        return params
-
-    def collect_usage_pieces(self, ctx) -> list[str]:
-        pieces = super().collect_usage_pieces(ctx)
-        return [p[1:-1].upper() if p.startswith("{") and p.endswith("}") else p for p in pieces]
-
-
-class _Command(_HelpStyle, TyperCommand):
-    """A command with anomaly-ae's help style."""
-
-
-class _Group(_HelpStyle, TyperGroup):
-    """The command group with anomaly-ae's help style."""
-
-
 app = typer.Typer(
-    name="anomaly-ae", no_args_is_help=True, add_completion=False, rich_markup_mode="rich", cls=_Group,
+    name="anomaly-ae", no_args_is_help=True, add_completion=False, rich_markup_mode="rich", cls=Group,
     help="Image anomaly detection with convolutional autoencoders: ingest images into Parquet, "
          "train on normal images, calibrate a threshold, score new batches and report.",
 )
@@ -94,10 +69,14 @@ def ingest(
                                                      "Default: the images' own size when they all agree "
                                                      "(up to 1024), else 256x256.")] = None,
     channels: Annotated[str | None, typer.Option(help="L (gray) or RGB. Default: L when every image is gray.")] = None,
-    resize: Annotated[str, typer.Option(help="Resize method: bilinear, bicubic, area, lanczos, nearest.")] = "bilinear",
+    resize: Annotated[str | None, typer.Option(help="Resize method: bilinear, bicubic, area, lanczos, nearest "
+                                                    "\\[default: bilinear].")] = None,
+    crop: Annotated[str | None, typer.Option(metavar="TOP,LEFT,HEIGHT,WIDTH", help="Keep only this region of "
+                                             "every image (source pixels, cut before resizing); scoring cuts "
+                                             "the same region.")] = None,
     test_fraction: Annotated[float | None, typer.Option(help="For data without splits: share of each class "
                                                                 "marked 'test' (seeded).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the --test-fraction split.")] = 0,
+    seed: Annotated[int | None, typer.Option(help="Seed of the --test-fraction split \\[default: 0].")] = None,
     max_pixels: Annotated[int | None, typer.Option(min=1, help="Reject images with more pixels than this "
                                                            "(decompression-bomb guard; at least 1) "
                                                            "\\[default: 64,000,000].")] = None,
@@ -112,12 +91,13 @@ def ingest(
     """
     console.setup_logging(verbose)
     from anomaly_ae import steps
+    from anomaly_ae.config import IngestConfig
 
+    config = given(IngestConfig, locals())
     out = out or Path("data") / "datasets" / _default_name(source)
     with console.progress("ingest") as update:
-        summary = steps.ingest(source, out, root=root, download=download, size=size, channels=channels,
-                               resize=resize, test_fraction=test_fraction, seed=seed, max_pixels=max_pixels,
-                               workers=workers, overwrite=overwrite, force=force, progress=update)
+        summary = steps.ingest(source, out, config, root=root, download=download, workers=workers,
+                               overwrite=overwrite, force=force, progress=update)
     if as_json:
         return console.print_json(summary)
     counts = summary["counts"]
@@ -167,20 +147,6 @@ def info(
             out_console.print(f"... and {len(s['rejects']) - 50} more (use --json for all).")
 
 
-def _detector_config(config: Path | None, **overrides):
-    """DetectorConfig from defaults, a pipeline/config TOML file, then command-line overrides."""
-    import dataclasses
-
-    from anomaly_ae.config import DetectorConfig, load_detector_config
-
-    cfg = load_detector_config(config) if config else DetectorConfig()
-    for section, values in overrides.items():
-        values = {k: v for k, v in values.items() if v is not None}
-        if values:
-            cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **values)})
-    return cfg
-
-
 def _model_info(path: Path, as_json: bool) -> None:
     """`info` on a model folder: its kind, how it was chosen, training and threshold."""
     from anomaly_ae import steps
@@ -198,7 +164,7 @@ def train(
                                                         help="A normal class (name or label); "
                                                         "repeat for several. Default: 'good' when present.")] = None,
     out: Annotated[Path | None, typer.Option(help="Model folder \\[default: data/models/<dataset>-<normal>].")] = None,
-    model: Annotated[str | None, typer.Option(help="ae (classic), denoising, vae, draem (learns to outline "
+    kind: Annotated[str | None, typer.Option("--model", help="ae (classic), denoising, vae, draem (learns to outline "
                                               "simulated defects: for subtle defects on textured surfaces) or auto "
                                               "(trains ae and draem, keeps the one that best finds simulated defects "
                                               "in held-back training images) \\[default: ae].")] = None,
@@ -215,7 +181,7 @@ def train(
                                                    f"\\[default: {_TRAIN.batch_size}].")] = None,
     lr: Annotated[float | None, typer.Option(help=f"AdamW learning rate \\[default: {DEFAULT_LR:g}; "
                                              f"draem {KIND_LR['draem']:g}].")] = None,
-    score: Annotated[str | None, typer.Option(help="Image score: mse, topk (smoothed top-k error) or ssim "
+    method: Annotated[str | None, typer.Option("--score", help="Image score: mse, topk (smoothed top-k error) or ssim "
                                               f"\\[default: {_SCORE.method}].")] = None,
     target_fpr: Annotated[float | None, typer.Option(help="False-positive rate the threshold holds on normal images "
                                                      f"\\[default: {_THRESHOLD.target_fpr:g}].")] = None,
@@ -240,17 +206,13 @@ def train(
     console.setup_logging(verbose)
     from anomaly_ae import steps
 
-    cfg = _detector_config(
-        config, model={"kind": model, "latent_dim": latent_dim, "tile": tile},
-        train={"epochs": epochs, "max_minutes": max_minutes, "batch_size": batch_size, "lr": lr,
-               "calib_fraction": calib_fraction,
-               "val_fraction": val_fraction, "seed": seed, "device": device, "allow_collapsed": allow_collapsed or None},
-        score={"method": score}, threshold={"target_fpr": target_fpr})
-    _warn_untiled(dataset, cfg.model.tile)
-    out = out or Path("data") / "models" / f"{Path(dataset).name}-{'-'.join(normal or ['good'])}"
-    with console.progress("train") as update:
-        s = steps.train(dataset, out, normal=normal, config=cfg, overwrite=overwrite, force=force,
-                        resume=resume, progress=update)
+    with named_as_flags(train, config):
+        cfg = detector_config(config, locals())
+        _warn_untiled(dataset, cfg.model.tile)
+        out = out or Path("data") / "models" / f"{Path(dataset).name}-{'-'.join(normal or ['good'])}"
+        with console.progress("train") as update:
+            s = steps.train(dataset, out, normal=normal, config=cfg, overwrite=overwrite, force=force,
+                            resume=resume, progress=update)
     if as_json:
         return console.print_json(s)
     verb = "is up to date (use --force to train again)" if s["cached"] else "trained"
@@ -312,13 +274,13 @@ def score(
 ) -> None:
     """Score a folder or dataset: every item's score, the flagged items, metrics when labels are known."""
     console.setup_logging(verbose)
-    import datetime as dt
-
     from anomaly_ae import steps
+    from anomaly_ae.runid import new_run_id
 
-    out = out or Path("data") / "runs" / f"{_default_name(str(input))}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    run_id = new_run_id()
+    out = out or Path("data") / "runs" / f"{_default_name(str(input))}-{run_id}"
     with console.progress("score") as update:
-        s = steps.score(input, model, out, threshold=threshold, target_fpr=target_fpr, split=split,
+        s = steps.score(input, model, out, run_id=run_id, threshold=threshold, target_fpr=target_fpr, split=split,
                         batch_size=batch_size, workers=workers, device=device, report=report,
                         overwrite=overwrite, progress=update)
     if as_json:
@@ -360,61 +322,4 @@ def report(
     out_console.print(f"Report written: {path}")
 
 
-Pipeline = Annotated[Path, typer.Argument(help="A pipeline file (pipelines/*.toml).")]
-TaskRunner = Annotated[str, typer.Option(help="local (one process) or dask (fan scoring out over partitions).")]
-DaskAddress = Annotated[str | None, typer.Option(help="An existing Dask scheduler \\[default: a local cluster].")]
-
-
-@app.command()
-def run(
-    pipeline: Pipeline,
-    force: Annotated[bool, typer.Option(help="Redo ingest and training even when up to date.")] = False,
-    task_runner: TaskRunner = "local", dask_address: DaskAddress = None,
-    as_json: Json = False, verbose: Verbose = False,
-) -> None:
-    """Run a pipeline (ingest, train, calibrate, score, report) as one Prefect flow run."""
-    console.setup_logging(verbose)
-    from flows import entry
-
-    s = entry.run(str(pipeline), force=force, task_runner=task_runner, dask_address=dask_address)
-    if as_json:
-        return console.print_json(s)
-    out_console.print(f"Flow run {s['flow_run_id']}: {s['state']}")
-    if s.get("score"):
-        console.print_score_summary(s["score"])
-
-
-@app.command()
-def serve(pipeline: Pipeline, verbose: Verbose = False) -> None:
-    """Serve a pipeline's deployments on their schedules until Ctrl-C (starts a local Prefect server
-    when PREFECT_API_URL is not set)."""
-    console.setup_logging(verbose)
-    from flows import entry
-
-    entry.serve(str(pipeline))
-
-
-@app.command()
-def inbox(
-    pipeline: Pipeline, task_runner: TaskRunner = "local", dask_address: DaskAddress = None,
-    as_json: Json = False, verbose: Verbose = False,
-) -> None:
-    """Score the files that arrived in a pipeline's inbox since its last run, each exactly once."""
-    console.setup_logging(verbose)
-    from flows import entry
-
-    s = entry.inbox(str(pipeline), task_runner=task_runner, dask_address=dask_address)
-    if as_json:
-        return console.print_json(s)
-    out_console.print(f"Flow run {s['flow_run_id']}: {s['state']}")
-    details = {k: v for k, v in s.items() if k not in ("flow_run_id", "state", "completed")}
-    console.print_json(details)
-
-
-for _info in app.registered_commands:  # every command gets the help style, whoever declared it
-    if _info.cls in (None, TyperCommand):
-        _info.cls = _Command
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
+apply_help_style(app)

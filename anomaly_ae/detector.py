@@ -10,30 +10,27 @@ Images are uint8 arrays (n, height, width, channels). Fitted attributes end in `
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
+from anomaly_ae import collapse
+from anomaly_ae.arrays import check_images, split_validation
 from anomaly_ae.config import DetectorConfig
+from anomaly_ae.device import as_float, autocast, resolve_device, to_device_uint8
 from anomaly_ae.errors import ConfigError, DataError, ModelError
 from anomaly_ae.measures import anomaly_map, blur, image_scores
 from anomaly_ae.models import build_model
+from anomaly_ae.runid import utc_now
 from anomaly_ae.threshold import check_fpr, conformal_threshold, p_values
 from anomaly_ae.tiles import TILES_PER_IMAGE, grid_tiles, is_tiled, reconstruct, tile_shape
-from anomaly_ae.train import as_float, autocast, resolve_device, to_device_uint8, train
+from anomaly_ae.train import train
 
 log = logging.getLogger(__name__)
 
-# A model whose reconstructions vary across images by less than this share of the inputs'
-# own variation outputs (nearly) one image whatever the input: it has collapsed.
-COLLAPSE_SPREAD = 0.05
-# ...and whose reconstructions beat the mean image by less than this share of its error.
-COLLAPSE_GAIN = 0.05
-# Images whose pixels vary across the set by less than this (std, on a 0..1 scale) are "all
-# alike": measured 0.02-0.07 on paper-surface images, 0.17 on handwritten digits.
-ALIKE_SPREAD = 0.08
 SCORE_BATCH = 256
 # Pixels per scoring batch of the discriminative kind (whole images through two U-Nets).
 SEGMENT_BATCH_PIXELS = 2**20
@@ -46,22 +43,12 @@ DRAEM_CROPS_PER_IMAGE = 2
 # generated surfaces with one-pixel scratches the peak of the map scored AUROC 0.79-0.81 against
 # 0.72-0.74 for 1% of a 64-pixel crop.
 DRAEM_SCORE_AREA = 256
-# Pixels of the sample the collapse check reconstructs (512 images of 128 x 128; fewer when larger).
-COLLAPSE_SAMPLE_PIXELS = 512 * 128 * 128
 
 
-_NOT_CHECKED = {"spread_ratio": None, "gain_over_mean": None, "input_spread": None, "near_constant": False,
-                "collapsed": False}
+# Checkpoint keys the detector writes itself; everything else is caller metadata kept in meta_.
+DETECTOR_KEYS = {"format", "format_version", "state_dict", "config", "image_shape", "normalisation",
+                 "threshold", "calibration_scores", "history", "collapse", "versions", "created"}
 
-
-def split_validation(images: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """(training images, early-stopping images): a seeded `fraction` of `images` held back, or
-    (images, None) when that would leave fewer than 1 held back or 2 to train on."""
-    n_val = int(round(fraction * len(images)))
-    if n_val < 1 or len(images) - n_val < 2:
-        return images, None
-    perm = np.random.default_rng(seed + 1).permutation(len(images))
-    return images[np.sort(perm[n_val:])], images[np.sort(perm[:n_val])]
 
 
 class AutoencoderDetector:
@@ -83,19 +70,22 @@ class AutoencoderDetector:
             ModelError: training diverged, or the model collapsed to one output (unless
                 ``train.allow_collapsed``).
         """
-        images = _check_images(images)
+        images = check_images(images)
         cfg = self.config
         if cfg.model.kind == "auto":
-            return self._fit_auto(images, validation, progress=progress, state_path=state_path, resume=resume)
+            from anomaly_ae.selection import fit_auto
+
+            return fit_auto(self, images, validation, progress=progress, state_path=state_path, resume=resume)
         self.device_ = resolve_device(cfg.train.device)
         self.shape_ = tuple(int(v) for v in images.shape[1:])
+        self.tile_ = self._scoring_tile()
         torch.manual_seed(cfg.train.seed)
         m = cfg.model
         self.model_ = self._build_model().to(self.device_)
         if validation is None:
             images, validation = split_validation(images, cfg.train.val_fraction, cfg.train.seed)
         data = to_device_uint8(images, self.device_)
-        val = to_device_uint8(_check_images(validation, self.shape_), self.device_) if validation is not None else None
+        val = to_device_uint8(check_images(validation, self.shape_), self.device_) if validation is not None else None
         tile = self._training_tile()
         if val is not None and tile:
             val = grid_tiles(val, *tile)
@@ -105,46 +95,22 @@ class AutoencoderDetector:
         train_mean = images.mean(axis=0, dtype=np.float64).astype(np.float32) / 255.0
         # The discriminative kind scores its defect map, not its reconstruction: a reconstruction
         # near one image does not make its scores distances to one image.
-        self.collapse_ = (dict(_NOT_CHECKED) if self._segments else
+        self.collapse_ = (collapse.not_checked() if self._segments else
                           self._collapse_check(validation if validation is not None else images, train_mean))
-        if self.collapse_["near_constant"] and not self.collapse_["collapsed"]:
-            log.warning("the reconstructions are close to one image for every input; the training images are "
-                        "much alike (a uniform surface?), so scores measure how far an image departs from the "
-                        "typical one")
-        if self.collapse_["collapsed"] and not cfg.train.allow_collapsed:
-            raise ModelError(
-                "The model collapsed: its reconstructions barely depend on the input "
-                f"(spread {self.collapse_['spread_ratio']:.3f} of the inputs') and are no better than the mean image "
-                f"(gain {self.collapse_['gain_over_mean']:.3f}), so its scores would only measure distance to one "
-                "average image. Try more epochs, a larger --latent-dim, a lower "
-                "--lr or more normal images; pass --allow-collapsed to keep it anyway."
-            )
-        return self
-
-    def _fit_auto(self, images: np.ndarray, validation: np.ndarray | None, **fit_options) -> AutoencoderDetector:
-        """Train every candidate kind and become the one that best finds simulated defects in the
-        early-stopping images (anomaly_ae.selection); ``meta_["selection"]`` says why."""
-        from anomaly_ae.selection import choose
-        from anomaly_ae.selection import describe as _candidate
-
-        if validation is None:
-            images, validation = split_validation(images, self.config.train.val_fraction, self.config.train.seed)
-        if validation is None:
-            raise ModelError("--model auto chooses on held-back training images, but there are too few images "
-                             "(or val_fraction is 0) to hold any back. Choose a model kind, or add images.")
-        validation = _check_images(validation, images.shape[1:])
-        chosen, record = choose(type(self), self.config, images, validation, **fit_options)
-        log.info("auto chose %s: %s", record["chosen"], ", ".join(
-            _candidate(c) for c in record["candidates"]))
-        self.__dict__.update(chosen.__dict__)
-        self.meta_ = {**getattr(self, "meta_", {}), "selection": record}
+        collapse.judge(self.collapse_, cfg.train.allow_collapsed)
         return self
 
     def _build_model(self):
         """The network for this configuration and image shape (tile-sized for tiled models)."""
-        m = self.config.model
         th, tw = self._training_tile() or self.shape_[:2]
-        return build_model(m.kind, (th, tw, self.shape_[2]), m.latent_dim, m.base_channels, m.max_channels)
+        return build_model(self.config.model, (th, tw, self.shape_[2]))
+
+    def _scoring_tile(self) -> tuple[int, int] | None:
+        """(height, width) of the tiles the model reconstructs images from, or None for whole images
+        (the discriminative kind, being fully convolutional, always scores whole images)."""
+        if self._segments or not is_tiled(self.shape_, self.config.model.tile):
+            return None
+        return tile_shape(self.shape_, self.config.model.tile)
 
     @property
     def _segments(self) -> bool:
@@ -154,8 +120,9 @@ class AutoencoderDetector:
 
     def _training_tile(self) -> tuple[int, int] | None:
         """(height, width) of the random crops training draws, or None for whole images."""
-        m = self.config.model
-        size = m.tile or (DRAEM_CROP if self._segments else 0)
+        if not self._segments:
+            return self.tile_
+        size = self.config.model.tile or DRAEM_CROP
         return tile_shape(self.shape_, size) if is_tiled(self.shape_, size) else None
 
     def _score_area(self) -> int:
@@ -164,56 +131,26 @@ class AutoencoderDetector:
         DRAEM_SCORE_AREA (its map is near zero off a defect, so the score is the defect's peak)."""
         if self._segments:
             return DRAEM_SCORE_AREA
-        th, tw = tile_shape(self.shape_, self.config.model.tile)
+        th, tw = self.tile_ or self.shape_[:2]
         return th * tw
 
     def _collapse_check(self, images: np.ndarray, train_mean: np.ndarray | None = None) -> dict:
-        """Is the model just drawing one image whatever the input?
-
-        Near-constant output shows two ways together: reconstructions vary across images much
-        less than the inputs do, and they beat the training images' mean image by little. That
-        is a collapse when the images themselves vary (objects, digits); on images that are all
-        alike (a uniform surface) the mean image is a fair reconstruction and deviations from it
-        are what the scores should measure, so it is only noted.
-        """
-        sample = images[: int(np.clip(COLLAPSE_SAMPLE_PIXELS // (images.shape[1] * images.shape[2]), 16, 512))]
-        if len(sample) < 2:
-            return dict(_NOT_CHECKED)
-        x_all = sample.astype(np.float32) / 255.0
-        mean = x_all.mean(axis=0) if train_mean is None else train_mean
-        # Batch by batch: per-pixel sums for the spread of the reconstructions, and both errors.
-        r_sum = r_sq = 0.0
-        err_model = err_mean = 0.0
-        lo = 0  # batches may hold fewer than SCORE_BATCH images (tiled models)
-        for _, recon, _ in self._batches(sample, details=True):
-            x = x_all[lo: lo + len(recon)]
-            lo += len(recon)
-            r64 = recon.astype(np.float64)
-            r_sum, r_sq = r_sum + r64.sum(axis=0), r_sq + (r64 ** 2).sum(axis=0)
-            err_model += float(((x - recon) ** 2).sum())
-            err_mean += float(((x - mean) ** 2).sum())
-        n = len(sample)
-        spread_out = float(np.sqrt(np.maximum(r_sq / n - (r_sum / n) ** 2, 0.0)).mean())
-        spread_in = float(x_all.std(axis=0).mean())
-        ratio = spread_out / spread_in if spread_in > 1e-8 else 1.0
-        gain = 1.0 - err_model / err_mean if err_mean > 1e-12 else 1.0
-        near_constant = bool(ratio < COLLAPSE_SPREAD and gain < COLLAPSE_GAIN)
-        return {"spread_ratio": ratio, "gain_over_mean": gain, "input_spread": spread_in,
-                "near_constant": near_constant, "collapsed": near_constant and spread_in >= ALIKE_SPREAD}
+        """How close the model comes to drawing one image whatever the input (anomaly_ae.collapse)."""
+        return collapse.measure(self._batches, images, train_mean)
 
     # -- scoring -------------------------------------------------------------------------
     def _batches(self, images: np.ndarray, batch_size: int = SCORE_BATCH, details: bool = False) -> Iterator[tuple]:
         """(scores, reconstructions (n,h,w,c) float, maps (n,h,w) float) per batch; without
         `details` only the scores come back to the CPU (the others are None)."""
         self._require_fitted()
-        images = _check_images(images, self.shape_)
+        images = check_images(images, self.shape_)
         s = self.config.score
-        tile = tile_shape(self.shape_, self.config.model.tile)
+        tile = self.tile_ or self.shape_[:2]
         area = self._score_area()
         pixels = self.shape_[0] * self.shape_[1]
         if self._segments:
             batch_size = max(1, min(batch_size, SEGMENT_BATCH_PIXELS // pixels))
-        elif is_tiled(self.shape_, self.config.model.tile):
+        elif self.tile_:
             # About 4 overlapping tiles per tile of image: fewer images per batch.
             batch_size = max(1, min(batch_size, SCORE_BATCH * area // (4 * pixels)))
         self.model_.eval()
@@ -257,6 +194,10 @@ class AutoencoderDetector:
     def calibrate_scores(self, scores: np.ndarray, target_fpr: float | None = None) -> AutoencoderDetector:
         """Set `threshold_` from scores of held-out normal images."""
         fpr = check_fpr(target_fpr if target_fpr is not None else self.config.threshold.target_fpr)
+        # The configuration says the rate the threshold holds: a model saved now, and a retrain from
+        # its config.toml, keep the new target.
+        self.config = dataclasses.replace(self.config, threshold=dataclasses.replace(self.config.threshold,
+                                                                                      target_fpr=fpr))
         self.calibration_scores_ = np.asarray(scores, dtype=np.float64)
         self.threshold_info_ = conformal_threshold(self.calibration_scores_, fpr)
         self.threshold_ = self.threshold_info_["threshold"]
@@ -265,6 +206,24 @@ class AutoencoderDetector:
                         "guaranteed is %.3g, above the target %.3g", self.threshold_info_["n_calibration"],
                         1 / (self.threshold_info_["n_calibration"] + 1), fpr)
         return self
+
+    def operating_point(self, threshold: float | None = None, target_fpr: float | None = None) -> dict:
+        """The threshold a scoring run flags at, without changing the detector: the calibrated one,
+        a fixed `threshold` (with the share of calibration scores above it), or the conformal
+        threshold of another `target_fpr` over the same calibration scores."""
+        if not hasattr(self, "calibration_scores_"):
+            raise ModelError("The detector is not calibrated: call calibrate() first.")
+        if threshold is not None and target_fpr is not None:
+            raise DataError("Give either a fixed threshold or a target false-positive rate, not both.")
+        if threshold is not None:
+            if not np.isfinite(threshold):
+                raise DataError(f"The threshold must be a finite number, got {threshold}.")
+            return {"threshold": float(threshold), "method": "fixed", "target_fpr": None,
+                    "calibration_fpr": float((self.calibration_scores_ > threshold).mean()),
+                    "n_calibration": len(self.calibration_scores_)}
+        if target_fpr is not None:
+            return conformal_threshold(self.calibration_scores_, check_fpr(target_fpr))
+        return dict(self.threshold_info_)
 
     def p_values(self, scores: np.ndarray) -> np.ndarray:
         """Conformal p-values of scores against the calibration scores."""
@@ -287,13 +246,28 @@ class AutoencoderDetector:
         self._require_fitted()
         if not hasattr(self, "threshold_"):
             raise ModelError("Calibrate the detector before saving it: a model without a threshold cannot flag.")
-        clash = sorted(set(meta) & checkpoint.DETECTOR_KEYS)
+        clash = sorted(set(meta) & DETECTOR_KEYS)
         if clash:
             raise ModelError(f"save() sets {', '.join(clash)} itself; pass other metadata only.")
         h, w, c = self.shape_
         default = {"preprocess": {"height": h, "width": w, "channels": "L" if c == 1 else "RGB", "resize": "bilinear"}}
         self.meta_ = {**default, **getattr(self, "meta_", {}), **meta}
-        return checkpoint.write(Path(folder), checkpoint.build_checkpoint(self, self.meta_))
+        return checkpoint.write(Path(folder), self.to_checkpoint())
+
+    def to_checkpoint(self) -> dict:
+        """The checkpoint dict of this fitted, calibrated detector and its metadata (`meta_`)."""
+        from anomaly_ae.checkpoint import FORMAT, FORMAT_VERSION, plain, versions
+
+        return plain({
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "state_dict": {k: v.detach().cpu() for k, v in self.model_.state_dict().items()},
+            "config": self.config.to_dict(), "image_shape": list(self.shape_),
+            "normalisation": {"input_scale": 1.0 / 255.0, "input_offset": 0.0, "output": "sigmoid"},
+            "threshold": dict(self.threshold_info_),
+            "calibration_scores": torch.from_numpy(np.asarray(self.calibration_scores_, dtype=np.float64)),
+            "history": self.history_, "collapse": dict(self.collapse_), "versions": versions(),
+            "created": utc_now(), **self.meta_,
+        })
 
     @classmethod
     def load(cls, path, device: str = "auto") -> AutoencoderDetector:
@@ -305,8 +279,6 @@ class AutoencoderDetector:
     @classmethod
     def from_checkpoint(cls, ckpt: dict, device: str = "auto") -> AutoencoderDetector:
         """A ready detector from a checkpoint dict (as `anomaly_ae.checkpoint.read` returns it)."""
-        from anomaly_ae.checkpoint import DETECTOR_KEYS
-
         try:
             cfg = DetectorConfig.from_dict(ckpt["config"])
         except (ConfigError, TypeError) as exc:
@@ -314,6 +286,7 @@ class AutoencoderDetector:
         det = cls(cfg)
         det.device_ = resolve_device(device)
         det.shape_ = tuple(int(v) for v in ckpt["image_shape"])
+        det.tile_ = det._scoring_tile()
         det.model_ = det._build_model()
         try:
             det.model_.load_state_dict(ckpt["state_dict"])
@@ -332,12 +305,3 @@ class AutoencoderDetector:
     def _require_fitted(self) -> None:
         if not hasattr(self, "model_"):
             raise ModelError("The detector is not fitted: call fit() or load a checkpoint first.")
-
-
-def _check_images(images, shape: tuple | None = None) -> np.ndarray:
-    a = np.asarray(images)
-    if a.dtype != np.uint8 or a.ndim != 4:
-        raise DataError(f"Images must be a uint8 array (n, height, width, channels), got {a.dtype} {a.shape}.")
-    if shape is not None and tuple(a.shape[1:]) != tuple(shape):
-        raise DataError(f"Images are {a.shape[1:]} but the model expects {tuple(shape)} (height, width, channels).")
-    return a

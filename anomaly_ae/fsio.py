@@ -1,17 +1,16 @@
-"""Files and folders that are never seen half-written, and locks that keep runs apart.
+"""Files and folders that are never seen half-written.
 
 Everything is written under a hidden temporary name (``.<name>.tmp-<pid>-<rand>``) in the
 destination folder and renamed into place when complete, so a reader sees the old version or
 the new one, never a mixture. Temporaries left by killed processes are removed by the next run.
 An existing folder is replaced only when it is of the kind being written (FOLDER_KINDS) and is not
-what the command reads; a full disk is reported as NoSpaceError, with the temporary removed.
+what the command reads; a full disk is reported as NoSpaceError (anomaly_ae.diskfull), with the
+temporary removed. Locks that keep runs apart are anomaly_ae.locks'.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -22,11 +21,8 @@ import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from anomaly_ae.errors import BusyError, DataError, NoSpaceError
-
-# Lock descriptors this process holds; forked workers close their copies (close_inherited_locks),
-# so a lock is released as soon as its holder dies, not when its last worker does.
-_HELD_FDS: set[int] = set()
+from anomaly_ae.diskfull import no_space, raise_if_no_space
+from anomaly_ae.errors import DataError, NoSpaceError
 
 _TMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[0-9a-f]+$")
 # Temporaries carry a short hash of the host name: a process id means nothing on another machine
@@ -43,11 +39,6 @@ FOLDER_KINDS = {
                                             "ledger.parquet", "inbox.json"}),
 }
 KIND_NAMES = {"dataset": "dataset", "model": "model folder", "run": "run folder"}
-_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
-# torch.save writing to a file reports a failed write only as a RuntimeError with these words;
-# it is taken for a full disk when the disk is then (nearly) full.
-_TORCH_WRITE_FAILED = ("unexpected pos", "file write failed", "PytorchStreamWriter failed")
-_NEARLY_FULL_BYTES = 2**20
 
 
 def temp_name(path: Path) -> Path:
@@ -157,7 +148,7 @@ def atomic_dir(final: Path | str, *, overwrite: bool = False, kind: str | None =
         _refuse_existing(final, overwrite, kind, protect)  # someone may have finished first
         _swap_in(tmp, final)
     except NoSpaceError:
-        raise _no_space(final) from None  # name the folder, not a file inside its temporary
+        raise no_space(final) from None  # name the folder, not a file inside its temporary
     except BaseException as exc:
         raise_if_no_space(exc, final, probe=tmp)
         raise
@@ -227,56 +218,6 @@ def describe(path: Path | str) -> str:
     return f"{len(names)} {'entry' if len(names) == 1 else 'entries'} ({sample})"
 
 
-def raise_if_no_space(exc: BaseException, path: Path | str, *, probe: Path | str | None = None) -> None:
-    """Raise NoSpaceError naming `path` when `exc` means the disk is full (`probe`: where to look)."""
-    if isinstance(exc, OSError):
-        full = exc.errno in _NO_SPACE or "No space left on device" in str(exc)
-    elif isinstance(exc, RuntimeError) and any(s in str(exc) for s in _TORCH_WRITE_FAILED):
-        full = _free_bytes(Path(probe or path)) < _NEARLY_FULL_BYTES
-    else:
-        full = False
-    if full:
-        raise _no_space(Path(path)) from None
-
-
-def _no_space(path: Path) -> NoSpaceError:
-    return NoSpaceError(f"No space left on {_device(path)} while writing {path}; nothing was kept. "
-                        "Free some space there, or write to another disk.")
-
-
-def _existing(path: Path) -> Path:
-    path = Path(os.path.abspath(path))
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def _free_bytes(path: Path) -> int:
-    """Bytes this process may still write on the filesystem holding `path`."""
-    try:
-        st = os.statvfs(_existing(path))
-    except OSError:
-        return 2**63
-    return (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
-
-
-def _device(path: Path) -> str:
-    """The filesystem holding `path`, in words: 'the device /dev/sda1 (mounted at /home)'."""
-    mount = _existing(path)
-    with contextlib.suppress(OSError):
-        dev = os.stat(mount).st_dev
-        while mount != mount.parent and os.stat(mount.parent).st_dev == dev:
-            mount = mount.parent
-    source = None
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            fields, rest = line.split(" - ", 1)
-            point = fields.split()[4].encode().decode("unicode_escape")
-            if point == str(mount):
-                source = rest.split()[1]
-    return f"the device {source} (mounted at {mount})" if source else f"the disk mounted at {mount}"
-
-
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -307,94 +248,3 @@ def remove_stale_temps(folder: Path) -> int:
     return removed
 
 
-# Tries to take a lock whose file its holder keeps replacing (each try is immediate).
-LOCK_ATTEMPTS = 20
-
-
-class FileLock:
-    """An exclusive, non-blocking lock on `path` (flock); released when the holder dies.
-
-    Raises:
-        BusyError: on enter, when another process holds the lock.
-    """
-
-    def __init__(self, path: Path | str, what: str):
-        self.path = Path(path)
-        self.what = what
-        self._fd: int | None = None
-
-    def __enter__(self) -> FileLock:
-        for _ in range(LOCK_ATTEMPTS):
-            fd = self._open()
-            self._lock(fd)
-            if self._still_at_path(fd):
-                break
-            # The holder removed the file as it let go: this lock is on a file nobody else
-            # will look at; take the one at the path now.
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-        else:
-            raise BusyError(f"{self.what}: its lock {self.path} kept changing hands; try again.")
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
-        except BaseException as exc:
-            # Unlock before failing: a descriptor left locked makes every later run of this
-            # process report the folder busy.
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-            raise_if_no_space(exc, self.path)
-            raise
-        self._fd = fd
-        _HELD_FDS.add(fd)
-        return self
-
-    def _open(self) -> int:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise_if_no_space(exc, self.path)
-            raise
-
-    def _still_at_path(self, fd: int) -> bool:
-        try:
-            here = os.stat(self.path)
-        except FileNotFoundError:
-            return False
-        mine = os.fstat(fd)
-        return (here.st_ino, here.st_dev) == (mine.st_ino, mine.st_dev)
-
-    def _lock(self, fd: int) -> None:
-        """Take the lock on `fd`, or close it and raise BusyError naming the holder."""
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "another process"
-            os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise BusyError(
-                    f"{self.what} is in use by process {holder} (lock {self.path}). "
-                    "Wait for that run to finish, or use another output folder."
-                ) from None
-            raise
-
-    def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            _HELD_FDS.discard(self._fd)
-            # Removed while still held, so no lock file outlives its run; a process that opened
-            # it meanwhile sees it gone once it holds the lock, and takes a fresh one.
-            with contextlib.suppress(FileNotFoundError):
-                if self._still_at_path(self._fd):
-                    os.unlink(self.path)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-
-def close_inherited_locks() -> None:
-    """In a forked child: drop the copies of the parent's lock descriptors (never unlocking them)."""
-    for fd in list(_HELD_FDS):
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _HELD_FDS.clear()

@@ -53,6 +53,7 @@ class Preprocess:
     width: int
     channels: str = "L"
     resize: str = "bilinear"
+    crop: tuple[int, int, int, int] | None = None  # (top, left, height, width) cut out before resizing
 
     def __post_init__(self):
         if self.channels not in ("L", "RGB"):
@@ -63,6 +64,8 @@ class Preprocess:
             )
         if not (1 <= self.height <= 8192 and 1 <= self.width <= 8192):
             raise ConfigError(f"image size must be within 1..8192, got {self.height}x{self.width}.")
+        if self.crop is not None and (len(self.crop) != 4 or min(self.crop[:2]) < 0 or min(self.crop[2:]) < 1):
+            raise ConfigError(f"crop must be (top, left, height, width) with height and width >= 1, got {self.crop}.")
 
     @property
     def n_channels(self) -> int:
@@ -75,14 +78,30 @@ class Preprocess:
         return (self.height, self.width, self.n_channels)
 
     def to_dict(self) -> dict:
-        """Plain dict for JSON metadata and checkpoints."""
-        return {"height": self.height, "width": self.width, "channels": self.channels,
-                "resize": self.resize, "exif_orientation": True, "alpha": "composited on black"}
+        """Plain dict for JSON metadata and checkpoints (``crop`` only when set)."""
+        d = {"height": self.height, "width": self.width, "channels": self.channels,
+             "resize": self.resize, "exif_orientation": True, "alpha": "composited on black"}
+        return {**d, "crop": list(self.crop)} if self.crop else d
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocess:
         """Inverse of `to_dict` (unknown informational keys are ignored)."""
-        return cls(int(d["height"]), int(d["width"]), str(d["channels"]), str(d["resize"]))
+        crop = tuple(int(v) for v in d["crop"]) if d.get("crop") else None
+        return cls(int(d["height"]), int(d["width"]), str(d["channels"]), str(d["resize"]), crop)
+
+    def cut(self, img: Image.Image) -> Image.Image:
+        """The crop region of a decoded image (the image itself without one).
+
+        Raises:
+            Rejected: the image does not reach the crop region's far edges.
+        """
+        if self.crop is None:
+            return img
+        top, left, h, w = self.crop
+        if img.height < top + h or img.width < left + w:
+            raise Rejected(f"image is {img.width}x{img.height} (width x height), too small for the crop region "
+                           f"of {h}x{w} at top {top}, left {left}")
+        return img.crop((left, top, left + w, top + h))
 
 
 @dataclass(frozen=True)
@@ -92,21 +111,29 @@ class PolicyRequest:
     size: tuple[int, int] | None = None
     channels: str | None = None
     resize: str = "bilinear"
+    crop: tuple[int, int, int, int] | None = None
+
+    @classmethod
+    def of(cls, config) -> PolicyRequest:
+        """The request an `IngestConfig` makes."""
+        return cls(parse_size(config.size), config.channels, config.resize, config.crop)
 
     def resolve(self, height: int, width: int, gray: bool) -> Preprocess:
-        """The policy for a dataset whose first image has this size and colour."""
+        """The policy for a dataset whose first image has this size (before any crop) and colour."""
+        if self.crop:  # every image is cut to the same region: its size is the images' own size
+            height, width = self.crop[2], self.crop[3]
         size = self.size or ((height, width) if max(height, width) <= MAX_KEPT_SIDE else DEFAULT_SIZE)
         channels = self.channels or ("L" if gray else "RGB")
-        return Preprocess(size[0], size[1], channels, self.resize)
+        return Preprocess(size[0], size[1], channels, self.resize, self.crop)
 
     def revise(self, policy: Preprocess, height: int, width: int, gray: bool) -> Preprocess | None:
         """A corrected policy if an image contradicts an inferred part of `policy`, else None."""
         new = policy
-        if self.size is None and (height, width) != (policy.height, policy.width):
+        if self.size is None and not self.crop and (height, width) != (policy.height, policy.width):
             if (policy.height, policy.width) != DEFAULT_SIZE:
                 new = Preprocess(*DEFAULT_SIZE, new.channels, new.resize)
         if self.channels is None and not gray and policy.channels == "L":
-            new = Preprocess(new.height, new.width, "RGB", new.resize)
+            new = Preprocess(new.height, new.width, "RGB", new.resize, new.crop)
         return None if new == policy else new
 
 
@@ -240,8 +267,8 @@ def _flatten(img: Image.Image) -> Image.Image:
 
 
 def to_pixels(img: Image.Image, policy: Preprocess) -> np.ndarray:
-    """Apply the policy: flatten, convert channels, resize. Returns (H, W, C) uint8."""
-    img = _flatten(img)
+    """Apply the policy: crop, flatten, convert channels, resize. Returns (H, W, C) uint8."""
+    img = _flatten(policy.cut(img))
     if img.mode != policy.channels:
         img = img.convert(policy.channels)
     if img.size != (policy.width, policy.height):
@@ -256,7 +283,7 @@ def mask_pixels(data: bytes, policy: Preprocess, max_pixels: int = DEFAULT_MAX_P
     Defects are small, so a mask whose bright part covers more than half the image is read as
     drawn the other way round (defects dark on white) and inverted.
     """
-    img = _flatten(open_image(data, max_pixels)).convert("L")
+    img = _flatten(policy.cut(open_image(data, max_pixels))).convert("L")
     if img.size != (policy.width, policy.height):
         img = img.resize((policy.width, policy.height), Image.Resampling.NEAREST)
     on = np.asarray(img) > 127
@@ -271,7 +298,7 @@ def array_to_pixels(arr: np.ndarray, policy: Preprocess) -> np.ndarray:
     if arr.dtype != np.uint8:
         raise Rejected(f"array images must be uint8, got {arr.dtype}")
     c = 1 if arr.ndim == 2 else arr.shape[2]
-    if arr.shape[:2] == (policy.height, policy.width) and c == policy.n_channels:
+    if arr.shape[:2] == (policy.height, policy.width) and c == policy.n_channels and not policy.crop:
         return arr.reshape(policy.shape)
     mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(c)
     if mode is None:

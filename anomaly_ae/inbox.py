@@ -14,7 +14,7 @@ What a run does, holding the inbox lock (``<state>/.lock``, an flock: a second r
 meanwhile gets BusyError and scores nothing, so overlapping runs never score a file twice)
     1. reads the ledger (which file versions were scored: path, sha256, size, mtime);
     2. copies the settled, unscored files into ``<state>/.work/<run>/input`` (hashing them);
-    3. scores that copy with `anomaly_ae.steps.score` into ``<state>/.work/<run>/run``;
+    3. the caller scores that copy into ``<state>/.work/<run>/run`` (`anomaly_ae.steps.score_inbox`);
     4. writes the run's ledger part (``ledger.parquet``) inside that run folder;
     5. renames the run folder to ``<state>/runs/<run>``: the single commit point.
 
@@ -26,13 +26,10 @@ scores its files again. Never edit or delete files under ``.work`` while a run i
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import logging
 import os
-import secrets
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,110 +37,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from anomaly_ae import schema
-from anomaly_ae.errors import DataError
-from anomaly_ae.fsio import FileLock, atomic_write_json, fsync_dir, remove_stale_temps
-from anomaly_ae.sources.folder import display_name
+from anomaly_ae.arrivals import InboxFile, settled_files
+from anomaly_ae.fsio import atomic_write_json, fsync_dir, remove_stale_temps
+from anomaly_ae.locks import FileLock
+from anomaly_ae.runid import new_run_id, utc_now
 
 log = logging.getLogger(__name__)
 
-PARTIAL_SUFFIXES = (".part", ".tmp", ".partial", ".crdownload", ".filepart")
 LEDGER = "ledger.parquet"
 STATUS_SCORED, STATUS_REJECTED = "scored", "rejected"
 _CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
-class InboxFile:
-    """A settled entry of the inbox: its path relative to the inbox (with '/') and its stat;
-    `reason` says why an entry that is no regular file (a link, a pipe, a folder) is rejected."""
+class StagedFile(InboxFile):
+    """A file copied for scoring, with the sha256 of the copied bytes ("" when `reason` says why it
+    could not be read)."""
 
-    path: str
-    size: int
-    mtime_ns: int
-    reason: str | None = None
-
-    @property
-    def key(self) -> str:
-        """The path as the ledger and the run's tables show it (valid UTF-8)."""
-        return display_name(self.path)
-
-
-@dataclass(frozen=True)
-class StagedFile:
-    """A file copied for scoring, with the sha256 of the copied bytes (or why it could not be read)."""
-
-    path: str
-    size: int
-    mtime_ns: int
-    sha256: str
-    reason: str | None = None
-
-    @property
-    def key(self) -> str:
-        """The path as the ledger and the run's tables show it (valid UTF-8)."""
-        return display_name(self.path)
-
-
-def is_candidate_name(name: str) -> bool:
-    """True for an image name that is neither hidden nor a partial download."""
-    from anomaly_ae.sources.folder import is_image_name
-
-    lower = name.lower()
-    return not name.startswith(".") and not lower.endswith(PARTIAL_SUFFIXES) and is_image_name(name)
-
-
-def settled_files(folder: str | Path, settle_seconds: float, now: float | None = None) -> tuple[list[InboxFile], int]:
-    """The inbox's settled image files (sorted by path) and how many are still settling.
-
-    Entries with an image name that are no regular file are listed too, with the reason they
-    are rejected: symbolic links (never followed), pipes and other special files, and folders
-    named like an image that hold no files. Links to folders are listed whatever their name.
-
-    Raises:
-        DataError: the inbox folder does not exist.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"Inbox {folder} does not exist or is not a folder. Create it, or fix [inbox] folder.")
-    now = time.time() if now is None else now
-    settled, pending = [], 0
-    for dirpath, dirnames, filenames in os.walk(folder):  # never follows directory links
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        entries = [(n, False) for n in filenames] + [(n, True) for n in dirnames]
-        for name, is_dir in entries:
-            full = os.path.join(dirpath, name)
-            try:
-                st = os.stat(full, follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            reason = _entry_problem(full, st)
-            if not (is_candidate_name(name) or (is_dir and reason)) or (is_dir and reason is None):
-                continue
-            if now - max(st.st_mtime, st.st_ctime) < settle_seconds:
-                pending += 1
-                continue
-            rel = Path(os.path.relpath(full, folder)).as_posix()
-            settled.append(InboxFile(rel, st.st_size, st.st_mtime_ns, reason))
-    settled.sort(key=lambda f: f.path)
-    return settled, pending
-
-
-def _entry_problem(full: str, st: os.stat_result) -> str | None:
-    """Why an inbox entry cannot be scored (None for a regular file, or a folder to walk into)."""
-    import stat
-
-    if stat.S_ISLNK(st.st_mode):
-        if not os.path.exists(full):
-            return "broken symbolic link (its target does not exist)"
-        target = display_name(os.path.realpath(full))
-        return f"symbolic link (to {target}): an inbox takes regular files only; deliver the file itself"
-    if stat.S_ISDIR(st.st_mode):
-        if is_candidate_name(os.path.basename(full)) and not any(files for _, _, files in os.walk(full)):
-            return "is a directory, not an image file"
-        return None
-    if not stat.S_ISREG(st.st_mode):
-        return "not a regular file"
-    return None
+    sha256: str = ""
 
 
 def _empty_ledger() -> pa.Table:
@@ -196,11 +107,6 @@ class _Known:
 
     def scored(self, path: str, sha256: str) -> bool:
         return (path, sha256) in self.hashes
-
-
-def new_run_id() -> str:
-    """A sortable, unique run name: UTC time plus a random suffix."""
-    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
 
 
 class InboxRun:
@@ -264,7 +170,7 @@ class InboxRun:
 
     def _stage_one(self, f: InboxFile) -> StagedFile | None:
         if f.reason:  # a link, pipe or folder: recorded as rejected, never opened
-            return StagedFile(f.path, f.size, f.mtime_ns, "", f.reason)
+            return StagedFile(f.path, f.size, f.mtime_ns, f.reason)
         src, dst = self.folder / f.path, self.input_dir / f.path
         dst.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
@@ -280,7 +186,7 @@ class InboxRun:
             return None
         except OSError as exc:  # unreadable: recorded as rejected, so it cannot block later runs
             dst.unlink(missing_ok=True)
-            return StagedFile(f.path, f.size, f.mtime_ns, "", f"could not read the file: {exc.strerror or exc}")
+            return StagedFile(f.path, f.size, f.mtime_ns, f"could not read the file: {exc.strerror or exc}")
         if (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns):
             log.info("%s changed while it was read; it will be scored once it settles", f.key)
             dst.unlink(missing_ok=True)
@@ -288,28 +194,18 @@ class InboxRun:
         if self._known.scored(f.key, digest.hexdigest()):
             dst.unlink(missing_ok=True)  # touched, not changed: already scored
             return None
-        return StagedFile(f.path, f.size, f.mtime_ns, digest.hexdigest())
+        return StagedFile(f.path, f.size, f.mtime_ns, sha256=digest.hexdigest())
 
     def scoreable(self) -> list[str]:
         """The staged files that could be read (relative paths), to be scored."""
         return [s.path for s in self.staged if s.reason is None]
-
-    def score(self, model: str | Path, **score_kwargs) -> dict | None:
-        """Score the staged copy with `anomaly_ae.steps.score` into the uncommitted run folder."""
-        from anomaly_ae import steps
-
-        readable = self.scoreable()
-        if not readable:
-            return None
-        # Exactly the staged files, as a flat list: no layout guessing may drop one.
-        return steps.score(self.input_dir, model, self.out_dir, files=readable, **score_kwargs)
 
     def commit(self, staged: list[StagedFile]) -> Path:
         """Write the ledger part into the run folder and rename it into ``runs/``: the commit."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         _add_rejects(self.out_dir, [(s.key, s.reason) for s in staged if s.reason])
         rejected = _rejected_paths(self.out_dir)
-        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        now = utc_now()
         schema.write_table(self.out_dir / LEDGER, "ledger", {
             "path": [s.key for s in staged], "sha256": [s.sha256 for s in staged],
             "size": [s.size for s in staged], "mtime_ns": [s.mtime_ns for s in staged],
@@ -356,25 +252,6 @@ def _rejected_paths(run_dir: Path) -> set[str]:
     if not path.exists():
         return set()
     return set(pq.read_table(path, columns=["source"])["source"].to_pylist())
-
-
-def score_inbox(folder: str | Path, state_dir: str | Path, model: str | Path, *, settle_seconds: float = 5.0,
-                max_files: int = 0, **score_kwargs) -> dict:
-    """Score the inbox's new files once and commit the run (see the module doc).
-
-    `score_kwargs` go to `anomaly_ae.steps.score` (partitions, map_partitions, report...).
-
-    Raises:
-        BusyError: another run holds the inbox lock.
-        DataError: the inbox folder does not exist.
-    """
-    with InboxRun(folder, state_dir, settle_seconds=settle_seconds, max_files=max_files) as run:
-        staged = run.stage(run.new_files())
-        if not staged:
-            return summary(run, [], None, None)
-        scored = run.score(model, **score_kwargs)
-        final = run.commit(staged)
-        return summary(run, staged, scored, final)
 
 
 def summary(run: InboxRun, staged: list[StagedFile], scored: dict | None, final: Path | None) -> dict:

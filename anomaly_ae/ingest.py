@@ -13,6 +13,7 @@ The folder appears only when complete; the same ingest run twice gives the same 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -24,11 +25,11 @@ import numpy as np
 import pyarrow as pa
 
 from anomaly_ae import __version__
+from anomaly_ae.config import IngestConfig
 from anomaly_ae.errors import DataError
 from anomaly_ae.fsio import atomic_dir, atomic_write_json
 from anomaly_ae.imaging import (
     DECODE_VERSION,
-    DEFAULT_MAX_PIXELS,
     PolicyRequest,
     Preprocess,
     Rejected,
@@ -37,7 +38,7 @@ from anomaly_ae.imaging import (
 )
 from anomaly_ae.parallel import Chunk, Decoded, decode_chunks, decode_one
 from anomaly_ae.schema import SCHEMAS, TableWriter, fixed_binary, rejects_columns, write_table
-from anomaly_ae.sources import Item, Listing, assign_test_split, require_items
+from anomaly_ae.sources.base import Item, Listing, assign_test_split, require_items
 
 log = logging.getLogger(__name__)
 
@@ -63,28 +64,24 @@ def rows_per_group(policy: Preprocess) -> int:
     return int(np.clip(ROW_GROUP_BYTES // (policy.height * policy.width * policy.n_channels), 64, 8192))
 
 
-def fingerprint(listing: Listing, request: PolicyRequest, options: dict) -> str:
-    """A hash of what the dataset is made from: the files' names, sizes and times, and the options."""
+def fingerprint(listing: Listing, config: IngestConfig) -> str:
+    """A hash of what the dataset is made from: the files' names, sizes and times, and the settings."""
     payload = json.dumps([DECODE_VERSION, listing.description.get("spec"), listing.fingerprint_parts,
-                          [request.size, request.channels, request.resize], options], default=str)
+                          *config.fingerprint_parts()], default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def ingest(
-    listing: Listing, out: Path, *, request: PolicyRequest = PolicyRequest(),
-    test_fraction: float | None = None, seed: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS,
-    workers: int | None = None, overwrite: bool = False, progress: Progress | None = None,
-    protect: tuple[Path, ...] = (),
+    listing: Listing, out: Path, config: IngestConfig = IngestConfig(), *, workers: int | None = None,
+    overwrite: bool = False, progress: Progress | None = None, protect: tuple[Path, ...] = (),
 ) -> dict:
     """Write `listing`'s images as a Parquet dataset in folder `out`.
 
     Args:
         listing: what a source listed (see anomaly_ae.sources).
         out: the dataset folder to create.
-        request: working size / channels / resize; unset parts are inferred from the data.
-        test_fraction: for unsplit data, the seeded per-class share marked 'test'.
-        seed: seed of that split.
-        max_pixels: images with more pixels are rejected (decompression-bomb guard).
+        config: working size, channels, crop and resize (unset parts are inferred from the data), the
+            seeded per-class test share for unsplit data, and the decompression-bomb guard.
         workers: decode processes (default: all cores).
         overwrite: replace an existing dataset at `out` (never a folder of anything else).
         progress: called with (done, total) as images are processed.
@@ -99,13 +96,13 @@ def ingest(
         NoSpaceError: the disk filled up; nothing was kept.
     """
     require_items(listing, listing.description.get("spec", str(out)))
-    if test_fraction is not None:
+    request, max_pixels = PolicyRequest.of(config), config.max_pixels
+    if config.test_fraction is not None:
         if all(i.split is None for i in listing.items):
-            assign_test_split(listing.items, test_fraction, seed)
+            assign_test_split(listing.items, config.test_fraction, config.seed)
         else:
-            log.warning("--test-fraction ignored: the source already has its own splits")
-    options = {"test_fraction": test_fraction, "seed": seed, "max_pixels": max_pixels}
-    extra = {"fingerprint": fingerprint(listing, request, options), "options": options,
+            log.warning("test_fraction ignored: the source already has its own splits")
+    extra = {"fingerprint": fingerprint(listing, config), "options": dataclasses.asdict(config),
              "anomaly_ae_version": __version__, "source": listing.description}
     policy = _initial_policy(listing.items, request, max_pixels)
     with atomic_dir(out, overwrite=overwrite, kind="dataset", protect=protect) as tmp:

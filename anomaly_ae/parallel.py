@@ -21,7 +21,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from anomaly_ae.fsio import close_inherited_locks
 from anomaly_ae.imaging import (
     DEFAULT_MAX_PIXELS,
     Preprocess,
@@ -33,6 +32,7 @@ from anomaly_ae.imaging import (
     sha256_hex,
     to_pixels,
 )
+from anomaly_ae.locks import close_inherited_locks
 
 log = logging.getLogger(__name__)
 

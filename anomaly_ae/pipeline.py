@@ -33,12 +33,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from anomaly_ae.config import DETECTOR_SECTIONS, DetectorConfig, build_section, detector_config_from, read_toml, require
+from anomaly_ae.config import DETECTOR_SECTIONS, DetectorConfig, IngestConfig, require
+from anomaly_ae.configfile import build_section, detector_config_from, read_toml
 from anomaly_ae.errors import ConfigError
+from anomaly_ae.schedules import Schedule
 
 NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
-FLOWS = ("inbox", "pipeline")
-_CRON_ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 
 
 @dataclass(frozen=True)
@@ -50,31 +50,24 @@ class PipelineSection:
 
 
 @dataclass(frozen=True)
-class DataSection:
-    """[data]: where the training images come from, how they are ingested, which are normal."""
+class DataSection(IngestConfig):
+    """[data]: where the training images come from, which are normal, and how they are ingested (every
+    `IngestConfig` setting: size, channels, resize, crop, test_fraction, seed, max_pixels)."""
 
     source: str = ""
     normal: tuple[str, ...] = ()  # normal class names (or labels); empty: the dataset's default
     root: str | None = None  # torchvision datasets: where their files lie
     download: bool = False
-    size: str | None = None  # "28", "256x192" (height x width) or "auto"
-    channels: str | None = None  # "L" or "RGB"; default from the images
-    resize: str = "bilinear"
-    test_fraction: float | None = None  # share held out as the test split (sources without one)
-    seed: int = 0
     dataset: str | None = None  # the Parquet dataset folder; default <output.folder>/dataset
 
     def __post_init__(self):
+        super().__post_init__()
         require(bool(self.source.strip()), "source", "is required: a folder, torchvision:<Name> or sample:<name>")
         require(all(str(c).strip() for c in self.normal), "normal", "class names must not be empty")
-        require(self.channels in (None, "L", "RGB"), "channels", f"must be L or RGB, got {self.channels!r}")
-        require(self.test_fraction is None or 0.0 < self.test_fraction < 1.0, "test_fraction",
-               f"must be between 0 and 1 (exclusive), got {self.test_fraction}")
-        require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
-        if self.size is not None:
-            from anomaly_ae.imaging import parse_size
 
-            parse_size(self.size)
+    def ingest_config(self) -> IngestConfig:
+        """The ingest settings of this table."""
+        return IngestConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(IngestConfig)})
 
 
 @dataclass(frozen=True)
@@ -139,82 +132,6 @@ class AlertsSection:
 
 
 @dataclass(frozen=True)
-class Schedule:
-    """One [[schedule]] entry: when a flow of the pipeline runs (cron or interval)."""
-
-    flow: str = "inbox"  # inbox | pipeline
-    cron: str | None = None
-    interval: float | None = None  # seconds
-    timezone: str | None = None
-
-    def __post_init__(self):
-        require(self.flow in FLOWS, "flow", f"must be one of {', '.join(FLOWS)}, got {self.flow!r}")
-        require((self.cron is None) != (self.interval is None), "cron",
-               "give exactly one of cron = \"...\" or interval = <seconds>")
-        if self.interval is not None:
-            require(1 <= self.interval <= 366 * 86_400, "interval",
-                   f"must be 1 second .. 366 days (in seconds), got {self.interval}")
-        if self.cron is not None:
-            fields_ = self.cron.split()
-            require(self.cron.strip().lower() in _CRON_ALIASES or len(fields_) == 5, "cron",
-                   f"must have 5 fields (minute hour day month weekday) or be an alias like @hourly, "
-                   f"got {self.cron!r}")
-            _check_cron(self.cron)
-        if self.timezone is not None:
-            _check_timezone(self.timezone)
-
-
-def _cron_parser():
-    """The cron parser Prefect's schedules validate with (croniter), or None when there is none.
-
-    Prefect ships its own copy of croniter; it is loaded from Prefect's folder by file, because
-    importing it the usual way would import prefect itself, which the library never does.
-    """
-    import importlib.util
-    import sys
-
-    name = "anomaly_ae._scheduler_croniter"
-    if name not in sys.modules:
-        found = importlib.util.find_spec("prefect")  # locates the package without importing it
-        vendored = (Path(found.submodule_search_locations[0]) / "_vendor" / "croniter" / "croniter.py"
-                    if found and found.submodule_search_locations else None)
-        if vendored is None or not vendored.is_file():
-            try:  # a Prefect that uses croniter as a package of its own
-                from croniter import croniter
-            except ImportError:  # pragma: no cover - Prefect is a dependency
-                return None
-            return croniter
-        spec = importlib.util.spec_from_file_location(name, vendored)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name].croniter
-
-
-def _check_cron(cron: str) -> None:
-    """Reject a cron line the scheduler would refuse, with the parser the scheduler uses."""
-    croniter = _cron_parser()
-    if croniter is None:  # pragma: no cover - Prefect is a dependency
-        return
-    if not croniter.is_valid(cron):
-        raise ConfigError(f"cron: {cron!r} is not a valid cron line: each field must be in range "
-                          "(minute 0-59, hour 0-23, day 1-31, month 1-12, weekday 0-6) and written with "
-                          "numbers, names, *, ranges (1-5), lists (1,15) and steps (*/5), e.g. \"*/5 * * * *\"")
-    if any(part.casefold() in ("r", "h") for part in cron.split()):
-        raise ConfigError(f"cron: {cron!r} uses a random (R) or hashed (H) field, which the scheduler "
-                          "does not support; write the minute or hour as a number instead")
-
-
-def _check_timezone(name: str) -> None:
-    import zoneinfo
-
-    try:
-        zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"timezone: unknown time zone {name!r} (use an IANA name like Europe/Berlin)") from None
-
-
-@dataclass(frozen=True)
 class Pipeline:
     """A validated pipeline file, with every path resolved to an absolute one."""
 
@@ -259,8 +176,7 @@ class Pipeline:
         """Keyword arguments of `anomaly_ae.steps.ingest` for this pipeline's data."""
         d = self.data
         return {"source": d.source, "out": str(self.dataset_dir), "root": d.root, "download": d.download,
-                "size": d.size, "channels": d.channels, "resize": d.resize,
-                "test_fraction": d.test_fraction, "seed": d.seed}
+                "config": d.ingest_config()}
 
     def schedules_for(self, flow: str) -> list[Schedule]:
         """The schedules of one flow ("inbox" or "pipeline")."""

@@ -15,27 +15,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from anomaly_ae.errors import DataError
 from anomaly_ae.fsio import atomic_write_text
+from anomaly_ae.runid import utc_now
 from anomaly_ae.schema import TableWriter, write_table
 from anomaly_ae.scoring import EXAMPLES_PER_KIND, _Best, _columns
-
-
-def resolve_threshold(det, threshold: float | None = None, target_fpr: float | None = None) -> dict:
-    """The operating point of a run: the calibrated one, a fixed `threshold`, or a new target FPR."""
-    from anomaly_ae.threshold import conformal_threshold
-
-    if threshold is not None and target_fpr is not None:
-        raise DataError("Give either --threshold or --target-fpr, not both.")
-    if threshold is not None:
-        if not np.isfinite(threshold):
-            raise DataError(f"--threshold must be a finite number, got {threshold}.")
-        fpr = float((det.calibration_scores_ > threshold).mean())
-        return {"threshold": float(threshold), "method": "fixed", "target_fpr": None,
-                "calibration_fpr": fpr, "n_calibration": len(det.calibration_scores_)}
-    if target_fpr is not None:
-        return conformal_threshold(det.calibration_scores_, target_fpr)
-    return dict(det.threshold_info_)
 
 
 def finalize(part_dirs: list[Path], out: Path, *, threshold_info: dict, cal_scores: np.ndarray) -> dict:
@@ -112,10 +95,7 @@ def _merge_examples(part_dirs: list[Path], out: Path, threshold: float) -> None:
     write_table(out / "examples.parquet", "examples", _columns(seen_top.prune() + seen_border.prune(), "examples"))
 
 
-def run_record(det, model, input, split, th, parts, results, merged, timings, normal) -> dict:
-    import datetime as dt
-    import secrets
-
+def run_record(det, model, input, split, th, parts, results, merged, timings, normal, run_id: str) -> dict:
     from anomaly_ae.checkpoint import model_file, versions
     from anomaly_ae.tiles import is_tiled
 
@@ -124,8 +104,7 @@ def run_record(det, model, input, split, th, parts, results, merged, timings, no
     n_items = sum(len(p) for p in parts)
     m = det.meta_
     return {
-        "run_id": dt.datetime.now().strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3),
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "run_id": run_id, "created": utc_now(),
         "input": str(Path(input).resolve()), "input_kind": parts[0].kind, "split": split,
         "model": {"path": str(model_file(model).resolve()), "kind": det.config.model.kind,
                   "score_method": det.config.score.method, "normal_classes": m.get("normal_classes"),

@@ -86,7 +86,7 @@ def plan(path: Path | str, policy: Preprocess, n_partitions: int = 1, split: str
             raise DataError(f"{path} has no images to score.")
         masks = ds.meta["counts"].get("masks", 0) > 0
         return [Partition("dataset", dataset=str(path), rows=chunk, masks=masks) for chunk in _split(rows, n_partitions)]
-    from anomaly_ae.sources import require_items
+    from anomaly_ae.sources.base import require_items
     from anomaly_ae.sources.folder import FolderSource
 
     listing = require_items(FolderSource(Path(path)).list(), str(path))

@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 
+from anomaly_ae.arrays import check_images, split_validation
 from anomaly_ae.config import DetectorConfig, ModelConfig
 from anomaly_ae.errors import ModelError
 
@@ -35,6 +36,26 @@ TILE, TILED_LATENT = 32, 128
 FEW_IMAGES = 20
 # Head start of the reconstruction kinds in the choice (see the module docstring).
 AE_PREFERENCE = 0.05
+
+
+def fit_auto(det, images: np.ndarray, validation: np.ndarray | None, **fit_options):
+    """Train every candidate kind and make `det` the one that best finds simulated defects in the
+    early-stopping images; ``det.meta_["selection"]`` says why. Returns `det`.
+
+    Raises:
+        ModelError: too few images to hold any back, or no candidate could be trained.
+    """
+    if validation is None:
+        images, validation = split_validation(images, det.config.train.val_fraction, det.config.train.seed)
+    if validation is None:
+        raise ModelError("model.kind auto chooses on held-back training images, but there are too few images "
+                         "(or train.val_fraction is 0) to hold any back. Choose a model kind, or add images.")
+    validation = check_images(validation, images.shape[1:])
+    chosen, record = choose(type(det), det.config, images, validation, **fit_options)
+    log.info("auto chose %s: %s", record["chosen"], ", ".join(describe(c) for c in record["candidates"]))
+    det.__dict__.update(chosen.__dict__)
+    det.meta_ = {**getattr(det, "meta_", {}), "selection": record}
+    return det
 
 
 def candidates(shape: tuple[int, ...], model: ModelConfig) -> list[ModelConfig]:
@@ -65,8 +86,8 @@ def choose(detector_class, config: DetectorConfig, images: np.ndarray, validatio
     """(the chosen fitted detector, a record of every candidate) for ``model.kind = "auto"``;
     each candidate is a `detector_class` (the detector passes its own class: no import back)."""
     if len(validation) < FEW_IMAGES:
-        log.warning("auto chooses on only %d held-back images: the choice may be down to chance; pass "
-                    "--model to pick a kind, or add images", len(validation))
+        log.warning("auto chooses on only %d held-back images: the choice may be down to chance; set "
+                    "model.kind to pick a kind, or add images", len(validation))
     tried = []
     models = candidates(images.shape[1:], config.model)
     # A time budget is shared out: every candidate gets its part.
@@ -88,7 +109,7 @@ def choose(detector_class, config: DetectorConfig, images: np.ndarray, validatio
         tried.append((det, {"kind": model.kind, "tile": model.tile, "synthetic_auroc": auroc,
                             "seconds": time.perf_counter() - t0}))
     if not tried:
-        raise ModelError("--model auto: no candidate could be trained: "
+        raise ModelError("model.kind auto: no candidate could be trained: "
                          + "; ".join(f"{f['kind']}: {f['error']}" for f in failed))
     best = max(range(len(tried)), key=lambda i: _preference(tried[i][1]))
     record = {"chosen": tried[best][1]["kind"], "candidates": [r for _, r in tried] + failed,

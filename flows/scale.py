@@ -23,12 +23,10 @@ TASK_RUNNERS = ("local", "dask")
 def score_partition(model: str, part, part_dir: str, threshold: float, normal: list[str] | None,
                     index: int = 0) -> dict:
     """Score one partition with a model loaded here (in whichever process runs the task)."""
-    from anomaly_ae.detector import AutoencoderDetector
-    from anomaly_ae.scoring import score_partition as score_one
+    from anomaly_ae import steps
 
     forward_library_logs()
-    det = AutoencoderDetector.load(model)
-    return score_one(det, part, Path(part_dir), threshold=threshold, normal=set(normal) if normal is not None else None)
+    return steps.score_partition(model, part, part_dir, threshold=threshold, normal=normal)
 
 
 def make_task_runner(kind: str = "local", address: str | None = None, workers: int = 2, threads: int = 4):

@@ -40,35 +40,24 @@ def train(p: Pipeline, force: bool = False) -> dict:
 
 
 @task(name="calibrate", cache_policy=NO_CACHE, **IO_RETRIES)
-def calibrate(p: Pipeline, model: dict) -> dict:
-    """Set the model's threshold to the pipeline's target FPR (skipped when it already is)."""
+def calibrate(p: Pipeline) -> dict:
+    """Set the model's threshold to the pipeline's target FPR (skipped when it already holds it)."""
     forward_library_logs()
-    target = p.detector.threshold.target_fpr
-    if model.get("target_fpr") == target:
-        return {"model": model["model"], "cached": True, "threshold": model["threshold"], "target_fpr": target}
-    return {**steps.calibrate(p.model_dir, target_fpr=target), "cached": False}
+    return steps.calibrate(p.model_dir, target_fpr=p.detector.threshold.target_fpr)
 
 
 @task(name="score", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=3, retry_condition_fn=transient_only)
-def score(input: str, model: str, out: str, split: str | None = None, partitions: int = 1,
-          map_partitions=None, files: list[str] | None = None) -> dict:
+def score(input: str, model: str, out: str, run_id: str | None = None, split: str | None = None,
+          partitions: int = 1, map_partitions=None, files: list[str] | None = None) -> dict:
     """Score a folder or dataset (or just `files` of a folder) into a new run folder (partitions fan out as tasks)."""
     forward_library_logs()
-    return steps.score(input, model, out, split=split, partitions=partitions, map_partitions=map_partitions,
-                       report=False, files=files)
+    return steps.score(input, model, out, run_id=run_id, split=split, partitions=partitions,
+                       map_partitions=map_partitions, report=False, files=files)
 
 
-@task(name="report", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2, retry_condition_fn=transient_only)
-def report(run_dir: str) -> str:
-    """Build the run folder's report.html; returns its path."""
+@task(name="report", cache_policy=NO_CACHE)
+def report(run_dir: str | Path) -> str | None:
+    """Build the run folder's report.html; a failed report is logged and never fails the run (the
+    scores are committed, and `anomaly-ae report` rebuilds it)."""
     forward_library_logs()
-    return str(steps.report(run_dir))
-
-
-def report_or_none(run_dir: str | Path, logger) -> str | None:
-    """Run the report task; a failed report is logged and never fails the run (scores are kept)."""
-    try:
-        return report(str(run_dir))
-    except Exception as exc:  # the scores are committed; the report can be rebuilt later
-        logger.error("building the report for %s failed (%s); rebuild it with `anomaly-ae report`", run_dir, exc)
-        return None
+    return steps.report_or_none(run_dir)

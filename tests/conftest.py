@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import tempfile
 
-# Offline, quiet Prefect for every test process (set before anything imports prefect).
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
+# Offline, quiet Prefect for every test process, set before anything imports prefect: the project's
+# own defaults (flows.offline) and a throwaway PREFECT_HOME.
+import flows.offline  # noqa: E402,F401,I001
+
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="anomaly-ae-prefect-"))
 
 from pathlib import Path

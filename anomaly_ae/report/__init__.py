@@ -12,63 +12,18 @@ read the page back.
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
 import time
-from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 
-from anomaly_ae.errors import DataError
 from anomaly_ae.report.html import css, section, tagged
+from anomaly_ae.report.rundata import RunData, load
+from anomaly_ae.runid import utc_now
 
 log = logging.getLogger(__name__)
 
-MAX_REJECTS = 50
-
-
-SCORE_COLUMNS = ["image_id", "class_name", "is_anomaly", "score", "flagged", "rank"]
-
-
-@dataclass
-class RunData:
-    """What the report shows, read from a run folder."""
-
-    run: dict
-    metrics: dict | None
-    scores: dict  # column name -> numpy array (object arrays for strings and nullable booleans)
-    examples: list[dict] = field(default_factory=list)
-    rejects: list[tuple[str, str]] = field(default_factory=list)
-    n_rejects: int = 0
-
-
-def load(run_dir: str | Path) -> RunData:
-    """Read what the report needs from a run folder.
-
-    Raises:
-        DataError: `run_dir` has no run.json or no scores.parquet.
-    """
-    import pyarrow.parquet as pq
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "run.json").exists() or not (run_dir / "scores.parquet").exists():
-        raise DataError(f"{run_dir} is not a complete run folder (run.json and scores.parquet are needed). "
-                        "Score a batch with `anomaly-ae score` first.")
-    run = json.loads((run_dir / "run.json").read_text())
-    metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
-    table = pq.read_table(run_dir / "scores.parquet", columns=SCORE_COLUMNS)
-    scores = {c: table[c].to_numpy(zero_copy_only=False) for c in SCORE_COLUMNS}
-    examples_path = run_dir / "examples.parquet"
-    examples = pq.read_table(examples_path).to_pylist() if examples_path.exists() else []
-    rejects, n_rejects = [], 0
-    if (run_dir / "rejects.parquet").exists():
-        rej = pq.read_table(run_dir / "rejects.parquet")
-        n_rejects = rej.num_rows
-        head = rej.slice(0, MAX_REJECTS)
-        rejects = list(zip(head["source"].to_pylist(), head["reason"].to_pylist()))
-    return RunData(run, metrics, scores, examples, rejects, max(n_rejects, run.get("counts", {}).get("rejects", 0)))
+__all__ = ["RunData", "build", "load", "render"]
 
 
 def build(run_dir: str | Path) -> Path:
@@ -109,7 +64,7 @@ def render(data: RunData) -> str:
     parts = [p for p in parts if p[2]]
     nav = "".join(f'<li><a href="#{k}">{t}</a></li>' for k, t, _ in parts)
     run_id = escape(str(data.run.get("run_id", "")))
-    built = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    built = utc_now()
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>Anomaly report {run_id}</title><style>{css()}</style></head><body><main>"

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from anomaly_ae.report import RunData
+    from anomaly_ae.report.rundata import RunData
 from anomaly_ae.report.html import fact_table, fmt, name_list, notice, pct, plain, pval, tabulate, tagged
 
 

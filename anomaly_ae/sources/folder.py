@@ -20,7 +20,7 @@ from pathlib import Path
 
 from anomaly_ae.errors import DataError
 from anomaly_ae.imaging import IMAGE_EXTENSIONS
-from anomaly_ae.sources import Item, Listing
+from anomaly_ae.sources.base import Item, Listing
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from anomaly_ae.errors import DataError
-from anomaly_ae.sources import Item, Listing
+from anomaly_ae.sources.base import Item, Listing
 
 # name -> how the class is called for each split ("train" flag or "split" argument)
 DATASETS = {

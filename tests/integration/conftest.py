@@ -1,17 +1,10 @@
 """Integration fixtures: one Prefect test harness for the session, and tiny pipelines.
 
-Prefect must see its settings before it is first imported: telemetry off (the machines that
-run these tests may have no internet) and a temporary PREFECT_HOME.
+Prefect's offline settings and a temporary PREFECT_HOME are set by tests/conftest.py, which pytest
+loads first, before anything imports prefect.
 """
 
 from __future__ import annotations
-
-import os
-import tempfile
-
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="anomaly-ae-prefect-"))
 
 from pathlib import Path
 
@@ -35,7 +28,7 @@ def prefect_harness():
 
 def toml_text(doc: dict) -> str:
     """A TOML document from nested dicts: tables, and arrays of tables for list-of-dict values."""
-    from anomaly_ae.config import dump_toml
+    from anomaly_ae.configfile import dump_toml
 
     plain = {k: v for k, v in doc.items() if not (isinstance(v, list) and v and isinstance(v[0], dict))}
     text = dump_toml(plain)

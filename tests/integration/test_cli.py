@@ -25,7 +25,7 @@ def cli(*args, cwd=None, check=True):
 
 def test_help_is_fast_to_import():
     code = (
-        "import sys\nimport anomaly_ae.cli as c\n"
+        "import sys\nimport flows.cli as c\n"
         f"for cmd in [[], *[[x] for x in {COMMANDS!r}]]:\n"
         "    try:\n        c.app([*cmd, '--help'])\n    except SystemExit as e:\n        assert e.code == 0, cmd\n"
         "heavy = [m for m in ('torch', 'torchvision', 'prefect', 'sklearn') if m in sys.modules]\n"

@@ -124,13 +124,13 @@ def test_every_file_is_scored_whatever_the_folder_names(line, tmp_path, monkeypa
 
 
 def test_partial_and_fresh_files_wait(line, tmp_path, monkeypatch):
-    from anomaly_ae import inbox as inbox_mod
+    from anomaly_ae import arrivals
     from flows.inbox import inbox_flow
 
     # The inbox's clock, moved on by hand: however slow the machine, c3 is fresh in the first
     # run (60 s of settling asked for) and settled in the second.
     later = {"s": 0.0}
-    monkeypatch.setattr(inbox_mod, "time", type("Clock", (), {"time": staticmethod(lambda: time.time() + later["s"])}))
+    monkeypatch.setattr(arrivals, "time", type("Clock", (), {"time": staticmethod(lambda: time.time() + later["s"])}))
     path, inbox, p = make_line(line, tmp_path, settle=60)
     drop(line, inbox, ["c1.png.part", ".c2.png", "c3.png"])
     r1 = inbox_flow(pipeline=str(path))

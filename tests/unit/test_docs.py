@@ -1,4 +1,4 @@
-"""Every message a user may see has a row (or a line) in README.md's Troubleshooting section.
+"""Every message a user may see has a row (or a line) in docs/troubleshooting.md.
 
 The messages are read from the source with ``ast``: the reasons of ``Rejected(...)``, the
 messages of raised project errors, reject reasons recorded without an exception, and warning or
@@ -32,10 +32,9 @@ RSTRIP = " \t\n.,;:'\"`(["
 
 
 def troubleshooting_section() -> str:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    start = text.index("\n## Troubleshooting")
-    end = text.find("\n## ", start + 1)
-    return _normalise(text[start: end if end != -1 else len(text)])
+    """docs/troubleshooting.md from its first heading to the end."""
+    text = (ROOT / "docs" / "troubleshooting.md").read_text(encoding="utf-8")
+    return _normalise(text[text.index("# "):])
 
 
 def _normalise(text: str) -> str:
@@ -168,7 +167,7 @@ def test_messages_are_found():
 
 
 def test_every_message_can_be_checked():
-    """A message built only from placeholders cannot be matched against the README: it must be
+    """A message built only from placeholders cannot be matched against the docs: it must be
     one of the known few, so a new one is looked at rather than skipped."""
     unknown = [f"{where} {kind}: {source}" for where, kind, source in UNREADABLE if source not in WITHOUT_KEY]
     assert not unknown, ("messages without stable leading text (start them with words, or add them "
@@ -178,8 +177,8 @@ def test_every_message_can_be_checked():
 @pytest.mark.parametrize("where,kind,key", MESSAGES, ids=[f"{w} {k}" for w, k, _ in MESSAGES])
 def test_message_is_documented(where, kind, key):
     assert _normalise(key) in troubleshooting_section(), (
-        f"{where}: the {kind} message starting {key!r} has no row in README.md's Troubleshooting "
-        "section; add one that quotes it and says what to do.")
+        f"{where}: the {kind} message starting {key!r} has no row in docs/troubleshooting.md; "
+        "add one that quotes it and says what to do.")
 
 
 def test_key_extraction():

@@ -49,7 +49,7 @@ def surfaces(n: int, seed: int, defect: bool = False) -> np.ndarray:
 @pytest.mark.parametrize("shape", [(28, 28, 1), (37, 53, 3), (64, 64, 1), (100, 70, 1)])
 def test_discriminative_model_maps_any_size_to_the_same_size(shape):
     h, w, c = shape
-    model = build_model("draem", (min(h, 64), min(w, 64), c), 32, 32, 256).eval()
+    model = build_model(ModelConfig(kind="draem"), (min(h, 64), min(w, 64), c)).eval()
     x = torch.rand(2, c, h, w)
     with torch.no_grad():
         recon, prob = model.reconstruct_and_segment(x)

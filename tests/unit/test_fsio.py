@@ -9,7 +9,8 @@ import time
 import pytest
 
 from anomaly_ae.errors import BusyError, DataError
-from anomaly_ae.fsio import FileLock, atomic_dir, atomic_write_text, remove_stale_temps
+from anomaly_ae.fsio import atomic_dir, atomic_write_text, remove_stale_temps
+from anomaly_ae.locks import FileLock
 
 
 def test_atomic_dir_appears_only_when_complete(tmp_path):
@@ -49,7 +50,7 @@ def test_atomic_write_replaces_whole_files(tmp_path):
 
 
 def test_lock_is_exclusive_between_processes(tmp_path):
-    code = "import sys, time\nfrom anomaly_ae.fsio import FileLock\nFileLock(sys.argv[1], 'x').__enter__()\n" \
+    code = "import sys, time\nfrom anomaly_ae.locks import FileLock\nFileLock(sys.argv[1], 'x').__enter__()\n" \
            "print('ready', flush=True)\ntime.sleep(60)"
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "l")], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
@@ -62,7 +63,7 @@ def test_lock_is_exclusive_between_processes(tmp_path):
 
 
 def test_lock_is_released_when_its_holder_dies_while_decode_workers_live(tmp_path):
-    code = ("import sys, time\nfrom anomaly_ae.fsio import FileLock\nfrom anomaly_ae.parallel import _make_pool\n"
+    code = ("import sys, time\nfrom anomaly_ae.locks import FileLock\nfrom anomaly_ae.parallel import _make_pool\n"
             "FileLock(sys.argv[1], 'x').__enter__()\npool = _make_pool(2)\n"
             "futures = [pool.submit(time.sleep, 30) for _ in range(2)]\nprint('ready', flush=True)\ntime.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "l")], stdout=subprocess.PIPE, text=True)
@@ -116,7 +117,7 @@ def test_existing_folders_are_replaced_only_when_of_the_kind_written(tmp_path):
 
 def test_lock_files_do_not_outlive_their_run(tmp_path):
     from anomaly_ae.errors import BusyError
-    from anomaly_ae.fsio import FileLock
+    from anomaly_ae.locks import FileLock
 
     path = tmp_path / ".run.lock"
     with pytest.raises(RuntimeError, match="failed"), FileLock(path, "Run folder x"):
@@ -134,7 +135,7 @@ def test_a_lock_taken_on_a_file_its_holder_removed_is_taken_again(tmp_path):
     import fcntl
     import os
 
-    from anomaly_ae.fsio import FileLock
+    from anomaly_ae.locks import FileLock
 
     path = tmp_path / ".run.lock"
     stale = os.open(path, os.O_RDWR | os.O_CREAT)  # opened before the holder let go...

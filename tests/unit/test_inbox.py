@@ -1,7 +1,8 @@
 """The inbox's exactly-once machinery: settling, the ledger, the lock and the commit point.
 
 Scoring itself is replaced by a stand-in that writes an empty run folder (scoring has its own
-tests); what is under test here is which files get scored, once, whatever happens."""
+tests); what is under test here is which files get scored, once, whatever happens (through
+`anomaly_ae.steps.score_inbox`, the one path the CLI and flows take)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ from pathlib import Path
 import pytest
 
 from anomaly_ae import inbox as inbox_mod
+from anomaly_ae.arrivals import InboxFile, settled_files
 from anomaly_ae.errors import BusyError, DataError
-from anomaly_ae.inbox import InboxFile, InboxRun, read_ledger, score_inbox, settled_files
+from anomaly_ae.inbox import InboxRun, read_ledger
 from anomaly_ae.schema import write_table
+from anomaly_ae.steps import inbox as steps_inbox
+from anomaly_ae.steps import score_inbox
 
 SCORED: list[list[str]] = []
 
@@ -25,15 +29,16 @@ def fake_scoring(monkeypatch):
     """Scoring writes the run folder (rejecting files named bad*) and records what it saw."""
     SCORED.clear()
 
-    def score(self, model, **kwargs):
-        files = sorted(p.relative_to(self.input_dir).as_posix() for p in self.input_dir.rglob("*") if p.is_file())
-        SCORED.append(files)
-        self.out_dir.mkdir(parents=True)
-        bad = [f for f in files if Path(f).name.startswith("bad")]
-        write_table(self.out_dir / "rejects.parquet", "rejects", {"source": bad, "reason": ["broken"] * len(bad)})
-        return {"run": str(self.out_dir), "scored": len(files) - len(bad)}
+    def score(input_dir, model, out_dir, *, files, run_id, **kwargs):
+        seen = sorted(p.relative_to(input_dir).as_posix() for p in Path(input_dir).rglob("*") if p.is_file())
+        assert seen == sorted(files)  # exactly the staged files are handed to scoring
+        SCORED.append(seen)
+        Path(out_dir).mkdir(parents=True)
+        bad = [f for f in seen if Path(f).name.startswith("bad")]
+        write_table(Path(out_dir) / "rejects.parquet", "rejects", {"source": bad, "reason": ["broken"] * len(bad)})
+        return {"run": str(out_dir), "scored": len(seen) - len(bad), "run_id": run_id}
 
-    monkeypatch.setattr(InboxRun, "score", score)
+    monkeypatch.setattr(steps_inbox, "score", score)
 
 
 def put(folder: Path, name: str, data: bytes = b"png bytes", age: float = 60.0) -> Path:

@@ -10,7 +10,7 @@ from PIL import Image
 from anomaly_ae import steps
 from anomaly_ae.dataset import Dataset
 from anomaly_ae.errors import DataError
-from anomaly_ae.imaging import PolicyRequest
+from anomaly_ae.config import IngestConfig
 from anomaly_ae.ingest import image_id, ingest
 from anomaly_ae.sources import open_source
 from tests.conftest import write_png
@@ -83,7 +83,7 @@ def test_mixed_sizes_use_the_default_size_and_mixed_colour_uses_rgb(tmp_path):
     write_png(tmp_path / "src" / "b.png", np.zeros((12, 10, 3), np.uint8))
     meta = ingest(open_source(str(tmp_path / "src")).list(), tmp_path / "ds")
     assert meta["image_shape"] == [256, 256, 3]
-    meta = ingest(open_source(str(tmp_path / "src")).list(), tmp_path / "ds2", request=PolicyRequest(size=(16, 16)))
+    meta = ingest(open_source(str(tmp_path / "src")).list(), tmp_path / "ds2", IngestConfig(size="16"))
     assert meta["image_shape"] == [16, 16, 3]
 
 
@@ -151,3 +151,40 @@ def test_bundled_sample_ingest(mnist_ds):
     assert len(ds) == 5000 and ds.shape == (28, 28, 1)
     assert ds.meta["counts"]["by_split"]["test"]["0"] == 150
     assert 10 < ds.load(ds.rows(classes=["1"])).mean() < 60  # real digits: mostly dark background
+
+
+def test_crop_is_cut_before_resizing_recorded_and_cut_again_when_scoring(tmp_path):
+    """A fixed region of interest: the dataset holds that region of every image at the working
+    size, the policy records it, and a model trained on it cuts the same region from new images."""
+    from anomaly_ae import scoring
+    from anomaly_ae.imaging import Preprocess
+    from tests.conftest import TINY
+
+    src = tmp_path / "src"
+    originals = {f"{k:02d}.png": RNG.integers(0, 256, (40, 60), dtype=np.uint8) for k in range(8)}
+    for name, arr in originals.items():
+        write_png(src / name, arr)
+    write_png(src / "small.png", RNG.integers(0, 256, (25, 60), dtype=np.uint8))  # ends above the region
+    summary = steps.ingest(str(src), tmp_path / "ds", crop="10,20,20,30", size="10x15")
+    ds = Dataset(tmp_path / "ds")
+    assert summary["preprocess"]["crop"] == [10, 20, 20, 30] and ds.shape == (10, 15, 1)
+    pixels, keys = ds.load(), ds.index()["source"].to_pylist()
+    for k, key in enumerate(keys):
+        region = Image.fromarray(originals[key][10:30, 20:50]).resize((15, 10), Image.Resampling.BILINEAR)
+        assert np.array_equal(pixels[k][..., 0], np.asarray(region))
+    assert "too small for the crop region" in ds.rejects()["reason"][0].as_py()
+    with pytest.raises(Exception, match="crop"):
+        steps.ingest(str(src), tmp_path / "bad", crop="10,20,0,30")
+    # Without a crop the same files give another dataset: the setting is in the fingerprint.
+    assert not steps.ingest(str(src), tmp_path / "ds", overwrite=True)["cached"]
+    steps.ingest(str(src), tmp_path / "ds", crop=(10, 20, 20, 30), size="10x15", overwrite=True)
+    model = steps.train(tmp_path / "ds", tmp_path / "m", config=TINY)["model"]
+    from anomaly_ae.detector import AutoencoderDetector
+
+    det = AutoencoderDetector.load(model)
+    policy = Preprocess.from_dict(det.meta_["preprocess"])
+    assert policy.crop == (10, 20, 20, 30)
+    parts = scoring.plan(str(src), policy, files=sorted(originals))
+    rejects: list = []
+    scored = [px for part in parts for _, px, _ in scoring.iter_batches(part, policy, 64, None, rejects)]
+    assert np.array_equal(np.concatenate(scored), pixels)  # the folder's files, cut and resized alike

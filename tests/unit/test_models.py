@@ -3,13 +3,21 @@
 import pytest
 import torch
 
-from anomaly_ae.models import ConvAutoencoder, VariationalAutoencoder, auto_stages, build_model
+from anomaly_ae.config import ModelConfig
+from anomaly_ae.models import (
+    ConvAutoencoder,
+    DenoisingAutoencoder,
+    DiscriminativeAutoencoder,
+    VariationalAutoencoder,
+    auto_stages,
+    build_model,
+)
 
 
 @pytest.mark.parametrize("shape", [(28, 28, 1), (8, 8, 1), (128, 128, 3), (100, 60, 3), (256, 256, 1)])
 def test_shapes_and_range(shape):
     h, w, c = shape
-    model = build_model("ae", shape, 16, 8, 32).eval()
+    model = build_model(ModelConfig(latent_dim=16, base_channels=8, max_channels=32), shape).eval()
     x = torch.rand(2, c, h, w)
     with torch.no_grad():
         y = model(x)
@@ -22,17 +30,52 @@ def test_stages_bring_the_image_down_to_a_few_pixels():
     assert auto_stages(256, 256) == 6 and auto_stages(128, 128) == 5
 
 
-def test_vae_training_outputs_and_deterministic_inference():
-    model = VariationalAutoencoder(1, 28, 28, latent_dim=4, base_channels=8)
+def test_vae_objective_adds_its_weighted_kl_in_training_only_and_infers_deterministically():
+    cfg = ModelConfig(kind="vae", latent_dim=4, base_channels=8, kl_weight=0.5)
+    model = build_model(cfg, (28, 28, 1))
+    assert isinstance(model, VariationalAutoencoder) and model.kl_weight == 0.5
     x = torch.rand(3, 1, 28, 28)
-    with torch.no_grad():
-        recon, kl = model.training_outputs(x)
-    assert recon.shape == x.shape and kl.item() >= 0.0
     model.eval()
+    with torch.no_grad():
+        held_out = float(model.loss(x, train=False))
+        assert held_out == pytest.approx(float(torch.nn.functional.mse_loss(model(x), x)))
+        torch.manual_seed(0)
+        trained = float(model.loss(x, train=True))
+        model.kl_weight = 0.0
+        torch.manual_seed(0)
+        without_kl = float(model.loss(x, train=True))
+    assert trained > without_kl  # the KL term is positive and weighted in
     assert torch.equal(model(x), model(x))
 
 
-def test_plain_autoencoder_adds_no_extra_loss():
-    model = ConvAutoencoder(3, 16, 16, latent_dim=4, base_channels=4)
-    _, extra = model.training_outputs(torch.rand(2, 3, 16, 16))
-    assert float(extra) == 0.0
+def test_plain_autoencoder_objective_is_the_reconstruction_error_alone():
+    model = build_model(ModelConfig(latent_dim=4, base_channels=4), (16, 16, 3)).eval()
+    assert type(model) is ConvAutoencoder
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = float(torch.nn.functional.mse_loss(model(x), x))
+        assert float(model.loss(x, train=True)) == pytest.approx(expected)
+        assert float(model.loss(x, train=False)) == pytest.approx(expected)
+
+
+def test_denoising_objective_corrupts_the_input_in_training_only():
+    model = build_model(ModelConfig(kind="denoising", latent_dim=4, base_channels=4, noise_std=0.3), (16, 16, 1))
+    assert isinstance(model, DenoisingAutoencoder) and model.noise_std == 0.3
+    model.eval()
+    x = torch.rand(2, 1, 16, 16)
+    with torch.no_grad():
+        clean = float(torch.nn.functional.mse_loss(model(x), x))
+        assert float(model.loss(x, train=False)) == pytest.approx(clean)
+        noisy = [float(model.loss(x, train=True)) for _ in range(3)]
+    assert len(set(noisy)) == 3 and all(v != pytest.approx(clean) for v in noisy)
+
+
+def test_discriminative_objective_is_seeded_by_its_generator():
+    model = build_model(ModelConfig(kind="draem"), (32, 32, 1)).eval()
+    assert isinstance(model, DiscriminativeAutoencoder)
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        a = float(model.loss(x, train=False, gen=torch.Generator().manual_seed(3)))
+        b = float(model.loss(x, train=False, gen=torch.Generator().manual_seed(3)))
+        full = float(model.loss(x, train=True, gen=torch.Generator().manual_seed(3)))
+    assert a == b and full > a  # training adds the reconstruction terms to the segmentation term

@@ -83,6 +83,21 @@ def test_missing_file():
         load_pipeline("nope.toml")
 
 
+def test_every_ingest_setting_is_read_from_the_data_table(tmp_path):
+    """[data] takes every IngestConfig field by the same code the command line uses: the region of
+    interest needs nothing of its own here."""
+    from anomaly_ae.config import IngestConfig
+
+    text = MINIMAL + 'crop = [8, 4, 200, 300]\nsize = "64"\nmax_pixels = 1000000\n'
+    p = load_pipeline(write(tmp_path, text), base=tmp_path)
+    assert p.data.ingest_config() == IngestConfig(size="64", crop=(8, 4, 200, 300), max_pixels=1_000_000)
+    assert p.ingest_kwargs()["config"].crop == (8, 4, 200, 300)
+    with pytest.raises(ConfigError, match=r"p.toml \[data\].*crop"):
+        load_pipeline(write(tmp_path, MINIMAL + "crop = [8, 4, 0, 300]\n"), base=tmp_path)
+    with pytest.raises(ConfigError, match=r"crop.*expected"):
+        load_pipeline(write(tmp_path, MINIMAL + 'crop = "8,4"\n'), base=tmp_path)
+
+
 def test_library_never_imports_prefect():
     code = ("import anomaly_ae.steps, anomaly_ae.pipeline, anomaly_ae.inbox, sys; "
             "assert 'prefect' not in sys.modules")

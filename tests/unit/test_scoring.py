@@ -9,7 +9,7 @@ import pytest
 
 from anomaly_ae import steps
 from anomaly_ae.errors import BusyError, DataError
-from anomaly_ae.fsio import FileLock
+from anomaly_ae.locks import FileLock
 from tests.conftest import write_png
 
 

@@ -137,6 +137,7 @@ def test_collapse_check_reads_every_batch_of_a_tiled_model(tiled_detector):
     # A tiled model scores one image per batch; a constant output must still read as collapsed.
     det = AutoencoderDetector(tiled_detector.config)
     det.shape_, det.device_, det.model_ = tiled_detector.shape_, tiled_detector.device_, Constant()
+    det.tile_ = tiled_detector.tile_
     report = det._collapse_check(boards(10, 128, seed=5))
     assert report["spread_ratio"] == 0.0 and report["near_constant"] and report["collapsed"]
 

@@ -1,0 +1,64 @@
+"""What every source lists: `Item`s in a `Listing`, and the helpers sources and ingest share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from anomaly_ae.errors import DataError
+
+
+@dataclass
+class Item:
+    """One image to ingest or score: a file (`path`) or an in-memory array (`array`)."""
+
+    key: str  # relative path, or "<split>/<index>" for array datasets
+    path: Path | str | None = None
+    array: np.ndarray | None = None
+    label: int | None = None
+    class_name: str | None = None
+    split: str | None = None
+    mask_path: Path | None = None
+    reject_reason: str | None = None  # set when listing already shows the item is unusable
+
+
+@dataclass
+class Listing:
+    """A source's items and what describes them."""
+
+    items: list[Item]
+    classes: list[str]
+    description: dict = field(default_factory=dict)  # kind, spec, root, layout... (JSON-able)
+    fingerprint_parts: list = field(default_factory=list)  # cheap facts that change with the data
+
+
+class Source(Protocol):
+    """Anything that can list items."""
+
+    def list(self) -> Listing: ...  # noqa: E704
+
+
+def require_items(listing: Listing, where: str) -> Listing:
+    """Raise a helpful error when a source lists nothing."""
+    if not listing.items:
+        raise DataError(f"No images found in {where}. Check the path, or see `anomaly-ae ingest --help`.")
+    return listing
+
+
+def assign_test_split(items: list[Item], fraction: float, seed: int) -> None:
+    """Mark a seeded, per-class share `fraction` of unsplit items as 'test', the rest 'train'."""
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"test fraction must be between 0 and 1 (exclusive), got {fraction}.")
+    by_class: dict = {}
+    for k, item in enumerate(items):
+        by_class.setdefault(item.class_name, []).append(k)
+    rng = np.random.default_rng(seed)
+    for cls in sorted(by_class, key=lambda c: (c is None, str(c))):
+        idx = np.asarray(by_class[cls])
+        n_test = int(round(fraction * len(idx)))
+        test = set(rng.permutation(idx)[:n_test].tolist())
+        for k in idx.tolist():
+            items[k].split = "test" if k in test else "train"

@@ -1,0 +1,15 @@
+"""The pipeline's steps (ingest, info, train, calibrate, score, report, inbox): what the CLI and flows call.
+
+Each step takes plain values, does one job through the library modules below it and returns a
+plain, JSON-able summary. Steps never import prefect or typer, and no library module imports them.
+"""
+
+from anomaly_ae.steps.calibration import calibrate
+from anomaly_ae.steps.datasets import Progress, info, ingest
+from anomaly_ae.steps.demo import DEMO_SOURCE, demo
+from anomaly_ae.steps.inbox import score_inbox
+from anomaly_ae.steps.runs import report, report_or_none, score, score_partition
+from anomaly_ae.steps.training import HELD_OUT_SOURCE, model_info, train
+
+__all__ = ["DEMO_SOURCE", "HELD_OUT_SOURCE", "Progress", "calibrate", "demo", "info", "ingest", "model_info",
+           "report", "report_or_none", "score", "score_inbox", "score_partition", "train"]

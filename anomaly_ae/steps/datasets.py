@@ -1,0 +1,74 @@
+"""Dataset steps: ingest a source into a Parquet dataset, and say what a dataset holds."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from anomaly_ae.errors import DataError
+
+log = logging.getLogger(__name__)
+
+# Called with (done, total) as work advances.
+Progress = Callable[[int, int], None]
+
+
+def ingest(source: str, out: str | Path, config=None, *, root: str | None = None, download: bool = False,
+           workers: int | None = None, overwrite: bool = False, force: bool = False,
+           progress: Progress | None = None, **settings) -> dict:
+    """Ingest `source` into the dataset folder `out`; skipped when `out` is already up to date.
+
+    `config` (an `IngestConfig`; default its defaults) says how the images become the dataset;
+    `settings` replace single fields of it (``size="256"``, ``crop=(0, 0, 200, 200)``...).
+    An existing dataset made from the same files with the same settings is kept as it is
+    (``cached: True`` in the summary) unless `force`; one made from something else is
+    replaced only with `overwrite`, and only when it is a dataset (never the source itself or a
+    folder holding anything else).
+    """
+    import dataclasses
+
+    from anomaly_ae.config import IngestConfig
+    from anomaly_ae.dataset import Dataset
+    from anomaly_ae.ingest import fingerprint
+    from anomaly_ae.ingest import ingest as run_ingest
+    from anomaly_ae.sources import open_source
+
+    config = dataclasses.replace(config or IngestConfig(), **settings)
+    listing = open_source(source, root=root, download=download).list()
+    out = Path(out)
+    if (out / "images.parquet").exists() and not force:
+        existing = Dataset(out).meta
+        if existing.get("fingerprint") == fingerprint(listing, config):
+            log.info("%s is up to date with %s; skipping ingest", out, source)
+            return _dataset_summary(out, existing, cached=True)
+    protect = tuple(Path(p) for p in (source, root) if p and Path(p).exists())
+    meta = run_ingest(listing, out, config, workers=workers, overwrite=overwrite or force, progress=progress,
+                      protect=protect)
+    return _dataset_summary(out, meta, cached=False)
+
+
+def _dataset_summary(out: Path, meta: dict, cached: bool) -> dict:
+    return {"dataset": str(out), "cached": cached, "source": meta.get("source", {}).get("spec"),
+            "image_shape": meta["image_shape"], "classes": meta.get("classes", []),
+            "counts": meta["counts"], "preprocess": meta["preprocess"],
+            "fingerprint": meta.get("fingerprint")}
+
+
+def info(path: str | Path) -> dict:
+    """What a dataset holds: counts per split and class, shape, masks, rejects."""
+    from anomaly_ae.dataset import Dataset
+
+    ds = Dataset(path)
+    rejects = ds.rejects()
+    summary = _dataset_summary(Path(path), ds.meta, cached=False)
+    summary.pop("cached")
+    summary["rejects"] = [{"source": s, "reason": r} for s, r in
+                          zip(rejects["source"].to_pylist(), rejects["reason"].to_pylist())]
+    summary["layout"] = ds.meta.get("source", {}).get("layout")
+    summary["schema_version"] = ds.meta.get("schema_version")
+    summary["rows"] = len(ds)
+    if summary["rows"] != summary["counts"]["images"]:
+        raise DataError(f"{path}: metadata says {summary['counts']['images']} images but the file "
+                        f"holds {summary['rows']}; the dataset is damaged. Ingest it again.")
+    return summary

@@ -1,0 +1,35 @@
+"""The inbox step: score the files that arrived in an inbox since the last run, exactly once.
+
+The ledger, the staging and the commit are `anomaly_ae.inbox`'s; this step runs them around a
+scoring run (see that module for what a run does and why it scores each file once).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from anomaly_ae.steps.runs import score
+
+
+def score_inbox(folder: str | Path, state_dir: str | Path, model: str | Path, *, settle_seconds: float = 5.0,
+                max_files: int = 0, **score_options) -> dict:
+    """Stage the inbox's new files, score them and commit the run, holding the inbox lock.
+
+    `score_options` go to `score` (partitions, map_partitions, report...). Returns the inbox
+    summary: the run's id and folder, the new files, those rejected and the score summary.
+
+    Raises:
+        BusyError: another run holds the inbox lock.
+        DataError: the inbox folder does not exist.
+    """
+    from anomaly_ae.inbox import InboxRun, summary
+
+    with InboxRun(folder, state_dir, settle_seconds=settle_seconds, max_files=max_files) as run:
+        staged = run.stage(run.new_files())
+        if not staged:
+            return summary(run, [], None, None)
+        readable = run.scoreable()
+        # Exactly the staged files, as a flat list: no layout guessing may drop one.
+        scored = (score(run.input_dir, model, run.out_dir, files=readable, run_id=run.run_id, **score_options)
+                  if readable else None)
+        return summary(run, staged, scored, run.commit(staged))

@@ -1,0 +1,117 @@
+"""Scoring steps: score a folder or dataset into a run folder, one partition of it, and its report."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from anomaly_ae.errors import DataError
+from anomaly_ae.steps.datasets import Progress
+
+log = logging.getLogger(__name__)
+
+
+def score(input: str | Path, model: str | Path, out: str | Path, *, threshold: float | None = None,
+          target_fpr: float | None = None, split: str | None = None, batch_size: int | None = None,
+          workers: int | None = None, overwrite: bool = False, report: bool = True, device: str = "auto",
+          partitions: int = 1, map_partitions=None, files: list[str] | None = None,
+          run_id: str | None = None, progress: Progress | None = None) -> dict:
+    """Score a folder or dataset with a model into the run folder `out` (written atomically).
+
+    With `overwrite`, an existing `out` is replaced only when it is a run folder: never the input,
+    the model, or a folder holding anything else.
+
+    `files` (paths relative to the folder `input`) scores exactly those files, unlabelled.
+    `run_id` names the run in run.json and the report (default: a new one; callers that name the
+    run folder after an id pass the same one).
+
+    `map_partitions(parts, part_dirs, threshold, normal)`, when given, scores the partitions
+    elsewhere (a task runner) and returns their summaries; by default they run here in turn.
+    """
+    import shutil
+    import time
+
+    from anomaly_ae import checkpoint, scoring
+    from anomaly_ae import results as run_results
+    from anomaly_ae.detector import AutoencoderDetector
+    from anomaly_ae.fsio import atomic_dir, atomic_write_json
+    from anomaly_ae.imaging import Preprocess
+    from anomaly_ae.locks import FileLock
+    from anomaly_ae.runid import new_run_id
+
+    t0, out = time.perf_counter(), Path(out)
+    det = AutoencoderDetector.load(model, device=device)
+    th = det.operating_point(threshold, target_fpr)
+    policy = Preprocess.from_dict(det.meta_["preprocess"])
+    protect = [Path(input), checkpoint.model_file(model).parent]  # never written over, whatever --out says
+    with (FileLock(out.parent / f".{out.name}.lock", f"Run folder {out}"),
+          atomic_dir(out, overwrite=overwrite, kind="run", protect=protect) as tmp):
+        parts = scoring.plan(input, policy, partitions, split, files=files)
+        normal = scoring.normal_names(det.meta_.get("normal_classes") or [])
+        normal = normal if scoring.labels_known(parts, normal) else None
+        part_dirs = [tmp / ".parts" / f"{k:05d}" for k in range(len(parts))]
+        if map_partitions is None:
+            done = _score_here(det, parts, part_dirs, th["threshold"], normal, batch_size, workers, progress)
+        else:
+            done = map_partitions(parts, part_dirs, th["threshold"], normal)
+        t1 = time.perf_counter()
+        merged = run_results.finalize(part_dirs, tmp, threshold_info=th, cal_scores=det.calibration_scores_)
+        shutil.rmtree(tmp / ".parts", ignore_errors=True)
+        if merged["metrics"] is not None:
+            atomic_write_json(tmp / "metrics.json", merged["metrics"])
+        run = run_results.run_record(det, model, input, split, th, parts, done, merged,
+                                     {"total": time.perf_counter() - t0, "finalize": time.perf_counter() - t1}, normal,
+                                     run_id or new_run_id())
+        atomic_write_json(tmp / "run.json", run)
+        if report:
+            run["report"] = report_or_none(tmp)
+            atomic_write_json(tmp / "run.json", run)
+    return run_results.score_summary(out, run, merged)
+
+
+def _score_here(det, parts, part_dirs, threshold, normal, batch_size, workers, progress) -> list[dict]:
+    """Score the partitions one after the other in this process, with one progress count."""
+    from anomaly_ae import scoring
+
+    total, before, out = sum(len(p) for p in parts), 0, []
+    for part, d in zip(parts, part_dirs):
+        def report(n, _total, base=before):
+            if progress:
+                progress(base + n, total)
+        out.append(scoring.score_partition(det, part, d, threshold=threshold, normal=normal,
+                                           batch_size=batch_size, workers=workers, progress=report))
+        before += len(part)
+    return out
+
+
+def score_partition(model: str | Path, part, part_dir: str | Path, *, threshold: float,
+                    normal: list[str] | None, device: str = "auto") -> dict:
+    """Score one partition of a run (as `score` planned it) with the model loaded here, into
+    `part_dir`: what a task runner's worker calls for each partition."""
+    from anomaly_ae import scoring
+    from anomaly_ae.detector import AutoencoderDetector
+
+    det = AutoencoderDetector.load(model, device=device)
+    return scoring.score_partition(det, part, Path(part_dir), threshold=threshold,
+                                   normal=set(normal) if normal is not None else None)
+
+
+def report_or_none(run_dir: str | Path) -> str | None:
+    """Build the run folder's report.html and return its name; a failure is logged and returns None,
+    for the scores are committed and a broken report must not cost the user the run's results."""
+    try:
+        return report(run_dir).name
+    except Exception:
+        log.exception("building the report of %s failed; the scores are kept (rebuild it with "
+                      "`anomaly-ae report`)", run_dir)
+        return None
+
+
+def report(run_dir: str | Path) -> Path:
+    """Rebuild a run folder's report.html from its tables."""
+    from anomaly_ae import report as report_module
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "run.json").exists():
+        raise DataError(f"{run_dir} is not a run folder (no run.json). Score something with `anomaly-ae score`.")
+    return report_module.build(run_dir)

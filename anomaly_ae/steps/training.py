@@ -1,0 +1,145 @@
+"""Model steps: train and calibrate a detector into a model folder, and say what a model holds."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from anomaly_ae.errors import DataError, NoSpaceError
+from anomaly_ae.steps.datasets import Progress
+
+log = logging.getLogger(__name__)
+
+# Where a model's calibration scores came from, when train computed them.
+HELD_OUT_SOURCE = "held-out normal images of the training data"
+
+
+def model_info(path: str | Path) -> dict:
+    """What a model folder holds: kind, how it was chosen and trained, and its threshold."""
+    from anomaly_ae import checkpoint
+
+    folder = checkpoint.model_file(path).parent
+    return _model_summary(folder, checkpoint.read(path), cached=False)
+
+
+def _fingerprint(*parts) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _normal_rows(ds, normal: list[str] | None, split: str | None = "auto"):
+    """Rows of the normal classes: from the train split when the dataset has one."""
+    if not ds.classes and not normal:  # an unlabelled folder: every image is a normal one
+        split = ("train" if ds.has_split("train") else None) if split == "auto" else split
+        return [], split, ds.rows(split=split)
+    classes = ds.resolve_classes(normal) if normal else ds.default_normal()
+    if not classes:
+        raise DataError(f"Say which classes are normal with --normal (a class name or label). "
+                        f"Classes in {ds.path}: {', '.join(ds.classes) or 'none (unlabelled)'}.")
+    if split == "auto":
+        split = "train" if ds.has_split("train") else None
+    rows = ds.rows(split=split, classes=classes)
+    return classes, split, rows
+
+
+def train(dataset: str | Path, out: str | Path, *, normal: list[str] | None = None, config=None,
+          overwrite: bool = False, force: bool = False, resume: bool = False,
+          progress: Progress | None = None) -> dict:
+    """Train a detector on the normal classes of a dataset and calibrate it on a held-out part.
+
+    The held-out share (``train.calib_fraction``) is drawn with ``train.seed`` and used for the
+    threshold only: early stopping watches a separate share of the training images
+    (``train.val_fraction``). The dataset's test split is never used. A model folder trained from the same data and settings is kept
+    (``cached: True``) unless `force`; another is replaced (`overwrite` or `force`) only when it is a
+    model folder, never the dataset or a folder holding anything else.
+    """
+    import numpy as np
+
+    from anomaly_ae import checkpoint
+    from anomaly_ae.config import DetectorConfig
+    from anomaly_ae.dataset import Dataset
+    from anomaly_ae.fsio import atomic_dir
+    from anomaly_ae.locks import FileLock
+
+    config = config or DetectorConfig()
+    ds, out = Dataset(dataset), Path(out)
+    classes, split, rows = _normal_rows(ds, normal)
+    if len(rows) < 4:
+        raise DataError(f"Only {len(rows)} normal images ({', '.join(classes)}) in {dataset}; at least 4 are "
+                        "needed (some train the model, the rest calibrate its threshold).")
+    perm = np.random.default_rng(config.train.seed).permutation(rows)
+    n_cal = min(len(rows) - 2, max(1, int(round(config.train.calib_fraction * len(rows)))))
+    cal, fit = np.sort(perm[:n_cal]), np.sort(perm[n_cal:])
+    fp = _fingerprint(ds.meta.get("fingerprint"), classes, split, _weights_config(config))
+    # One train per model folder at a time: a second would race the first for the folder and leave
+    # its resume state behind.
+    with FileLock(out.parent / f".{out.name}.lock", f"Model folder {out}"):
+        existing = None if force else _up_to_date_model(out, fp)
+        if existing is not None:
+            log.info("%s is up to date; skipping training", out)
+            return _model_summary(out, existing, cached=True)
+        state = out.parent / f".{out.name}.train-{fp[:12]}.pt"
+        try:
+            with atomic_dir(out, overwrite=overwrite or force, kind="model", protect=[ds.path]) as tmp:
+                _fit_into(tmp, ds, config, (fit, cal), {"fingerprint": fp, "split": split}, classes,
+                          state=state, resume=resume, progress=progress)
+        except NoSpaceError:
+            state.unlink(missing_ok=True)  # "nothing was kept": the resume state neither
+            raise
+        state.unlink(missing_ok=True)
+    return _model_summary(out, checkpoint.read(out), cached=False)
+
+
+def _up_to_date_model(out: Path, fp: str) -> dict | None:
+    """The checkpoint at `out` when it was trained from the same data and settings (fingerprint `fp`)."""
+    from anomaly_ae import checkpoint
+
+    if not (out / "model.pt").exists():
+        return None
+    try:
+        existing = checkpoint.read(out)
+    except Exception:  # a damaged model is simply retrained
+        return None
+    return existing if existing.get("data", {}).get("fingerprint") == fp else None
+
+
+def _fit_into(tmp: Path, ds, config, rows: tuple, data: dict, classes: list[str], *, state: Path,
+              resume: bool, progress: Progress | None) -> None:
+    """Fit on the training rows, calibrate on the held-out rows and save the model folder into `tmp`."""
+    from anomaly_ae.configfile import dump_toml
+    from anomaly_ae.detector import AutoencoderDetector
+    from anomaly_ae.fsio import atomic_write_text
+
+    fit, cal = rows
+    held_out = ds.load(cal)
+    det = AutoencoderDetector(config).fit(ds.load(fit), progress=progress, state_path=state, resume=resume)
+    det.calibrate(held_out)
+    det.threshold_info_["source"] = HELD_OUT_SOURCE
+    index = ds.index()
+    data = {"dataset": str(ds.path.resolve()), "dataset_fingerprint": ds.meta.get("fingerprint"),
+            "fingerprint": data["fingerprint"], "split": data["split"], "n_train": len(fit),
+            "n_calibration": len(cal), "train_sha256": _fingerprint(index["sha256"].take(fit).to_pylist())}
+    det.save(tmp, preprocess=ds.meta["preprocess"], classes=ds.classes, normal_classes=classes, data=data)
+    atomic_write_text(tmp / "config.toml", dump_toml(config.as_trained().to_dict()))
+
+
+def _weights_config(config) -> dict:
+    """The settings a trained model depends on: not the threshold, the device or the collapse policy."""
+    d = config.to_dict()
+    d.pop("threshold")
+    d["train"] = {k: v for k, v in d["train"].items() if k not in ("device", "allow_collapsed")}
+    return d
+
+
+def _model_summary(out: Path, ckpt: dict, cached: bool) -> dict:
+    h, t = ckpt["history"], ckpt["threshold"]
+    return {"model": str(out), "cached": cached, "kind": ckpt["config"]["model"]["kind"],
+            "score": ckpt["config"]["score"]["method"], "normal_classes": ckpt.get("normal_classes"),
+            "n_train": ckpt.get("data", {}).get("n_train"), "n_calibration": t["n_calibration"],
+            "epochs": len(h["train_loss"]), "best_epoch": h["best_epoch"] + 1,
+            "train_loss": h["train_loss"][h["best_epoch"]], "held_out_loss": h["val_loss"][h["best_epoch"]],
+            "seconds": h["seconds"], "device": h["device"], "threshold": t["threshold"],
+            "target_fpr": t["target_fpr"], "guaranteed_fpr": t.get("guaranteed_fpr"),
+            "collapse": ckpt.get("collapse"), "selection": ckpt.get("selection")}

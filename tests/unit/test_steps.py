@@ -1,0 +1,49 @@
+"""The steps on a trained model folder: what train writes, and calibrate changing the threshold alone."""
+
+import torch
+
+from anomaly_ae import checkpoint, steps
+from anomaly_ae.detector import AutoencoderDetector
+
+
+def test_train_step_uses_the_train_split_only(mnist_model):
+    ckpt = checkpoint.read(mnist_model)
+    data = ckpt["data"]
+    assert data["split"] == "train" and data["n_train"] + data["n_calibration"] == 350
+    assert ckpt["normal_classes"] == ["0"] and ckpt["threshold"]["n_calibration"] == 70
+    from anomaly_ae.configfile import load_detector_config
+
+    written = load_detector_config(mnist_model / "config.toml")  # the rate that trained it, not "0: default"
+    assert written.train.lr == written.train.lr_for(ckpt["config"]["model"]["kind"]) > 0
+
+
+def test_calibrate_step_retargets_without_retraining(mnist_model, tmp_path):
+    import shutil
+
+    m = tmp_path / "m"
+    shutil.copytree(mnist_model, m)
+    before = checkpoint.read(m)
+    s = steps.calibrate(m, target_fpr=0.1)
+    after = checkpoint.read(m)
+    assert s["threshold"] < before["threshold"]["threshold"] and after["threshold"]["target_fpr"] == 0.1
+    assert all(torch.equal(before["state_dict"][k], after["state_dict"][k]) for k in before["state_dict"])
+    assert not s["cached"] and before["config"]["threshold"]["target_fpr"] == 0.01
+
+
+def test_calibrate_changes_the_target_in_every_file_of_the_model(mnist_model, tmp_path):
+    """model.pt, model.json and config.toml say the same target after a recalibration, so a retrain
+    from config.toml holds the rate the model was last calibrated to."""
+    import json
+    import shutil
+
+    from anomaly_ae.configfile import load_detector_config
+
+    m = tmp_path / "m"
+    shutil.copytree(mnist_model, m)
+    steps.calibrate(m, target_fpr=0.005)
+    assert checkpoint.read(m)["config"]["threshold"]["target_fpr"] == 0.005
+    assert json.loads((m / "model.json").read_text())["config"]["threshold"]["target_fpr"] == 0.005
+    assert load_detector_config(m / "config.toml").threshold.target_fpr == 0.005
+    assert AutoencoderDetector.load(m).config.threshold.target_fpr == 0.005
+    again = steps.calibrate(m, target_fpr=0.005)  # already there: nothing is rewritten
+    assert again["cached"] and again["threshold"] == checkpoint.read(m)["threshold"]["threshold"]

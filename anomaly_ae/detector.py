@@ -39,6 +39,9 @@ SEGMENT_BATCH_PIXELS = 2**20
 DRAEM_CROP = 64
 # ...and how many it draws from each image in an epoch (each crop gets its own simulated defect).
 DRAEM_CROPS_PER_IMAGE = 2
+# Simulated defects that judge each epoch of the discriminative kind, at the least: with 16 held-out
+# images (one defect each) the chosen epoch on generated surfaces scored AUROC 0.80-0.995 by seed.
+MIN_VAL_DEFECTS = 128
 # Its image score averages the top ``score.top_fraction`` of this many pixels (1% -> 3 pixels): on
 # generated surfaces with one-pixel scratches the peak of the map scored AUROC 0.79-0.81 against
 # 0.72-0.74 for 1% of a 64-pixel crop.
@@ -89,6 +92,9 @@ class AutoencoderDetector:
         tile = self._training_tile()
         if val is not None and tile:
             val = grid_tiles(val, *tile)
+        if val is not None and self._segments and len(val) < MIN_VAL_DEFECTS:
+            # Each held-out image carries one simulated defect a pass: repeat the few there are.
+            val = val.repeat(-(-MIN_VAL_DEFECTS // len(val)), 1, 1, 1)
         self.history_ = train(self.model_, data, val, m, cfg.train, progress=progress,
                               state_path=state_path, resume=resume, tile=tile,
                               crops_per_image=DRAEM_CROPS_PER_IMAGE if self._segments else TILES_PER_IMAGE).to_dict()

@@ -233,17 +233,21 @@ class DiscriminativeAutoencoder(nn.Module):
         simulated mask (defects cover a small share of the pixels; the focal term keeps the easy
         background from dominating).
 
-        Held out, the segmentation term alone: early stopping watches how well defects are found,
-        not how well texture is redrawn.
+        Held out: one minus the average precision of the defect map over the simulated defects'
+        pixels. Early stopping watches how well defects are ranked above the surface, not how well
+        texture is redrawn, nor the focal loss, which a map that marks nothing keeps low: on a paper
+        type (26 images) that loss rose and fell five-fold from epoch to epoch and kept the
+        weights of the first epoch (image AUROC 0.46).
         """
         from anomaly_ae.measures import ssim_map
         from anomaly_ae.simulate import synthesize
 
         x_in, mask = synthesize(x, gen)
         recon = self(x_in)
-        seg = focal_loss(self.defect_logits(x_in, recon).float(), mask, self.GAMMA)
+        logits = self.defect_logits(x_in, recon).float()
         if not train:
-            return seg
+            return 1.0 - average_precision(logits.flatten(), mask.flatten())
+        seg = focal_loss(logits, mask, self.GAMMA)
         return F.mse_loss(recon.float(), x) + (1.0 - ssim_map(recon.float(), x)).mean() + seg
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
@@ -268,6 +272,17 @@ class DiscriminativeAutoencoder(nn.Module):
         """(reconstruction, defect probability (n, h, w)) of a batch."""
         recon = self(x)
         return recon, torch.sigmoid(self.defect_logits(x, recon).float()).squeeze(1)
+
+
+def average_precision(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Average precision of `scores` ranking the positives of a {0, 1} `target` (flat tensors); 0 when
+    there is no positive. Ties rank the negatives first, so a map that does not tell pixels apart
+    gains nothing from their order."""
+    negatives_first = torch.argsort(target, stable=True)
+    order = negatives_first[torch.argsort(scores[negatives_first], descending=True, stable=True)]
+    hits = target[order].float()
+    precision = torch.cumsum(hits, 0) / torch.arange(1, len(hits) + 1, device=hits.device)
+    return (precision * hits).sum() / hits.sum().clamp_min(1.0)
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float) -> torch.Tensor:

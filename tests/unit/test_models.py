@@ -79,3 +79,25 @@ def test_discriminative_objective_is_seeded_by_its_generator():
         b = float(model.loss(x, train=False, gen=torch.Generator().manual_seed(3)))
         full = float(model.loss(x, train=True, gen=torch.Generator().manual_seed(3)))
     assert a == b and full > a  # training adds the reconstruction terms to the segmentation term
+
+
+def test_average_precision_ranks_positives_and_a_blank_map_scores_the_base_rate():
+    from anomaly_ae.models import average_precision
+
+    target = torch.tensor([0, 1, 0, 0, 1, 0, 0, 0.0])
+    assert float(average_precision(target * 5.0, target)) == pytest.approx(1.0)
+    assert float(average_precision(-target, target)) < 0.4  # positives ranked last
+    assert float(average_precision(torch.tensor([0.9, 0.1, 0.8, 0.0]), torch.tensor([1.0, 0, 0, 1]))) == \
+        pytest.approx((1 / 1 + 2 / 4) / 2)
+    assert float(average_precision(torch.rand(8), torch.zeros(8))) == 0.0
+
+
+def test_the_discriminative_kind_is_judged_held_out_by_how_it_ranks_defects():
+    """The held-out loss is 1 - average precision of the defect map: a network that marks nothing
+    (the focal loss's easy minimum) is judged as bad as it is."""
+    model = build_model(ModelConfig(kind="draem"), (32, 32, 1)).eval()
+    with torch.no_grad():
+        for p in model.discriminative.parameters():
+            p.zero_()
+        loss = float(model.loss(torch.rand(4, 1, 32, 32), train=False, gen=torch.Generator().manual_seed(0)))
+    assert loss > 0.8  # a constant map ranks defect pixels no better than their share of the image

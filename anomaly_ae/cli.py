@@ -275,14 +275,14 @@ def score(
     """Score a folder or dataset: every item's score, the flagged items, metrics when labels are known."""
     console.setup_logging(verbose)
     from anomaly_ae import steps
+    from anomaly_ae.config import ScoreRunConfig
     from anomaly_ae.runid import new_run_id
 
     run_id = new_run_id()
     out = out or Path("data") / "runs" / f"{_default_name(str(input))}-{run_id}"
     with console.progress("score") as update:
-        s = steps.score(input, model, out, run_id=run_id, threshold=threshold, target_fpr=target_fpr, split=split,
-                        batch_size=batch_size, workers=workers, device=device, report=report,
-                        overwrite=overwrite, progress=update)
+        s = steps.score(input, model, out, given(ScoreRunConfig, locals()), run_id=run_id, overwrite=overwrite,
+                        progress=update)
     if as_json:
         return console.print_json(s)
     console.print_score_summary(s)

@@ -227,3 +227,23 @@ def _parse_crop(text: str) -> tuple[int, ...] | str:
         return tuple(int(v) for v in text.replace(" ", "").split(","))
     except ValueError:
         return text
+
+
+@dataclass(frozen=True)
+class ScoreRunConfig:
+    """How a batch is scored: the operating point, which part of the input, and the work's size.
+    Read from the score command's options by the same fields (an option named like the field)."""
+
+    threshold: float | None = None  # a fixed threshold instead of the calibrated one
+    target_fpr: float | None = None  # the conformal threshold of this rate over the stored calibration scores
+    split: str | None = None  # only this split of a dataset
+    batch_size: int | None = None  # images per batch; None: from the image size
+    workers: int | None = None  # decode processes; None: all cores
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    report: bool = True  # write report.html into the run folder
+    partitions: int = 1  # slices of the input, scored one after the other or by a task runner
+
+    def __post_init__(self):  # the operating point is checked by the detector that applies it
+        require(self.batch_size is None or self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        require(self.workers is None or self.workers >= 1, "workers", f"must be >= 1, got {self.workers}")
+        require(1 <= self.partitions <= 10_000, "partitions", f"must be 1..10000, got {self.partitions}")

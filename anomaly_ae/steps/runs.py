@@ -11,12 +11,14 @@ from anomaly_ae.steps.datasets import Progress
 log = logging.getLogger(__name__)
 
 
-def score(input: str | Path, model: str | Path, out: str | Path, *, threshold: float | None = None,
-          target_fpr: float | None = None, split: str | None = None, batch_size: int | None = None,
-          workers: int | None = None, overwrite: bool = False, report: bool = True, device: str = "auto",
-          partitions: int = 1, map_partitions=None, files: list[str] | None = None,
-          run_id: str | None = None, progress: Progress | None = None) -> dict:
+def score(input: str | Path, model: str | Path, out: str | Path, config=None, *, overwrite: bool = False,
+          map_partitions=None, files: list[str] | None = None, run_id: str | None = None,
+          progress: Progress | None = None, **settings) -> dict:
     """Score a folder or dataset with a model into the run folder `out` (written atomically).
+
+    `config` (a `ScoreRunConfig`; default its defaults) sets the operating point, the split, the
+    batches, workers, device, partitions and the report; `settings` replace single fields of it
+    (``split="test"``, ``report=False``...).
 
     With `overwrite`, an existing `out` is replaced only when it is a run folder: never the input,
     the model, or a folder holding anything else.
@@ -28,10 +30,12 @@ def score(input: str | Path, model: str | Path, out: str | Path, *, threshold: f
     `map_partitions(parts, part_dirs, threshold, normal)`, when given, scores the partitions
     elsewhere (a task runner) and returns their summaries; by default they run here in turn.
     """
+    import dataclasses
     import shutil
     import time
 
     from anomaly_ae import checkpoint, scoring
+    from anomaly_ae.config import ScoreRunConfig
     from anomaly_ae import results as run_results
     from anomaly_ae.detector import AutoencoderDetector
     from anomaly_ae.fsio import atomic_dir, atomic_write_json
@@ -40,18 +44,19 @@ def score(input: str | Path, model: str | Path, out: str | Path, *, threshold: f
     from anomaly_ae.runid import new_run_id
 
     t0, out = time.perf_counter(), Path(out)
-    det = AutoencoderDetector.load(model, device=device)
-    th = det.operating_point(threshold, target_fpr)
+    cfg = dataclasses.replace(config or ScoreRunConfig(), **settings)
+    det = AutoencoderDetector.load(model, device=cfg.device)
+    th = det.operating_point(cfg.threshold, cfg.target_fpr)
     policy = Preprocess.from_dict(det.meta_["preprocess"])
     protect = [Path(input), checkpoint.model_file(model).parent]  # never written over, whatever --out says
     with (FileLock(out.parent / f".{out.name}.lock", f"Run folder {out}"),
           atomic_dir(out, overwrite=overwrite, kind="run", protect=protect) as tmp):
-        parts = scoring.plan(input, policy, partitions, split, files=files)
+        parts = scoring.plan(input, policy, cfg.partitions, cfg.split, files=files)
         normal = scoring.normal_names(det.meta_.get("normal_classes") or [])
         normal = normal if scoring.labels_known(parts, normal) else None
         part_dirs = [tmp / ".parts" / f"{k:05d}" for k in range(len(parts))]
         if map_partitions is None:
-            done = _score_here(det, parts, part_dirs, th["threshold"], normal, batch_size, workers, progress)
+            done = _score_here(det, parts, part_dirs, th["threshold"], normal, cfg.batch_size, cfg.workers, progress)
         else:
             done = map_partitions(parts, part_dirs, th["threshold"], normal)
         t1 = time.perf_counter()
@@ -59,11 +64,11 @@ def score(input: str | Path, model: str | Path, out: str | Path, *, threshold: f
         shutil.rmtree(tmp / ".parts", ignore_errors=True)
         if merged["metrics"] is not None:
             atomic_write_json(tmp / "metrics.json", merged["metrics"])
-        run = run_results.run_record(det, model, input, split, th, parts, done, merged,
+        run = run_results.run_record(det, model, input, cfg.split, th, parts, done, merged,
                                      {"total": time.perf_counter() - t0, "finalize": time.perf_counter() - t1}, normal,
                                      run_id or new_run_id())
         atomic_write_json(tmp / "run.json", run)
-        if report:
+        if cfg.report:
             run["report"] = report_or_none(tmp)
             atomic_write_json(tmp / "run.json", run)
     return run_results.score_summary(out, run, merged)

@@ -69,3 +69,13 @@ def test_command_options_named_like_fields_set_them(tmp_path):
     assert (cfg.train.epochs, cfg.train.lr, cfg.model.kind, cfg.score.method) == (9, 0.001, "vae", "mse")
     assert cfg.model.tile == 0 and cfg.threshold.target_fpr == 0.05 and not cfg.train.allow_collapsed
     assert dataclasses.replace(cfg, train=TrainConfig()) != cfg
+
+
+def test_score_run_settings_are_checked_and_read_from_options():
+    from anomaly_ae.config import ScoreRunConfig
+
+    cfg = given(ScoreRunConfig, {"split": "test", "report": False, "batch_size": None, "model": "m"})
+    assert cfg == ScoreRunConfig(split="test", report=False)
+    for bad in ({"partitions": 0}, {"workers": 0}, {"batch_size": 0}):
+        with pytest.raises(ConfigError):
+            ScoreRunConfig(**bad)

@@ -90,3 +90,30 @@ def alert(pipeline: str, kind: str, score: dict, run_dir: str | Path, min_flagge
                payload={"kind": kind, "flagged": flagged, "scored": score.get("scored"), "run_dir": str(run_dir),
                         "threshold": score.get("threshold")})
     return True
+
+
+def finish(pipeline: str, result: dict, score: dict | None, message: str | None = None):
+    """The flow run's final state: Completed, with a message saying what the run found (by default
+    ``4/9 flagged, 1 unreadable, drift: none``) and `result` as its data; the run is tagged with the
+    pipeline's name and, when it scored, ``flagged`` or ``clean``."""
+    from prefect.states import Completed
+
+    from anomaly_ae.facts import run_message
+
+    tags = [pipeline] + ([("flagged" if score["flagged"] else "clean")] if score else [])
+    _tag_flow_run(tags)
+    return Completed(message=message or run_message(score), data=result)
+
+
+def _tag_flow_run(tags: list[str]) -> None:
+    """Add `tags` to the current flow run (a failure is logged: tags must never fail a run)."""
+    from prefect import get_run_logger
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    try:
+        with get_client(sync_client=True) as client:
+            current = client.read_flow_run(flow_run.id).tags
+            client.update_flow_run(flow_run.id, tags=sorted({*current, *tags}))
+    except Exception as exc:  # the run's results stand without its tags
+        get_run_logger().warning("could not tag the flow run with %s: %s", ", ".join(tags), exc)

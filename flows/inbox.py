@@ -53,17 +53,17 @@ def inbox_flow(pipeline: str, task_runner: str | None = None, dask_address: str 
         result = score_inbox(p, task_runner, dask_address)
     except BusyError as exc:
         logger.info("skipped: %s", exc)
-        return {"inbox": p.inbox.folder, "skipped": "busy", "new_files": 0, "score": None}
+        return artifacts.finish(p.name, {"inbox": p.inbox.folder, "skipped": "busy", "new_files": 0, "score": None},
+                                None, "skipped: another run holds the inbox")
     if not result["new_files"]:
-        logger.info("no new files in %s (%d still settling)", p.inbox.folder, result["pending"])
-        return result
+        return artifacts.finish(p.name, result, None, f"no new files ({result['pending']} still settling)")
     if result["score"] is None:
         logger.warning("none of the %d new files could be read; they are recorded as rejected", result["new_files"])
-        return result
+        return artifacts.finish(p.name, result, None, f"{result['new_files']} new files, none readable")
     run_dir, score = result["run_dir"], result["score"]
     if p.inbox.report:
         score["report"] = tasks.report(run_dir)
     extra = {"new files": result["new_files"], "still settling": result["pending"]}
     result["artifacts"] = artifacts.publish(p.name, "inbox", score, run_dir, extra)
     result["alert"] = artifacts.alert(p.name, "inbox", score, run_dir, p.alerts.min_flagged, logger)
-    return result
+    return artifacts.finish(p.name, result, score)

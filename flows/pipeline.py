@@ -79,8 +79,9 @@ def score_batch_flow(pipeline: str, input: str | None = None, split: str | None 
     """Score a folder or dataset (default: what the pipeline's [batch] says) with its model."""
     p = load_for_run(pipeline)
     default_input, default_split = batch_input(p)
-    return score_and_report(p, input or default_input, split if input else (split or default_split), "batch",
-                            task_runner, dask_address, partitions)
+    scored = score_and_report(p, input or default_input, split if input else (split or default_split), "batch",
+                              task_runner, dask_address, partitions)
+    return artifacts.finish(p.name, scored, scored)
 
 
 @flow(name="anomaly-pipeline", flow_run_name=run_name)
@@ -98,4 +99,5 @@ def pipeline_flow(pipeline: str, force: bool = False, task_runner: str | None = 
     threshold = tasks.calibrate(p)
     source, split = batch_input(p)
     scored = score_and_report(p, source, split, "batch", task_runner, dask_address)
-    return {"pipeline": p.name, "dataset": dataset, "model": model, "calibrate": threshold, "score": scored}
+    result = {"pipeline": p.name, "dataset": dataset, "model": model, "calibrate": threshold, "score": scored}
+    return artifacts.finish(p.name, result, scored)

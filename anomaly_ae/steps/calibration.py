@@ -34,7 +34,6 @@ def calibrate(model: str | Path, *, target_fpr: float | None = None, data: str |
         det = AutoencoderDetector.load(folder)
         current = det.threshold_info_
         if data is None and not held_out and target_fpr in (None, current.get("target_fpr")):
-            log.info("%s already holds target FPR %g; nothing to recalibrate", folder, current.get("target_fpr"))
             return _calibration_summary(folder, det, current.get("source", HELD_OUT_SOURCE), cached=True)
         scores, source = _calibration_set(det, data, normal, split, held_out)
         det.calibrate_scores(scores, target_fpr if target_fpr is not None else current["target_fpr"])
@@ -46,8 +45,13 @@ def calibrate(model: str | Path, *, target_fpr: float | None = None, data: str |
 
 
 def _calibration_summary(folder: Path, det, source: str, cached: bool) -> dict:
-    return {"model": str(folder), "cached": cached, "source": source, **det.threshold_info_,
-            "held_out_kept": len(det.meta_.get("held_out_scores") or [])}
+    """The calibrate step's summary; its line is logged."""
+    from anomaly_ae import facts
+
+    summary = {"model": str(folder), "cached": cached, "source": source, **det.threshold_info_,
+               "held_out_kept": len(det.meta_.get("held_out_scores") or [])}
+    log.info(facts.calibrate(summary))
+    return summary
 
 
 def _retarget_config_file(path: Path, target_fpr: float) -> None:

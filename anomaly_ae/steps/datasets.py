@@ -40,12 +40,24 @@ def ingest(source: str, out: str | Path, config=None, *, root: str | None = None
     if (out / "images.parquet").exists() and not force:
         existing = Dataset(out).meta
         if existing.get("fingerprint") == fingerprint(listing, config):
-            log.info("%s is up to date with %s; skipping ingest", out, source)
-            return _dataset_summary(out, existing, cached=True)
+            return _told(_dataset_summary(out, existing, cached=True), out)
     protect = tuple(Path(p) for p in (source, root) if p and Path(p).exists())
     meta = run_ingest(listing, out, config, workers=workers, overwrite=overwrite or force, progress=progress,
                       protect=protect)
-    return _dataset_summary(out, meta, cached=False)
+    return _told(_dataset_summary(out, meta, cached=False), out)
+
+
+def _told(summary: dict, out: Path) -> dict:
+    """Log the ingest's line (rejected files by name) and return its summary."""
+    from anomaly_ae import facts
+    from anomaly_ae.dataset import Dataset
+
+    rejects = []
+    if summary["counts"]["rejects"] and not summary["cached"]:
+        table = Dataset(out).rejects().slice(0, facts.MAX_NAMED)
+        rejects = list(zip(table["source"].to_pylist(), table["reason"].to_pylist()))
+    log.info(facts.ingest(summary, rejects))
+    return summary
 
 
 def _dataset_summary(out: Path, meta: dict, cached: bool) -> dict:

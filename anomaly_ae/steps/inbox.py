@@ -6,9 +6,12 @@ scoring run (see that module for what a run does and why it scores each file onc
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from anomaly_ae.steps.runs import score
+
+log = logging.getLogger(__name__)
 
 
 def score_inbox(folder: str | Path, state_dir: str | Path, model: str | Path, *, settle_seconds: float = 5.0,
@@ -22,12 +25,18 @@ def score_inbox(folder: str | Path, state_dir: str | Path, model: str | Path, *,
         BusyError: another run holds the inbox lock.
         DataError: the inbox folder does not exist.
     """
+    from anomaly_ae import facts
     from anomaly_ae.inbox import InboxRun, summary
 
     with InboxRun(folder, state_dir, settle_seconds=settle_seconds, max_files=max_files) as run:
         staged = run.stage(run.new_files())
         if not staged:
+            log.info("no new files in %s (%d still settling)", folder, run.pending)
             return summary(run, [], None, None)
+        refused = [(s.key, s.reason) for s in staged if s.reason]
+        if refused:
+            log.warning("%d inbox entries cannot be scored and are recorded as rejected: %s", len(refused),
+                        facts.named(refused))
         readable = run.scoreable()
         # Exactly the staged files, as a flat list: no layout guessing may drop one.
         scored = (score(run.input_dir, model, run.out_dir, files=readable, run_id=run.run_id, **score_options)

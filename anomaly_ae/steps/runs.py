@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from anomaly_ae import facts
 from anomaly_ae.errors import DataError
 from anomaly_ae.steps.datasets import Progress
 
@@ -35,8 +36,8 @@ def score(input: str | Path, model: str | Path, out: str | Path, config=None, *,
     import time
 
     from anomaly_ae import checkpoint, scoring
-    from anomaly_ae.config import ScoreRunConfig
     from anomaly_ae import results as run_results
+    from anomaly_ae.config import ScoreRunConfig
     from anomaly_ae.detector import AutoencoderDetector
     from anomaly_ae.fsio import atomic_dir, atomic_write_json
     from anomaly_ae.imaging import Preprocess
@@ -71,7 +72,19 @@ def score(input: str | Path, model: str | Path, out: str | Path, config=None, *,
         if cfg.report:
             run["report"] = report_or_none(tmp)
             atomic_write_json(tmp / "run.json", run)
-    return run_results.score_summary(out, run, merged)
+    summary = run_results.score_summary(out, run, merged)
+    log.info(facts.score(summary, _first_rejects(out / "rejects.parquet")))
+    return summary
+
+
+def _first_rejects(path: Path) -> list[tuple[str, str]]:
+    """The first files a run could not read, with the reason (as many as a log line names)."""
+    import pyarrow.parquet as pq
+
+    if not path.exists():
+        return []
+    table = pq.read_table(path, columns=["source", "reason"]).slice(0, facts.MAX_NAMED)
+    return list(zip(table["source"].to_pylist(), table["reason"].to_pylist()))
 
 
 def _score_here(det, parts, part_dirs, threshold, normal, batch_size, workers, progress) -> list[dict]:

@@ -78,8 +78,7 @@ def train(dataset: str | Path, out: str | Path, *, normal: list[str] | None = No
     with FileLock(out.parent / f".{out.name}.lock", f"Model folder {out}"):
         existing = None if force else _up_to_date_model(out, fp)
         if existing is not None:
-            log.info("%s is up to date; skipping training", out)
-            return _model_summary(out, existing, cached=True)
+            return _told(_model_summary(out, existing, cached=True))
         state = out.parent / f".{out.name}.train-{fp[:12]}.pt"
         try:
             with atomic_dir(out, overwrite=overwrite or force, kind="model", protect=[ds.path]) as tmp:
@@ -89,7 +88,14 @@ def train(dataset: str | Path, out: str | Path, *, normal: list[str] | None = No
             state.unlink(missing_ok=True)  # "nothing was kept": the resume state neither
             raise
         state.unlink(missing_ok=True)
-    return _model_summary(out, checkpoint.read(out), cached=False)
+    return _told(_model_summary(out, checkpoint.read(out), cached=False))
+
+
+def _told(summary: dict) -> dict:
+    from anomaly_ae import facts
+
+    log.info(facts.train(summary))
+    return summary
 
 
 def _up_to_date_model(out: Path, fp: str) -> dict | None:
@@ -141,5 +147,6 @@ def _model_summary(out: Path, ckpt: dict, cached: bool) -> dict:
             "epochs": len(h["train_loss"]), "best_epoch": h["best_epoch"] + 1,
             "train_loss": h["train_loss"][h["best_epoch"]], "held_out_loss": h["val_loss"][h["best_epoch"]],
             "seconds": h["seconds"], "device": h["device"], "threshold": t["threshold"],
+            "stopped": "early" if h.get("stopped_early") else "time" if h.get("stopped_by_time") else None,
             "target_fpr": t["target_fpr"], "guaranteed_fpr": t.get("guaranteed_fpr"),
             "collapse": ckpt.get("collapse"), "selection": ckpt.get("selection")}

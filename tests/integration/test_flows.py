@@ -69,6 +69,24 @@ def test_demo_pipeline_end_to_end(first_run):
     assert table is not None and table.type == "table"
 
 
+def test_a_run_tells_what_it_did_in_its_logs_state_and_tags(first_run):
+    """One line of facts per step in the run's logs, the run's finding in its final state's message,
+    and the pipeline's name and flagged / clean in its tags."""
+    from prefect.client.orchestration import get_client
+
+    score = first_run["score"]
+    messages = _flow_run_logs(first_run["flow_run_id"], "scored 1500 items")
+    facts = {m.split(" ", 1)[0]: m for m in messages if m.split(" ", 1)[0] in ("ingested", "trained", "scored")}
+    assert set(facts) == {"ingested", "trained", "scored"}, messages
+    assert facts["ingested"].startswith("ingested 5000 images 28x28x1 of 10 classes") and "0 rejected" in facts["ingested"]
+    assert " epochs (" in facts["trained"] and "calibration images" in facts["trained"]
+    assert f"{score['flagged']}/1500 flagged, 0 unreadable" in facts["scored"] and "AUROC" in facts["scored"]
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(first_run["flow_run_id"])
+    assert run.state.message.startswith(f"{score['flagged']}/1500 flagged, 0 unreadable, drift: ")
+    assert {"mnist-demo", "flagged" if score["flagged"] else "clean"} <= set(run.tags)
+
+
 def test_rerun_skips_finished_work_and_force_redoes_it(first_run, demo):
     from flows.entry import run
 
@@ -77,8 +95,9 @@ def test_rerun_skips_finished_work_and_force_redoes_it(first_run, demo):
     assert again["dataset"]["cached"] is True and again["model"]["cached"] is True
     assert again["score"]["run"] != first_run["score"]["run"]  # every run scores into a new folder
     assert again["score"]["auroc"] == pytest.approx(first_run["score"]["auroc"])
-    messages = _flow_run_logs(again["flow_run_id"], "skipping training")
-    assert any("skipping training" in m for m in messages)  # the library's log, forwarded to Prefect
+    messages = _flow_run_logs(again["flow_run_id"], "skipped training")
+    assert any("skipped training" in m for m in messages)  # the library's log, forwarded to Prefect
+    assert any(m.startswith("skipped ingest: ") and "up to date" in m for m in messages)
     forced = run(str(demo), force=True)
     assert forced["dataset"]["cached"] is False and forced["model"]["cached"] is False
 

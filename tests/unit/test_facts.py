@@ -1,0 +1,26 @@
+"""The one-line facts the steps log: what was done or skipped, with the numbers and the rejected files."""
+
+from anomaly_ae import facts
+
+
+def test_rejected_files_are_named_up_to_a_limit_then_counted():
+    rejects = [(f"f{k}.png", "empty file (0 bytes)") for k in range(facts.MAX_NAMED)]
+    assert facts.named(rejects[:2]) == "f0.png (empty file (0 bytes)); f1.png (empty file (0 bytes))"
+    assert facts.named(rejects, total=12).endswith(f"f{facts.MAX_NAMED - 1}.png (empty file (0 bytes)) and 7 more")
+
+
+def test_lines_say_done_or_skipped_with_their_numbers():
+    ds = {"dataset": "d", "cached": False, "image_shape": [28, 28, 1], "classes": ["a", "b"],
+          "counts": {"images": 9, "masks": 0, "rejects": 1}}
+    assert facts.ingest(ds, [("x.png", "corrupt")]) == \
+        "ingested 9 images 28x28x1 of 2 classes into d, 0 masks, 1 rejected: x.png (corrupt)"
+    assert facts.ingest({**ds, "cached": True}, []).startswith("skipped ingest: d is up to date")
+    model = {"model": "m", "cached": False, "kind": "ae", "n_train": 80, "epochs": 9, "stopped": "early",
+             "best_epoch": 3, "train_loss": 0.5, "held_out_loss": 0.25, "seconds": 12.0, "device": "cpu",
+             "threshold": 0.04, "target_fpr": 0.01, "guaranteed_fpr": 0.0099, "n_calibration": 100, "selection": None}
+    line = facts.train(model)
+    assert line.startswith("trained ae on 80 images: 9 epochs (stopped early), best epoch 3") and "100 calibration" in line
+    run = {"run": "r", "scored": 9, "flagged": 4, "rejects": 1, "auroc": 0.875, "drift": False}
+    assert facts.run_message(run) == "4/9 flagged, 1 unreadable, drift: none"
+    assert facts.score(run, [("y.png", "truncated")]).endswith("AUROC 0.875; unreadable: y.png (truncated)")
+    assert facts.calibrate({**model, "cached": True}).startswith("skipped calibration: m already holds")

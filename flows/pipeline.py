@@ -55,18 +55,21 @@ def calibrate_flow(pipeline: str, target_fpr: float | None = None) -> dict:
 
 
 def score_and_report(p: Pipeline, input: str, split: str | None, kind: str, task_runner: str | None,
-                     dask_address: str | None, partitions: int | None = None) -> dict:
-    """Score into a new run folder, build the report, publish artifacts and alert; returns the summary."""
+                     dask_address: str | None, partitions: int | None = None, after: list | None = None) -> dict:
+    """Score into a new run folder (once the task states in `after` are final), build the report,
+    publish artifacts and alert; returns the summary."""
     from anomaly_ae.runid import new_run_id
 
     logger = get_run_logger()
     partitions = partitions or p.scale.partitions
     run_id = new_run_id()
     out = p.runs_dir / run_id
-    summary = tasks.score(input, str(p.model_dir), str(out), run_id=run_id, split=split, partitions=partitions,
-                          map_partitions=mapper_for(p, task_runner, dask_address, partitions))
+    scored = tasks.score(input, str(p.model_dir), str(out), run_id=run_id, split=split, partitions=partitions,
+                         map_partitions=mapper_for(p, task_runner, dask_address, partitions), wait_for=after or [],
+                         return_state=True)
+    summary = scored.result()
     if p.batch.report:
-        summary["report"] = tasks.report(out)
+        summary["report"] = tasks.report(out, wait_for=[scored])
     summary["artifacts"] = artifacts.publish(p.name, kind, summary, out)
     summary["alert"] = artifacts.alert(p.name, kind, summary, out, p.alerts.min_flagged, logger)
     return summary
@@ -94,10 +97,15 @@ def pipeline_flow(pipeline: str, force: bool = False, task_runner: str | None = 
     the pipeline's [scale] partitions.
     """
     p = load_for_run(pipeline)
-    dataset = tasks.ingest(p, force)
-    model = tasks.train(p, force)
-    threshold = tasks.calibrate(p)
+    # Each task waits for the one before: the run's graph shows ingest -> train -> calibrate -> score -> report.
+    # A failed task's result() raises its error, which ends the run as before.
+    ingested = tasks.ingest(p, force, return_state=True)
+    dataset = ingested.result()
+    trained = tasks.train(p, force, wait_for=[ingested], return_state=True)
+    model = trained.result()
+    calibrated = tasks.calibrate(p, wait_for=[trained], return_state=True)
+    threshold = calibrated.result()
     source, split = batch_input(p)
-    scored = score_and_report(p, source, split, "batch", task_runner, dask_address)
+    scored = score_and_report(p, source, split, "batch", task_runner, dask_address, after=[calibrated])
     result = {"pipeline": p.name, "dataset": dataset, "model": model, "calibrate": threshold, "score": scored}
     return artifacts.finish(p.name, result, scored)

@@ -19,6 +19,15 @@ from flows.logs import forward_library_logs
 from flows.retry import transient_only
 
 IO_RETRIES = {"retries": 2, "retry_delay_seconds": 3, "retry_condition_fn": transient_only}
+SKIPPED = "Skipped"
+
+
+def skipped_or_done(summary: dict, why: str):
+    """A step's summary, or, when the step found its work done already (``cached``), a Completed state
+    named Skipped that says why: the UI tells work skipped from work done."""
+    from prefect.states import Completed
+
+    return Completed(name=SKIPPED, message=f"skipped: {why}", data=summary) if summary.get("cached") else summary
 
 
 @task(name="ingest", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -28,22 +37,23 @@ def ingest(p: Pipeline, force: bool = False) -> dict:
     The pipeline owns its dataset folder: a dataset made from other files or options is replaced.
     """
     forward_library_logs()
-    return steps.ingest(**p.ingest_kwargs(), overwrite=True, force=force)
+    return skipped_or_done(steps.ingest(**p.ingest_kwargs(), overwrite=True, force=force), "the source is unchanged")
 
 
 @task(name="train", cache_policy=NO_CACHE)
 def train(p: Pipeline, force: bool = False) -> dict:
     """Train and calibrate the pipeline's model (skipped when data and settings are unchanged)."""
     forward_library_logs()
-    return steps.train(p.dataset_dir, p.model_dir, normal=p.normal, config=p.detector, overwrite=True,
-                       force=force)
+    return skipped_or_done(steps.train(p.dataset_dir, p.model_dir, normal=p.normal, config=p.detector,
+                                       overwrite=True, force=force), "the data and settings are unchanged")
 
 
 @task(name="calibrate", cache_policy=NO_CACHE, **IO_RETRIES)
 def calibrate(p: Pipeline) -> dict:
     """Set the model's threshold to the pipeline's target FPR (skipped when it already holds it)."""
     forward_library_logs()
-    return steps.calibrate(p.model_dir, target_fpr=p.detector.threshold.target_fpr)
+    return skipped_or_done(steps.calibrate(p.model_dir, target_fpr=p.detector.threshold.target_fpr),
+                           "the model already holds the target")
 
 
 @task(name="score", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=3, retry_condition_fn=transient_only)

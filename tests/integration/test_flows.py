@@ -50,6 +50,17 @@ def _flow_run_logs(flow_run_id: str, needle: str, timeout: float = 120.0) -> lis
         time.sleep(0.5)
 
 
+def _task_runs(flow_run_id: str) -> dict[str, tuple]:
+    """{task name: (state name, state message, task run id, ids of the task runs it waited for)}."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {r.name.rsplit("-", 1)[0]: (r.state.name, r.state.message, r.id,
+                                       {i.id for i in r.task_inputs.get("wait_for", [])}) for r in runs}
+
+
 def test_demo_pipeline_end_to_end(first_run):
     from prefect.artifacts import Artifact
 
@@ -98,6 +109,13 @@ def test_rerun_skips_finished_work_and_force_redoes_it(first_run, demo):
     messages = _flow_run_logs(again["flow_run_id"], "skipped training")
     assert any("skipped training" in m for m in messages)  # the library's log, forwarded to Prefect
     assert any(m.startswith("skipped ingest: ") and "up to date" in m for m in messages)
+    # The graph: each task waits for the one before; the steps that found their work done say so.
+    states = _task_runs(again["flow_run_id"])
+    assert {n: states[n][0] for n in ("ingest", "train", "calibrate")} == {n: "Skipped" for n in
+                                                                          ("ingest", "train", "calibrate")}
+    assert states["train"][1] == "skipped: the data and settings are unchanged" and states["score"][0] == "Completed"
+    for before, after in (("ingest", "train"), ("train", "calibrate"), ("calibrate", "score"), ("score", "report")):
+        assert states[before][2] in states[after][3], f"{after} does not wait for {before}"
     forced = run(str(demo), force=True)
     assert forced["dataset"]["cached"] is False and forced["model"]["cached"] is False
 

@@ -106,8 +106,10 @@ def local_server(timeout: float = SERVER_START_SECONDS) -> Iterator[str | None]:
     # Under a parent watch: the server stops when this process dies, even by SIGKILL.
     cmd = python_module_command("prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port))
     # A session of its own: Ctrl-C stops serving first; the server is stopped after that.
+    # The UI asks the API it is wired to (/ui-settings): this server's own, not the default port 4200.
+    env = {**os.environ, "PREFECT_SERVER_UI_API_URL": url, "PREFECT_SERVER_API_PORT": str(port)}
     proc = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, env=env)
     try:
         _wait_healthy(proc, url, timeout, logfile.name)
         log.info("started a local Prefect server for serving: %s (UI at http://127.0.0.1:%d)", url, port)

@@ -237,3 +237,20 @@ def test_served_schedule_fires_and_scores_each_drop_once(line, tmp_path):
             proc.kill()
         log.close()
     assert set(collections.Counter(ledger_paths(p)).values()) == {1}
+
+
+def test_the_serving_servers_ui_talks_to_that_server(monkeypatch):
+    """`serve` starts its own Prefect server when none is configured; the UI it serves must be wired
+    to that server's API (its /ui-settings), not to the default port."""
+    import json
+    import urllib.request
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.serve import local_server
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with temporary_settings(updates={PREFECT_API_URL: None}), local_server() as url:
+        with urllib.request.urlopen(url.removesuffix("/api") + "/ui-settings", timeout=30) as response:
+            settings = json.loads(response.read())
+    assert settings["api_url"] == url and ":4200" not in url

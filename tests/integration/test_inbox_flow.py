@@ -290,3 +290,25 @@ def test_the_serving_servers_ui_talks_to_that_server(monkeypatch):
         with urllib.request.urlopen(url.removesuffix("/api") + "/ui-settings", timeout=30) as response:
             settings = json.loads(response.read())
     assert settings["api_url"] == url and ":4200" not in url
+
+
+def test_a_user_error_on_a_run_is_one_line_not_a_traceback(line, tmp_path):
+    """A run that fails on bad data or settings (here: its inbox folder is gone) ends Failed with the
+    message, and its logs hold that line without a traceback."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    from flows.inbox import inbox_flow
+
+    path, inbox, p = make_line(line, tmp_path)
+    inbox.rmdir()
+    state = inbox_flow(pipeline=str(path), return_state=True)
+    assert state.is_failed() and "does not exist or is not a folder" in state.message
+    deadline, messages = time.monotonic() + 120, []
+    while time.monotonic() < deadline and not any("does not exist" in m for m in messages):
+        time.sleep(0.5)
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+        messages = [entry.message for entry in logs]
+    assert any("does not exist or is not a folder" in m for m in messages), messages
+    assert not any("Traceback" in m for m in messages), messages

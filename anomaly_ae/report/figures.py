@@ -40,35 +40,38 @@ def png_b64(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _curve_figure(x, y, label: str, reference, point, point_label: str, axes: tuple[str, str, str],
+                  legend: str, **curve) -> str:
+    """A curve with a dotted reference (`reference(ax)` draws it) and the operating point ringed."""
+    fig, ax = _figure()
+    ax.plot(x, y, "-", lw=2, color="#1f5fa8", label=label, **curve)
+    reference(ax)
+    if None not in point:
+        ax.plot([point[0]], [point[1]], "o", ms=11, mfc="none", mec="#c0392b", mew=2.5, label=point_label)
+    ax.set(xlabel=axes[0], ylabel=axes[1], xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), title=axes[2])
+    ax.grid(alpha=0.3)
+    ax.legend(loc=legend, fontsize=9)
+    return png_b64(fig)
+
+
 def roc_figure(roc: dict, auroc: float, fpr: float | None, tpr: float | None) -> str:
     """ROC curve with the chance diagonal and the operating point ringed."""
-    fig, ax = _figure()
-    ax.plot(roc["fpr"], roc["tpr"], "-", lw=2, color="#1f5fa8", label=f"ROC (AUROC {auroc:.4f})")
-    ax.plot([0, 1], [0, 1], ":", color="#777777", label="chance")
-    if fpr is not None and tpr is not None:
-        ax.plot([fpr], [tpr], "o", ms=11, mfc="none", mec="#c0392b", mew=2.5,
-                label=f"operating point: FPR {fpr:.4f}, TPR {tpr:.4f}")
-    ax.set(xlabel="false-positive rate (normals flagged)", ylabel="true-positive rate",
-           xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), title="ROC curve")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=9)
-    return png_b64(fig)
+    return _curve_figure(
+        roc["fpr"], roc["tpr"], f"ROC (AUROC {auroc:.4f})",
+        lambda ax: ax.plot([0, 1], [0, 1], ":", color="#777777", label="chance"),
+        (fpr, tpr), f"operating point: FPR {fpr or 0:.4f}, TPR {tpr or 0:.4f}",
+        ("false-positive rate (normals flagged)", "true-positive rate", "ROC curve"), "lower right")
 
 
 def pr_figure(pr: dict, auprc: float, precision: float | None, recall: float | None, prevalence: float) -> str:
     """Precision-recall curve with the no-skill line and the operating point ringed."""
-    fig, ax = _figure()
-    ax.plot(pr["recall"], pr["precision"], "-", drawstyle="steps-post", lw=2, color="#1f5fa8",
-            label=f"PR (AUPRC {auprc:.4f})")
-    ax.axhline(prevalence, ls=":", color="#777777", label=f"no skill (share of anomalies {prevalence:.3f})")
-    if precision is not None and recall is not None:
-        ax.plot([recall], [precision], "o", ms=11, mfc="none", mec="#c0392b", mew=2.5,
-                label=f"operating point: recall {recall:.4f}, precision {precision:.4f}")
-    ax.set(xlabel="recall (anomalies flagged)", ylabel="precision",
-           xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), title="Precision-recall curve")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=9)
-    return png_b64(fig)
+    return _curve_figure(
+        pr["recall"], pr["precision"], f"PR (AUPRC {auprc:.4f})",
+        lambda ax: ax.axhline(prevalence, ls=":", color="#777777",
+                              label=f"no skill (share of anomalies {prevalence:.3f})"),
+        (recall, precision), f"operating point: recall {recall or 0:.4f}, precision {precision or 0:.4f}",
+        ("recall (anomalies flagged)", "precision", "Precision-recall curve"), "lower left",
+        drawstyle="steps-post")
 
 
 def score_bins(*arrays: np.ndarray) -> tuple[np.ndarray, bool]:

@@ -41,12 +41,19 @@ class Group(_HelpStyle, TyperGroup):
     """The command group with anomaly-ae's help style."""
 
 
+def _set(cls, options: dict, flags_off_unset: bool = False) -> dict:
+    """{field: value} of the command's options named like the fields of `cls` that were given (not
+    None; with `flags_off_unset`, a flag left off (False) is not given either)."""
+    import dataclasses
+
+    return {f.name: options[f.name] for f in dataclasses.fields(cls) if options.get(f.name) is not None
+            and not (flags_off_unset and options[f.name] is False)}
+
+
 def given(cls, options: dict):
     """A `cls` configuration from the command's options named like its fields (those not given keep
     the defaults): a new setting is one field of `cls` and one option of the same name."""
-    import dataclasses
-
-    return cls(**{f.name: options[f.name] for f in dataclasses.fields(cls) if options.get(f.name) is not None})
+    return cls(**_set(cls, options))
 
 
 def detector_config(config: Path | None, options: dict):
@@ -60,10 +67,9 @@ def detector_config(config: Path | None, options: dict):
     cfg = load_detector_config(config) if config else DetectorConfig()
     for section in DETECTOR_SECTIONS:
         current = getattr(cfg, section)
-        given = {f.name: options[f.name] for f in dataclasses.fields(current)
-                 if options.get(f.name) is not None and options.get(f.name) is not False}
-        if given:
-            cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(current, **given)})
+        values = _set(type(current), options, flags_off_unset=True)
+        if values:
+            cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(current, **values)})
     return cfg
 
 
@@ -84,11 +90,11 @@ def named_as_flags(command, config_file: Path | None):
             raise
         params = set(inspect.signature(command).parameters)
 
-        def flag(m: re.Match) -> str:
-            param = {"model.kind": "kind", "score.method": "method"}.get(m.group(0), m.group(2))
-            if param not in params:
+        def flag(m: re.Match) -> str:  # the command's parameters are named like the fields
+            field = m.group(2)
+            if field not in params:
                 return m.group(0)
-            return "--" + _OPTION_OF_FIELD.get(param, param).replace("_", "-")
+            return "--" + _OPTION_OF_FIELD.get(field, field).replace("_", "-")
 
         mapped = _CONFIG_KEY.sub(flag, text)
         if mapped == text:

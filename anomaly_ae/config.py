@@ -190,7 +190,7 @@ class IngestConfig:
     max_pixels: int = 64_000_000  # images with more pixels are rejected (decompression-bomb guard)
 
     def __post_init__(self):
-        from anomaly_ae.imaging import RESIZE_METHODS, parse_size
+        from anomaly_ae.imaging import RESIZE_METHODS, is_crop, parse_size
 
         if isinstance(self.crop, str):
             object.__setattr__(self, "crop", _parse_crop(self.crop))
@@ -200,9 +200,7 @@ class IngestConfig:
         require(self.channels in (None, "L", "RGB"), "channels", f"must be L or RGB, got {self.channels!r}")
         require(self.resize in RESIZE_METHODS, "resize", f"must be one of {', '.join(RESIZE_METHODS)}, "
                 f"got {self.resize!r}")
-        require(self.crop is None or (len(self.crop) == 4 and all(isinstance(v, int) for v in self.crop)
-                                      and min(self.crop[:2]) >= 0 and min(self.crop[2:]) >= 1),
-                "crop", f"must be TOP,LEFT,HEIGHT,WIDTH (whole pixels; top and left >= 0, height and width "
+        require(is_crop(self.crop), "crop", f"must be TOP,LEFT,HEIGHT,WIDTH (whole pixels; top and left >= 0, height and width "
                 f">= 1), got {self.crop!r}")
         require(self.test_fraction is None or 0.0 < self.test_fraction < 1.0, "test_fraction",
                 f"must be between 0 and 1 (exclusive), got {self.test_fraction}")

@@ -64,7 +64,7 @@ class Preprocess:
             )
         if not (1 <= self.height <= 8192 and 1 <= self.width <= 8192):
             raise ConfigError(f"image size must be within 1..8192, got {self.height}x{self.width}.")
-        if self.crop is not None and (len(self.crop) != 4 or min(self.crop[:2]) < 0 or min(self.crop[2:]) < 1):
+        if not is_crop(self.crop):
             raise ConfigError(f"crop must be (top, left, height, width) with height and width >= 1, got {self.crop}.")
 
     @property
@@ -102,6 +102,15 @@ class Preprocess:
             raise Rejected(f"image is {img.width}x{img.height} (width x height), too small for the crop region "
                            f"of {h}x{w} at top {top}, left {left}")
         return img.crop((left, top, left + w, top + h))
+
+
+def is_crop(crop) -> bool:
+    """True for None (no crop) or a region (top, left, height, width) of whole pixels with top and
+    left >= 0 and height and width >= 1."""
+    if crop is None:
+        return True
+    return (len(crop) == 4 and all(isinstance(v, int) and not isinstance(v, bool) for v in crop)
+            and min(crop[:2]) >= 0 and min(crop[2:]) >= 1)
 
 
 @dataclass(frozen=True)

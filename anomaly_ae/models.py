@@ -206,6 +206,9 @@ class DiscriminativeAutoencoder(nn.Module):
     # classic autoencoder's ``base_channels`` / ``max_channels`` (32 / 256 -> 8 / 64): measured on
     # 2 CPU cores, 16 channels made training about 2.7 times slower.
     WIDTH_DIVISOR = 4
+    # Focusing exponent of the focal loss on the defect mask.
+    GAMMA = 2.0
+    OBJECTIVE_SETTINGS: tuple[str, ...] = ()
 
     def __init__(self, in_channels: int, height: int, width: int, latent_dim: int = 32,
                  base_channels: int = 32, max_channels: int = 256, stages: int | None = None):
@@ -220,10 +223,6 @@ class DiscriminativeAutoencoder(nn.Module):
         # surfaces with one-pixel scratches, 200 steps at the discriminative learning rate gave AUROC
         # 0.93 in 28 s against 0.90 in 54 s with full-resolution first layers (2 CPU cores).
         self.discriminative = _EncoderDecoder(2 * in_channels, 1, base_channels, cap, self.DEPTH, skips=True)
-
-    # Focusing exponent of the focal loss on the defect mask.
-    GAMMA = 2.0
-    OBJECTIVE_SETTINGS: tuple[str, ...] = ()
 
     def loss(self, x: torch.Tensor, train: bool, gen: torch.Generator | None = None) -> torch.Tensor:
         """The objective on normal images given simulated defects (drawn with `gen`).

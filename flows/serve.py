@@ -8,8 +8,9 @@ without schedules gets one unscheduled ``<pipeline>-pipeline`` deployment to run
 An inbox's interval schedule is the period of a watcher (`InboxWatcher`) that starts an inbox
 run only when files have arrived, so an empty inbox creates no flow runs; cron schedules and the
 pipeline flow's schedules are Prefect's. Schedules are turned into runs by a Prefect server's
-scheduler, which Prefect's temporary server does not run. So when no server is configured (``PREFECT_API_URL`` unset), `serve`
-starts ``prefect server start`` on 127.0.0.1 for as long as it serves (its UI included).
+scheduler, which Prefect's temporary server does not run. So when no server is configured
+(``PREFECT_API_URL`` unset), `serve` starts ``prefect server start`` on 127.0.0.1 for as long as
+it serves (its UI included).
 """
 
 from __future__ import annotations

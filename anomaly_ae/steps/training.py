@@ -51,9 +51,10 @@ def train(dataset: str | Path, out: str | Path, *, normal: list[str] | None = No
 
     The held-out share (``train.calib_fraction``) is drawn with ``train.seed`` and used for the
     threshold only: early stopping watches a separate share of the training images
-    (``train.val_fraction``). The dataset's test split is never used. A model folder trained from the same data and settings is kept
-    (``cached: True``) unless `force`; another is replaced (`overwrite` or `force`) only when it is a
-    model folder, never the dataset or a folder holding anything else.
+    (``train.val_fraction``). The dataset's test split is never used. A model folder trained from
+    the same data and settings is kept (``cached: True``) unless `force`; another is replaced
+    (`overwrite` or `force`) only when it is a model folder, never the dataset or a folder holding
+    anything else.
     """
     import numpy as np
 

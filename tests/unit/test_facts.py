@@ -19,7 +19,8 @@ def test_lines_say_done_or_skipped_with_their_numbers():
              "best_epoch": 3, "train_loss": 0.5, "held_out_loss": 0.25, "seconds": 12.0, "device": "cpu",
              "threshold": 0.04, "target_fpr": 0.01, "guaranteed_fpr": 0.0099, "n_calibration": 100, "selection": None}
     line = facts.train(model)
-    assert line.startswith("trained ae on 80 images: 9 epochs (stopped early), best epoch 3") and "100 calibration" in line
+    assert line.startswith("trained ae on 80 images: 9 epochs (stopped early), best epoch 3")
+    assert "100 calibration" in line
     run = {"run": "r", "scored": 9, "flagged": 4, "rejects": 1, "auroc": 0.875, "drift": False}
     assert facts.run_message(run) == "4/9 flagged, 1 unreadable, drift: none"
     assert facts.score(run, [("y.png", "truncated")]).endswith("AUROC 0.875; unreadable: y.png (truncated)")

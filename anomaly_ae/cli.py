@@ -19,7 +19,7 @@ from anomaly_ae import console
 from anomaly_ae.cliopts import Group, apply_help_style, detector_config, given, named_as_flags
 from anomaly_ae.config import DEFAULT_LR, KIND_LR, ModelConfig, ScoreConfig, ThresholdConfig, TrainConfig
 from anomaly_ae.console import err_console, out_console
-from anomaly_ae.errors import AnomalyAEError
+from anomaly_ae.errors import AnomalyAEError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,8 @@ app = typer.Typer(
          "train on normal images, calibrate a threshold, score new batches and report.",
 )
 
+UI_TOKEN_ENV = "ANOMALY_AE_UI_TOKEN"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 Json = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show progress messages (INFO logs).")]
 # The defaults the train options show (an option left out keeps the --config file's value or these).
@@ -244,16 +246,21 @@ def calibrate(
                                                         help="Normal classes in --data "
                                                         "\\[default: the model's].")] = None,
     split: Annotated[str | None, typer.Option(help="Only this split of --data.")] = None,
+    reviews: Annotated[list[Path] | None, typer.Option("--reviews", metavar="RUN",
+                                                       help="A run folder whose items reviewed as false alarms "
+                                                            "(in `anomaly-ae ui`) join the calibration normals; "
+                                                            "repeat for more runs.")] = None,
     as_json: Json = False, verbose: Verbose = False,
 ) -> None:
-    """Recalibrate a model's threshold without retraining."""
+    """Recalibrate a model's threshold without retraining, or with reviewed false alarms added."""
     console.setup_logging(verbose)
     from anomaly_ae import steps
 
-    s = steps.calibrate(model, target_fpr=target_fpr, data=data, normal=normal, split=split)
+    s = steps.calibrate(model, target_fpr=target_fpr, data=data, normal=normal, split=split, reviews=reviews)
     if as_json:
         return console.print_json(s)
-    out_console.print(f"Model {s['model']}: threshold {s['threshold']:.4g} for target FPR {s['target_fpr']:g} "
+    moved = (f" (was {s['threshold_before']:.4g})" if s["threshold_before"] != s["threshold"] else "")
+    out_console.print(f"Model {s['model']}: threshold {s['threshold']:.4g}{moved} for target FPR {s['target_fpr']:g} "
                       f"from {s['n_calibration']} scores ({s['source']}).")
 
 
@@ -320,6 +327,42 @@ def report(
 
     path = steps.report(run)
     out_console.print(f"Report written: {path}")
+
+
+@app.command()
+def ui(
+    root: Annotated[list[Path] | None, typer.Option("--root", "-r", metavar="FOLDER", help="A folder to find runs under (pipeline output "
+                                                   "folders, run folders); repeat for more \\[default: data].")] = None,
+    host: Annotated[str, typer.Option(metavar="ADDRESS", help="Address to listen on; anything but this machine needs --token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, metavar="PORT", help="Port to listen on.")] = 8765,
+    token: Annotated[str | None, typer.Option(metavar="SECRET", envvar=UI_TOKEN_ENV, show_envvar=True,
+                                              help="A secret every request must carry (the printed URL has it).")] = None,
+    who: Annotated[str, typer.Option(metavar="NAME", help="The reviewer's name recorded with each decision \\[default: your user "
+                                          "name].")] = "",
+    verbose: Verbose = False,
+) -> None:
+    """The inspection console: runs and their trends, flagged items, review (keyboard), reports."""
+    console.setup_logging(verbose)
+    import getpass
+
+    roots = root or [Path("data")]
+    missing = [str(r) for r in roots if not r.is_dir()]
+    if missing:
+        raise ConfigError(f"No such folder: {', '.join(missing)}. Pass --root with folders that hold runs "
+                          "(a pipeline's output folder, or `anomaly-ae score --out` folders).")
+    if host not in LOOPBACK and not token:
+        raise ConfigError(f"Listening on {host} lets other machines in: set a token (--token or {UI_TOKEN_ENV}) "
+                          "that every request must carry, or keep the default --host 127.0.0.1.")
+    import uvicorn
+
+    from anomaly_ae.ui.app import create_app
+
+    app_ = create_app(roots, token=token, who=who or getpass.getuser())
+    shown = "localhost" if host in LOOPBACK else host
+    url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+    out_console.print(f"Console of the runs under {', '.join(str(r) for r in roots)}: {url}  (Ctrl-C stops it)",
+                      soft_wrap=True)
+    uvicorn.run(app_, host=host, port=port, log_level="info" if verbose else "warning")
 
 
 apply_help_style(app)

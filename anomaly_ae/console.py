@@ -48,7 +48,14 @@ def setup_logging(verbose: bool) -> None:
 @contextlib.contextmanager
 def progress(label: str):
     """A progress bar on stderr; yields a callback ``(done, total, **fields)``."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     if not err_console.is_terminal:  # a bar cannot redraw in a pipe or file; it would leave blank lines
         yield lambda done, total, **fields: None

@@ -44,6 +44,11 @@ SCHEMAS: dict[str, tuple[int, pa.Schema]] = {
     "error_maps": (1, pa.schema([
         ("image_id", _S), ("path", _S), ("score", _F64), ("error_map", pa.binary()),
     ])),
+    # Decisions people make on a run's items (`anomaly_ae.reviews`): every decision a row, the last
+    # one for an item counts; "clear" withdraws the earlier ones.
+    "reviews": (1, pa.schema([
+        ("item", _S), ("decision", _S), ("note", _S), ("time", _S), ("who", _S),
+    ])),
     "ledger": (1, pa.schema([
         ("path", _S), ("sha256", _S), ("size", _I64), ("mtime_ns", _I64), ("run_id", _S),
         ("scored_at", _S), ("status", _S),
@@ -54,6 +59,7 @@ NON_NULL = {
     "images": {"image_id", "source", "sha256", "pixels"},
     "scores": {"image_id", "path", "score", "p_value", "flagged", "rank"},
     "ledger": {"path", "sha256", "run_id", "status"},
+    "reviews": {"item", "decision", "time"},
 }
 
 

@@ -53,21 +53,30 @@ def example_panels(pixels: np.ndarray, recon: np.ndarray, error_map: np.ndarray,
     `vmax` is the error mapped to the hottest colour; it is shared by all examples so their
     maps compare.
     """
-    from PIL import Image
-
     rgb, rec = _to_rgb(pixels), _to_rgb(recon)
-    gray = rgb.astype(np.float32).mean(axis=2, keepdims=True)
-    level = np.clip(np.nan_to_num(error_map.astype(np.float32)) / max(vmax, 1e-12), 0, 1)
-    heat = lut[np.rint(level * 255).astype(np.uint8)].astype(np.float32)
-    overlay = np.clip(0.35 * gray + 0.65 * heat, 0, 255).astype(np.uint8)
+    overlay = heat_overlay(pixels, error_map, vmax, lut)
     if mask is not None:
         overlay[_outline(mask > 127)] = OUTLINE_RGB
-    out = []
-    for a in (rgb, rec, overlay):
-        buf = io.BytesIO()
-        Image.fromarray(_enlarge(np.ascontiguousarray(a))).save(buf, format="PNG", optimize=False)
-        out.append(base64.b64encode(buf.getvalue()).decode("ascii"))
+    out = [base64.b64encode(png_bytes(a)).decode("ascii") for a in (rgb, rec, overlay)]
     return out[0], out[1], out[2]
+
+
+def heat_overlay(pixels: np.ndarray, error_map: np.ndarray, vmax: float, lut: np.ndarray) -> np.ndarray:
+    """The heat map (`error_map` up to `vmax` in the colours of `lut`) over the image in gray, RGB uint8."""
+    gray = _to_rgb(pixels).astype(np.float32).mean(axis=2, keepdims=True)
+    level = np.clip(np.nan_to_num(error_map.astype(np.float32)) / max(vmax, 1e-12), 0, 1)
+    heat = lut[np.rint(level * 255).astype(np.uint8)].astype(np.float32)
+    return np.clip(0.35 * gray + 0.65 * heat, 0, 255).astype(np.uint8)
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """An image (h, w, 1 or 3) as PNG, small images enlarged by a whole factor (THUMB_MIN)."""
+    from PIL import Image
+
+    a = _enlarge(np.ascontiguousarray(_to_rgb(rgb) if rgb.ndim == 3 and rgb.shape[2] == 1 else rgb))
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
 
 
 def _heat_scale(examples: list[dict]) -> float:

@@ -12,7 +12,8 @@ log = logging.getLogger(__name__)
 
 
 def calibrate(model: str | Path, *, target_fpr: float | None = None, data: str | Path | None = None,
-              normal: list[str] | None = None, split: str | None = None, held_out: bool = False) -> dict:
+              normal: list[str] | None = None, split: str | None = None, held_out: bool = False,
+              reviews: list[str | Path] | None = None) -> dict:
     """Recalibrate a model's threshold without retraining.
 
     With `data` (a dataset's normal classes, or a folder of normal images) the calibration
@@ -20,11 +21,18 @@ def calibrate(model: str | Path, *, target_fpr: float | None = None, data: str |
     computed stay in the model all the same, and `held_out` brings them back. Without either, the
     scores in use are reused. The summary's `source` says where the scores came from.
 
+    `reviews` (run folders) adds the items reviewers marked as false alarms there to the
+    calibration normals, once each however often a run is named (see `_add_reviews`); they stay
+    added when the base scores are replaced later. The summary's `threshold_before` says how the
+    threshold moved.
+
     Raises:
         BusyError: the model is being trained or recalibrated by another process.
         DataError: `data` is the training data, holds no usable images, or `held_out` asks for
             held-out scores the model no longer has.
     """
+    import numpy as np
+
     from anomaly_ae import checkpoint
     from anomaly_ae.detector import AutoencoderDetector
     from anomaly_ae.locks import FileLock
@@ -33,23 +41,76 @@ def calibrate(model: str | Path, *, target_fpr: float | None = None, data: str |
     with FileLock(folder.parent / f".{folder.name}.lock", f"Model folder {folder}"):
         det = AutoencoderDetector.load(folder)
         current = det.threshold_info_
-        if data is None and not held_out and target_fpr in (None, current.get("target_fpr")):
+        before = current["threshold"]
+        if data is None and not held_out and not reviews and target_fpr in (None, current.get("target_fpr")):
             return _calibration_summary(folder, det, current.get("source", HELD_OUT_SOURCE), cached=True)
-        scores, source = _calibration_set(det, data, normal, split, held_out)
+        base = det.meta_.get("calibration_base")  # the scores before any reviewed false alarms were added
+        if base is not None and data is None and not held_out:
+            scores, source = np.asarray(base["scores"], dtype=np.float64), base["source"]
+        else:
+            scores, source = _calibration_set(det, data, normal, split, held_out)
+        if reviews:
+            _add_reviews(det, reviews)
+        reviewed = det.meta_.get("reviewed_false_alarms") or {}
+        extra = np.asarray([v for items in reviewed.values() for v in items.values()], dtype=np.float64)
+        if len(extra):
+            det.meta_["calibration_base"] = {"scores": np.asarray(scores).tolist(), "source": source}
+            scores = np.concatenate([scores, extra])
+            source = f"{source}, with {len(extra)} reviewed false alarms of {len(reviewed)} runs"
         det.calibrate_scores(scores, target_fpr if target_fpr is not None else current["target_fpr"])
         det.threshold_info_["source"] = source
         # In place, file by file: replacing the whole folder would drop whatever else it holds.
         det.save(folder)
         _retarget_config_file(folder / "config.toml", det.config.threshold.target_fpr)
-    return _calibration_summary(folder, det, source, cached=False)
+    return _calibration_summary(folder, det, source, cached=False, before=before)
 
 
-def _calibration_summary(folder: Path, det, source: str, cached: bool) -> dict:
+def _add_reviews(det, runs: list[str | Path]) -> None:
+    """Put the scores of the items marked as false alarms in `runs` into ``det.meta_``
+    (``reviewed_false_alarms``: run id -> item -> score), replacing what an earlier call took from
+    the same run. A run the model scored gives its recorded scores (flagged items only: a false
+    alarm is an item the model flagged); a run another model scored has those items' images
+    scored again by this one, where they can still be read.
+
+    Raises:
+        DataError: a folder that is not a run, or a run that scored other images than the model takes.
+    """
+    import numpy as np
+
+    from anomaly_ae import reviews
+    from anomaly_ae.runitems import item_pixels, run_record
+
+    taken = det.meta_.setdefault("reviewed_false_alarms", {})
+    for run_dir in map(Path, runs):
+        if not (run_dir / "run.json").exists() or not (run_dir / "scores.parquet").exists():
+            raise DataError(f"{run_dir} is not a run folder (run.json and scores.parquet are needed).")
+        run = run_record(run_dir)
+        marked = {k for k, v in reviews.latest(run_dir).items() if v["decision"] == reviews.FALSE_ALARM}
+        if run["model"].get("trained") == getattr(det, "created_", None):
+            found = reviews.false_alarm_scores(run_dir, with_ids=True)
+        else:
+            from anomaly_ae.imaging import Preprocess
+
+            pixels = item_pixels(run_dir, sorted(marked), Preprocess.from_dict(det.meta_["preprocess"]))
+            if pixels and next(iter(pixels.values())).shape != tuple(det.shape_):
+                raise DataError(f"{run_dir} scored images of another size than this model takes.")
+            ids = sorted(pixels)
+            found = dict(zip(ids, det.score_samples(np.stack([pixels[i] for i in ids])).tolist())) if ids else {}
+            if len(found) < len(marked):
+                log.warning("%d of the %d false alarms reviewed in %s could not be read again and are left out",
+                            len(marked) - len(found), len(marked), run_dir)
+        taken[run.get("run_id") or run_dir.name] = {k: float(v) for k, v in found.items()}
+        log.info("%s: %d reviewed false alarms join the calibration normals", run_dir, len(found))
+
+
+def _calibration_summary(folder: Path, det, source: str, cached: bool, before: float | None = None) -> dict:
     """The calibrate step's summary; its line is logged."""
     from anomaly_ae import facts
 
     summary = {"model": str(folder), "cached": cached, "source": source, **det.threshold_info_,
-               "held_out_kept": len(det.meta_.get("held_out_scores") or [])}
+               "held_out_kept": len(det.meta_.get("held_out_scores") or []),
+               "threshold_before": det.threshold_info_["threshold"] if before is None else before,
+               "reviewed_false_alarms": sum(len(v) for v in (det.meta_.get("reviewed_false_alarms") or {}).values())}
     log.info(facts.calibrate(summary))
     return summary
 

@@ -46,6 +46,7 @@ def score_inbox(folder: str | Path, state_dir: str | Path, model: str | Path, *,
                         facts.named(refused))
         readable = run.scoreable()
         # Exactly the staged files, as a flat list: no layout guessing may drop one.
-        scored = (score(run.input_dir, model, run.out_dir, files=readable, run_id=run.run_id, **score_options)
+        scored = (score(run.input_dir, model, run.out_dir, files=readable, run_id=run.run_id,
+                         input_name=folder, **score_options)
                   if readable else None)
         return summary(run, staged, scored, run.commit(staged))

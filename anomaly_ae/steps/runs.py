@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 def score(input: str | Path, model: str | Path, out: str | Path, config=None, *, overwrite: bool = False,
           map_partitions=None, files: list[str] | None = None, run_id: str | None = None,
-          progress: Progress | None = None, **settings) -> dict:
+          progress: Progress | None = None, input_name: str | Path | None = None, **settings) -> dict:
     """Score a folder or dataset with a model into the run folder `out` (written atomically).
 
     `config` (a `ScoreRunConfig`; default its defaults) sets the operating point, the split, the
@@ -26,7 +26,9 @@ def score(input: str | Path, model: str | Path, out: str | Path, config=None, *,
 
     `files` (paths relative to the folder `input`) scores exactly those files, unlabelled.
     `run_id` names the run in run.json and the report (default: a new one; callers that name the
-    run folder after an id pass the same one).
+    run folder after an id pass the same one). `input_name` is the input run.json records
+    (default `input`): an inbox run names its inbox, where the scored files' paths lead, not the
+    staging copy it scored and then deleted.
 
     `map_partitions(parts, part_dirs, threshold, normal)`, when given, scores the partitions
     elsewhere (a task runner) and returns their summaries; by default they run here in turn.
@@ -65,7 +67,7 @@ def score(input: str | Path, model: str | Path, out: str | Path, config=None, *,
         shutil.rmtree(tmp / ".parts", ignore_errors=True)
         if merged["metrics"] is not None:
             atomic_write_json(tmp / "metrics.json", merged["metrics"])
-        run = run_results.run_record(det, model, input, cfg.split, th, parts, done, merged,
+        run = run_results.run_record(det, model, input_name or input, cfg.split, th, parts, done, merged,
                                      {"total": time.perf_counter() - t0, "finalize": time.perf_counter() - t1}, normal,
                                      run_id or new_run_id())
         atomic_write_json(tmp / "run.json", run)

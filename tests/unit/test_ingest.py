@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from anomaly_ae import steps
+from anomaly_ae.config import IngestConfig
 from anomaly_ae.dataset import Dataset
 from anomaly_ae.errors import DataError
-from anomaly_ae.config import IngestConfig
 from anomaly_ae.ingest import image_id, ingest
 from anomaly_ae.sources import open_source
 from tests.conftest import write_png

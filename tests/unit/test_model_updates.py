@@ -18,7 +18,6 @@ from anomaly_ae.errors import BusyError, DataError
 from tests.conftest import TINY, noise_workspace, write_png
 
 
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")

@@ -23,7 +23,6 @@ from anomaly_ae.fsio import atomic_dir, folder_kind
 from tests.conftest import TINY, noise_workspace
 
 
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> dict[str, Path]:
     """A folder of images, its dataset, a model trained on it and a run folder, made once."""

@@ -1,0 +1,173 @@
+"""The inspection console over HTTP (Starlette's test client): pages, paging, thumbnails, reviews,
+and what it refuses: paths out of its roots, requests without the token, bad review posts."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from typer.testing import CliRunner
+
+from anomaly_ae import reviews, steps
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture(scope="module")
+def workspace(mnist_ds, mnist_model, mnist_folder, tmp_path_factory):
+    """Two dataset runs of one pipeline and one folder run under a root, and a secret outside it."""
+    root = tmp_path_factory.mktemp("console")
+    for name in ("r1", "r2"):
+        steps.score(mnist_ds, mnist_model, root / "line" / "runs" / name, split="test")
+    steps.score(mnist_folder, mnist_model, root / "adhoc" / "folder-run", report=False)
+    outside = tmp_path_factory.mktemp("outside")
+    (outside / "secret.txt").write_text("not for the console")
+    return {"root": root, "outside": outside}
+
+
+def client(workspace, token=None):
+    from starlette.testclient import TestClient
+
+    from anomaly_ae.ui.app import create_app
+
+    return TestClient(create_app([workspace["root"]], token=token, who="tester"), follow_redirects=False)
+
+
+def keys(c) -> dict[str, str]:
+    return {r["folder"].split("/")[-1]: r["key"] for r in c.get("/api/runs").json()}
+
+
+def test_runs_page_lists_every_run_with_a_trend_per_pipeline(workspace):
+    c = client(workspace)
+    page = c.get("/")
+    assert page.status_code == 200
+    assert page.text.count('class="run-link"') == 3
+    assert page.text.count('<section class="pipeline"') == 2  # line (2 runs) and adhoc (1)
+    assert "flagged share" in page.text and "guaranteed false-positive rate" in page.text
+    runs = c.get("/api/runs").json()
+    assert [r["created"] for r in runs] == sorted((r["created"] for r in runs), reverse=True)
+    assert all(r["scored"] == 1500 for r in runs)
+
+
+def test_run_page_pages_sorts_and_filters_the_flagged_items(workspace):
+    import pyarrow.parquet as pq
+
+    c = client(workspace)
+    k = keys(c)["r1"]
+    flagged = [r for r in pq.read_table(workspace["root"] / "line/runs/r1/scores.parquet").to_pylist() if r["flagged"]]
+    assert len(flagged) > 50, "needs more than one page of flagged items"
+    first, second = c.get(f"/runs/{k}"), c.get(f"/runs/{k}?page=2")
+    ids1 = _items(first.text)
+    ids2 = _items(second.text)
+    assert len(ids1) == 50 and ids2 and not set(ids1) & set(ids2)
+    by_score = [r["image_id"] for r in sorted(flagged, key=lambda r: -r["score"])]
+    assert ids1 == by_score[:50]
+    asc = _items(c.get(f"/runs/{k}?sort=score&order=asc").text)
+    assert asc == by_score[::-1][:50]
+    cls = _items(c.get(f"/runs/{k}?class=3&show=all").text)
+    threes = {r["image_id"] for r in pq.read_table(workspace["root"] / "line/runs/r1/scores.parquet").to_pylist()
+              if r["class_name"] == "3"}
+    assert cls and set(cls) <= threes
+    assert c.get(f"/runs/{k}?sort=evil").status_code == 400
+    assert 'rel="next"' in first.text or 'rel="prev"' in first.text  # the other run of the pipeline
+
+
+def _items(html: str) -> list[str]:
+    import re
+
+    return re.findall(r'<tr class="item" data-item="([^"]+)"', html)
+
+
+def test_thumbnails_and_heat_overlays_of_dataset_and_folder_runs(workspace):
+    c = client(workspace)
+    for run in ("r1", "folder-run"):
+        k = keys(c)[run]
+        item = _items(c.get(f"/runs/{k}").text)[0]
+        for q in ("", "?overlay=1"):
+            r = c.get(f"/runs/{k}/thumb/{item}{q}")
+            assert r.status_code == 200 and r.headers["content-type"] == "image/png" and r.content[:4] == b"\x89PNG"
+        assert c.get(f"/runs/{k}/thumb/nope").status_code == 404
+    report = c.get(f"/runs/{keys(c)['r1']}/files/report.html")
+    assert report.status_code == 200 and "<html" in report.text.lower()
+
+
+def test_a_review_is_stored_and_bad_posts_change_nothing(workspace):
+    c = client(workspace)
+    k = keys(c)["r2"]
+    run = workspace["root"] / "line/runs/r2"
+    item = _items(c.get(f"/runs/{k}").text)[0]
+    ok = c.post(f"/api/runs/{k}/reviews", json={"item": item, "decision": "false_alarm", "note": "dust"})
+    assert ok.status_code == 200 and ok.json()["counts"]["false_alarm"] == 1
+    before = (run / "reviews.parquet").read_bytes()
+    bad = [
+        c.post(f"/api/runs/{k}/reviews", json={"item": "../../etc/passwd", "decision": "defect"}),
+        c.post(f"/api/runs/{k}/reviews", json={"item": item, "decision": "maybe"}),
+        c.post(f"/api/runs/{k}/reviews", json=["not", "an", "object"]),
+        c.post(f"/api/runs/{k}/reviews", content=json.dumps({"item": item, "decision": "defect"}),
+               headers={"content-type": "text/plain"}),  # what a form on another site could send
+        c.post("/api/runs/000000000000/reviews", json={"item": item, "decision": "defect"}),
+    ]
+    assert [r.status_code for r in bad] == [404, 400, 400, 415, 404]
+    assert (run / "reviews.parquet").read_bytes() == before
+    page = c.get(f"/runs/{k}").text
+    assert 'class="badge false_alarm"' in page and 'value="dust"' in page
+    assert reviews.counts(reviews.latest(run))["false_alarm"] == 1
+
+
+@pytest.mark.parametrize("path", [
+    "/runs/../../etc/passwd", "/runs/%2e%2e/%2e%2e/etc/passwd", "/runs/{k}/files/..%2f..%2f..%2fetc%2fpasswd",
+    "/runs/{k}/files/run.json", "/runs/{k}/files/%2e%2e", "/static/../app.py", "/static/%2e%2e/app.py",
+    "/static/..%2f..%2fcli.py", "/runs/{k}/thumb/..%2f..%2fsecret.txt",
+])
+def test_paths_out_of_the_roots_are_refused(workspace, path):
+    c = client(workspace)
+    r = c.get(path.format(k=keys(c)["r1"]))
+    assert 400 <= r.status_code < 500
+    assert "not for the console" not in r.text and "root:" not in r.text and "import" not in r.text
+
+
+def test_links_out_of_the_root_are_not_followed(workspace, tmp_path):
+    root = workspace["root"]
+    link = root / "linked-run"
+    report_link = root / "line" / "runs" / "r1" / "report.html"
+    saved = report_link.read_bytes()
+    try:
+        os.symlink(workspace["outside"], link)  # a folder link leading out: never walked
+        report_link.unlink()
+        os.symlink(workspace["outside"] / "secret.txt", report_link)  # a file link leading out: never served
+        c = client(workspace)
+        assert "linked-run" not in c.get("/api/runs").text
+        r = c.get(f"/runs/{keys(c)['r1']}/files/report.html")
+        assert r.status_code == 404 and "not for the console" not in r.text
+    finally:
+        link.unlink(missing_ok=True)
+        report_link.unlink(missing_ok=True)
+        report_link.write_bytes(saved)
+
+
+def test_with_a_token_every_request_needs_it(workspace):
+    c = client(workspace, token=TOKEN)
+    k = keys(client(workspace))["r2"]
+    run = workspace["root"] / "line/runs/r2"
+    before = reviews.read(run).num_rows
+    assert c.get("/").status_code == 401
+    assert c.get(f"/runs/{k}/files/report.html").status_code == 401
+    assert c.get("/?token=wrong").status_code == 401
+    item = sorted(reviews.item_ids(run))[0]
+    assert c.post(f"/api/runs/{k}/reviews", json={"item": item, "decision": "defect"}).status_code == 401
+    assert reviews.read(run).num_rows == before
+    assert c.get("/", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    first = c.get(f"/?token={TOKEN}")  # the printed URL: sets a cookie and drops the token from the URL
+    assert first.status_code == 303 and "token" not in first.headers["location"]
+    assert c.get("/").status_code == 200  # the cookie carries it now
+
+
+def test_ui_refuses_other_machines_without_a_token(workspace):
+    from flows.cli import app
+
+    r = CliRunner().invoke(app, ["ui", "--root", str(workspace["root"]), "--host", "0.0.0.0"],
+                           env={"ANOMALY_AE_UI_TOKEN": ""})
+    assert r.exit_code != 0 and "token" in str(r.exception or r.output).lower()
+    r = CliRunner().invoke(app, ["ui", "--root", str(workspace["root"] / "missing")])
+    assert r.exit_code != 0 and "No such folder" in str(r.exception or r.output)

@@ -115,17 +115,18 @@ def ingest(
 def info(
     dataset: Annotated[Path, typer.Argument(help="A dataset folder written by `anomaly-ae ingest`, or a model "
                                             "folder written by `anomaly-ae train`.")],
+    layers: Annotated[bool, typer.Option(help="For a model: its layer table (output shapes, parameters).")] = True,
     as_json: Json = False,
 ) -> None:
     """A dataset's counts per split and class, image shape, masks and rejects; or a model's kind, how it was
-    chosen, its training and threshold."""
+    chosen, its training, threshold and layers."""
     from rich.table import Table
     from rich.text import Text
 
     from anomaly_ae import steps
 
     if (dataset / "model.pt").exists() or dataset.name == "model.pt":
-        return _model_info(dataset, as_json)
+        return _model_info(dataset, as_json, layers)
     s = steps.info(dataset)
     if as_json:
         return console.print_json(s)
@@ -149,14 +150,16 @@ def info(
             out_console.print(f"... and {len(s['rejects']) - 50} more (use --json for all).")
 
 
-def _model_info(path: Path, as_json: bool) -> None:
-    """`info` on a model folder: its kind, how it was chosen, training and threshold."""
+def _model_info(path: Path, as_json: bool, layers: bool) -> None:
+    """`info` on a model folder: its kind, how it was chosen, training, threshold and layers."""
     from anomaly_ae import steps
 
-    s = steps.model_info(path)
+    s = steps.model_info(path, layers=layers)
     if as_json:
         return console.print_json(s)
     console.print_model_summary(s, "")
+    if layers:
+        console.print_layer_table(s)
 
 
 @app.command()

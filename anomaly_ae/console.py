@@ -91,6 +91,18 @@ def print_model_summary(s: dict, verb: str) -> None:
         f"{s['threshold']:.4g} for target FPR {s['target_fpr']:g} from {s['n_calibration']} held-out images.")
 
 
+def print_layer_table(s: dict) -> None:
+    """A model's layers (as torchsummary prints them): output shape and parameters of each."""
+    from rich.table import Table
+
+    table = Table("layer", "type", "output shape", "parameters",
+                  title=f"Layers for one {'x'.join(map(str, s['input']))} input (h x w x channels)")
+    for r in s["layers"]:
+        table.add_row(r["layer"], r["type"], " x ".join(map(str, r["output"])), f"{r['parameters']:,}")
+    out_console.print(table)
+    out_console.print(f"{s['parameters']:,} parameters in all.")
+
+
 def print_score_summary(s: dict) -> None:
     from rich.table import Table
 

@@ -111,6 +111,13 @@ class AutoencoderDetector:
         th, tw = self._training_tile() or self.shape_[:2]
         return build_model(self.config.model, (th, tw, self.shape_[2]))
 
+    def layers(self) -> list[dict]:
+        """The network's layer table for one input (a tile, for tiled models): see `models.layer_table`."""
+        from anomaly_ae.models import layer_table
+
+        th, tw = self._training_tile() or self.shape_[:2]
+        return layer_table(self.model_, (th, tw, self.shape_[2]))
+
     def _scoring_tile(self) -> tuple[int, int] | None:
         """(height, width) of the tiles the model reconstructs images from, or None for whole images
         (the discriminative kind, being fully convolutional, always scores whole images)."""
@@ -182,6 +189,24 @@ class AutoencoderDetector:
         """Anomaly score per image (higher = more anomalous)."""
         parts = [s for s, _, _ in self._batches(images)]
         return np.concatenate(parts) if parts else np.zeros(0)
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """The bottleneck code of each image (n, latent_dim): the mean code for the variational kind.
+
+        Raises:
+            ModelError: the model has no one code per image (tiled models, the discriminative kind).
+        """
+        self._require_fitted()
+        if self._segments or self.tile_ or not hasattr(self.model_, "encode"):
+            raise ModelError("This model has no single code per image (it is tiled, or of the discriminative kind).")
+        images = check_images(images, self.shape_)
+        self.model_.eval()
+        out = []
+        for i in range(0, len(images), SCORE_BATCH):
+            x = as_float(to_device_uint8(images[i: i + SCORE_BATCH], self.device_))
+            with torch.inference_mode():
+                out.append(self.model_.encode(x).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.config.model.latent_dim), np.float32)
 
     def score_with_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(scores, reconstructions (n,h,w,c) in [0,1], error maps (n,h,w)) for one batch."""

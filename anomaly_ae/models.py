@@ -306,3 +306,36 @@ def build_model(config, shape: tuple[int, int, int]) -> nn.Module:
     for name in cls.OBJECTIVE_SETTINGS:
         setattr(model, name, getattr(config, name))
     return model
+
+
+def layer_table(module: nn.Module, shape: tuple[int, int, int]) -> list[dict]:
+    """The layers a forward pass of one image of `shape` (h, w, c) goes through, in order: name,
+    type, output shape (without the batch) and parameters (each layer's own), as torchsummary
+    prints them. Layers holding others are left out; a layer run twice appears twice. The pass is
+    the one scoring makes (for the discriminative kind: reconstruction, then segmentation)."""
+    rows: list[dict] = []
+    hooks = []
+
+    def record(name):
+        def hook(mod, _inputs, output):
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            rows.append({"layer": name, "type": type(mod).__name__,
+                         "output": list(out.shape[1:]) if isinstance(out, torch.Tensor) else [],
+                         "parameters": sum(p.numel() for p in mod.parameters(recurse=False))})
+        return hook
+
+    for name, mod in module.named_modules():
+        if name and not any(True for _ in mod.children()):
+            hooks.append(mod.register_forward_hook(record(name)))
+    was_training = module.training
+    try:
+        module.eval()
+        p = next(module.parameters(), None)
+        x = torch.zeros(1, shape[2], shape[0], shape[1], device=p.device if p is not None else "cpu")
+        with torch.no_grad():
+            getattr(module, "reconstruct_and_segment", module)(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        module.train(was_training)
+    return rows

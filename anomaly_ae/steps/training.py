@@ -14,12 +14,21 @@ log = logging.getLogger(__name__)
 HELD_OUT_SOURCE = "held-out normal images of the training data"
 
 
-def model_info(path: str | Path) -> dict:
-    """What a model folder holds: kind, how it was chosen and trained, and its threshold."""
+def model_info(path: str | Path, layers: bool = False) -> dict:
+    """What a model folder holds: kind, how it was chosen and trained, and its threshold; with
+    `layers`, its layer table (``layers``: name, type, output shape, parameters) and ``parameters``."""
     from anomaly_ae import checkpoint
 
     folder = checkpoint.model_file(path).parent
-    return _model_summary(folder, checkpoint.read(path), cached=False)
+    summary = _model_summary(folder, checkpoint.read(path), cached=False)
+    if layers:
+        from anomaly_ae.detector import AutoencoderDetector
+
+        det = AutoencoderDetector.load(folder, device="cpu")
+        summary["layers"] = det.layers()
+        summary["parameters"] = sum(p.numel() for p in det.model_.parameters())
+        summary["input"] = list(det._training_tile() or det.shape_[:2]) + [det.shape_[2]]
+    return summary
 
 
 def _fingerprint(*parts) -> str:

@@ -52,6 +52,7 @@ def create_app(roots: list[str | Path], token: str | None = None, who: str = "")
     routes = [
         Route("/", console.runs_page),
         Route("/runs/{key}", console.run_page),
+        Route("/runs/{key}/model", console.model_page),
         Route("/runs/{key}/files/{name}", console.run_file),
         Route("/runs/{key}/thumb/{item}", console.thumb),
         Route("/api/runs", console.runs_json),
@@ -192,7 +193,23 @@ class _Console:
         return self._html("run.html", run=run, rows=rows, page=page, pages=pages, total=len(idx), params=params,
                           classes=classes, prev_run=prev_run, next_run=next_run, sorts=SORTS, shows=SHOWS,
                           counts=reviews.counts(decided), has_report=run.file("report.html") is not None,
+                          has_model=_has_model(run, self.catalog.roots),
                           flow_run=_flow_run_url(run))
+
+    async def model_page(self, request):
+        from starlette.concurrency import run_in_threadpool
+        from starlette.exceptions import HTTPException
+
+        from anomaly_ae.ui.modelview import model_folder, model_view
+
+        run = self._run(request)
+        folder = model_folder(run.dir, self.catalog.roots)
+        if folder is None:
+            raise HTTPException(404, "The model that scored this run is not under the console's folders "
+                                     "(start `anomaly-ae ui` with a --root that holds it).")
+        st = (folder / "model.pt").stat()
+        view = await run_in_threadpool(model_view, run.dir, folder, (run.stamp, st.st_mtime_ns, st.st_size))
+        return self._html("model.html", run=run, view=view)
 
     async def run_file(self, request):
         from starlette.exceptions import HTTPException
@@ -306,6 +323,15 @@ def _map_index(run_dir: Path, mtime: int):
     shape = tuple(json.loads((run_dir / "run.json").read_text())["model"]["image_shape"][:2])
     vmax = float(np.quantile(np.concatenate(sample), 0.995)) if sample else 1.0
     return where, max(vmax, 1e-6), shape
+
+
+def _has_model(run: Run, roots) -> bool:
+    from anomaly_ae.ui.modelview import model_folder
+
+    try:
+        return model_folder(run.dir, roots) is not None
+    except (OSError, ValueError):
+        return False
 
 
 def _flow_run_url(run: Run) -> str | None:

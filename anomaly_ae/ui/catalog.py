@@ -169,4 +169,5 @@ def _summary(run_dir: Path) -> dict | None:
         "guaranteed_fpr": th.get("guaranteed_fpr"), "target_fpr": th.get("target_fpr"),
         "threshold": th.get("threshold"), "auroc": auroc, "reviews": decided,
         "labels_known": bool(run.get("labels_known")),
+        "image_shape": list(((run.get("model") or {}).get("image_shape") or [])[:2]),
     }

@@ -101,3 +101,16 @@ def test_the_discriminative_kind_is_judged_held_out_by_how_it_ranks_defects():
             p.zero_()
         loss = float(model.loss(torch.rand(4, 1, 32, 32), train=False, gen=torch.Generator().manual_seed(0)))
     assert loss > 0.8  # a constant map ranks defect pixels no better than their share of the image
+
+
+@pytest.mark.parametrize("kind", ["ae", "vae", "draem"])
+def test_layer_table_counts_every_parameter_and_ends_in_one_channel(kind):
+    from anomaly_ae.config import ModelConfig
+    from anomaly_ae.models import build_model, layer_table
+
+    model = build_model(ModelConfig(kind=kind), (32, 32, 1))
+    rows = layer_table(model, (32, 32, 1))
+    assert sum(r["parameters"] for r in rows) == sum(p.numel() for p in model.parameters())
+    assert rows[-1]["output"][0] == 1  # the gray reconstruction, or the defect map
+    assert rows[0]["output"][-1] < 32 if kind == "draem" else rows[-1]["output"] == [1, 32, 32]
+    assert all(r["type"] and r["layer"] for r in rows)

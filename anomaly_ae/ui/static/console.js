@@ -1,3 +1,18 @@
+// The latent view: hovering a point shows its image.
+(function () {
+  "use strict";
+  var img = document.getElementById("latent-thumb");
+  if (!img) return;
+  var caption = document.getElementById("latent-caption");
+  document.querySelectorAll("svg.latent circle").forEach(function (c) {
+    c.addEventListener("mouseenter", function () {
+      img.src = c.getAttribute("data-thumb");
+      img.hidden = false;
+      caption.textContent = c.querySelector("title").textContent;
+    });
+  });
+})();
+
 // Review with the keyboard: j/k move, d/f/c decide (the next item follows), n edits the note.
 (function () {
   "use strict";

@@ -189,3 +189,17 @@ def _json_kind(value) -> str:
     if isinstance(value, bool):
         return "true/false"
     return {list: "a JSON array", str: "a string"}.get(type(value), "a number")
+
+
+def summary(out: Path, ckpt: dict, cached: bool) -> dict:
+    """What `train` and `info` say of a model: kind, training, threshold, and how it was chosen."""
+    h, t = ckpt["history"], ckpt["threshold"]
+    return {"model": str(out), "cached": cached, "kind": ckpt["config"]["model"]["kind"],
+            "score": ckpt["config"]["score"]["method"], "normal_classes": ckpt.get("normal_classes"),
+            "n_train": ckpt.get("data", {}).get("n_train"), "n_calibration": t["n_calibration"],
+            "epochs": len(h["train_loss"]), "best_epoch": h["best_epoch"] + 1,
+            "train_loss": h["train_loss"][h["best_epoch"]], "held_out_loss": h["val_loss"][h["best_epoch"]],
+            "seconds": h["seconds"], "device": h["device"], "threshold": t["threshold"],
+            "stopped": "early" if h.get("stopped_early") else "time" if h.get("stopped_by_time") else None,
+            "target_fpr": t["target_fpr"], "guaranteed_fpr": t.get("guaranteed_fpr"),
+            "collapse": ckpt.get("collapse"), "selection": ckpt.get("selection")}

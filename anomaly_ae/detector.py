@@ -111,12 +111,15 @@ class AutoencoderDetector:
         th, tw = self._training_tile() or self.shape_[:2]
         return build_model(self.config.model, (th, tw, self.shape_[2]))
 
-    def layers(self) -> list[dict]:
-        """The network's layer table for one input (a tile, for tiled models): see `models.layer_table`."""
+    def layer_summary(self) -> dict:
+        """The network's layer table for one input (a tile, for tiled models; see
+        `models.layer_table`): ``layers``, ``parameters`` (in all) and ``input`` (h, w, c)."""
         from anomaly_ae.models import layer_table
 
         th, tw = self._training_tile() or self.shape_[:2]
-        return layer_table(self.model_, (th, tw, self.shape_[2]))
+        shape = (th, tw, self.shape_[2])
+        return {"layers": layer_table(self.model_, shape), "input": list(shape),
+                "parameters": sum(p.numel() for p in self.model_.parameters())}
 
     def _scoring_tile(self) -> tuple[int, int] | None:
         """(height, width) of the tiles the model reconstructs images from, or None for whole images

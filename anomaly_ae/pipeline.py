@@ -84,9 +84,15 @@ class BatchSection:
 
 @dataclass(frozen=True)
 class OutputSection:
-    """[output]: the folder that holds the dataset, model, runs and inbox state."""
+    """[output]: the folder that holds the dataset, model, runs and inbox state, and the console
+    (`anomaly-ae ui`) that serves it, for links in Prefect artifacts."""
 
     folder: str | None = None  # default: data/<name>
+    console_url: str = ""  # e.g. "http://inspection-pc:8765"; default: $ANOMALY_AE_CONSOLE_URL
+
+    def __post_init__(self):
+        require(not self.console_url or self.console_url.startswith(("http://", "https://")), "console_url",
+                "must be an http:// or https:// URL, e.g. \"http://127.0.0.1:8765\"")
 
 
 @dataclass(frozen=True)
@@ -146,6 +152,7 @@ class Pipeline:
     scale: ScaleSection
     alerts: AlertsSection
     schedules: tuple[Schedule, ...] = field(default_factory=tuple)
+    console_url: str = ""
 
     @property
     def dataset_dir(self) -> Path:
@@ -183,6 +190,7 @@ class Pipeline:
         return [s for s in self.schedules if s.flow == flow]
 
 
+CONSOLE_URL_ENV = "ANOMALY_AE_CONSOLE_URL"
 TABLES = {"pipeline": PipelineSection, "data": DataSection, "batch": BatchSection, "output": OutputSection,
           "inbox": InboxSection, "scale": ScaleSection, "alerts": AlertsSection}
 DETECTOR_TABLES = tuple(DETECTOR_SECTIONS)
@@ -224,12 +232,17 @@ def load_pipeline(path: str | Path, base: str | Path | None = None) -> Pipeline:
     if inbox and Path(os.path.abspath(output)).is_relative_to(os.path.abspath(inbox.folder)):
         raise ConfigError(f"{where} [output] folder: {output} lies inside the inbox {inbox.folder}; "
                           "keep the outputs outside the folder images arrive in.")
+    console_url = (s["output"].console_url or os.environ.get(CONSOLE_URL_ENV, "")).rstrip("/")
+    if console_url and not console_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{CONSOLE_URL_ENV}={console_url!r} must be an http:// or https:// URL, "
+                          "e.g. http://127.0.0.1:8765.")
     return Pipeline(path=path.resolve(), name=name, description=s["pipeline"].description,
                     data=_data_paths(s["data"], base), detector=detector_config_from(doc, where),
                     batch=dataclasses.replace(s["batch"], input=_optional_path(s["batch"].input, base)),
                     output=output,
                     inbox=inbox,
-                    scale=s["scale"], alerts=s["alerts"], schedules=schedules)
+                    scale=s["scale"], alerts=s["alerts"], schedules=schedules,
+                    console_url=console_url)
 
 
 def _data_paths(data: DataSection, base: Path) -> DataSection:

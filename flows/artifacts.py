@@ -25,13 +25,20 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def summary_markdown(pipeline: str, kind: str, score: dict, run_dir: Path, extra: dict | None = None) -> str:
-    """The markdown summary of one scoring run."""
+def summary_markdown(pipeline: str, kind: str, score: dict, run_dir: Path, extra: dict | None = None,
+                     links: dict | None = None) -> str:
+    """The markdown summary of one scoring run; with console `links` (`steps.console_links`) its
+    links open the console over HTTP and the top flagged items show as heat-map thumbnails."""
     report = run_dir / "report.html"
-    lines = [f"# {pipeline}: {kind} scoring run", "",
-             f"Run folder: [{run_dir}]({run_dir.resolve().as_uri()})"]
-    if report.exists():
-        lines.append(f"  \nReport: [report.html]({report.resolve().as_uri()})")
+    lines = [f"# {pipeline}: {kind} scoring run", ""]
+    if links:
+        lines.append(f"Run: [{run_dir.name}]({links['run']}) (review the flagged items there)")
+        if report.exists():
+            lines.append(f"  \nReport: [report.html]({links['report']})  \nModel: [layers, latent space]({links['model']})")
+    else:
+        lines.append(f"Run folder: [{run_dir}]({run_dir.resolve().as_uri()})")
+        if report.exists():
+            lines.append(f"  \nReport: [report.html]({report.resolve().as_uri()})")
     lines += ["", "| measure | value |", "|---|---|"]
     rows = {**(extra or {}), "scored": score.get("scored"), "flagged": score.get("flagged"),
             "rejected (unreadable)": score.get("rejects"), "threshold": score.get("threshold"),
@@ -40,6 +47,9 @@ def summary_markdown(pipeline: str, kind: str, score: dict, run_dir: Path, extra
         if score.get(name) is not None:
             rows[name.upper() if name != "pixel_auroc" else "pixel AUROC"] = score[name]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in rows.items()]
+    if links and links["thumbs"]:
+        lines += ["", f"Top {len(links['thumbs'])} flagged items (heat map over the image):", "",
+                  " ".join(f"[![{t['path']} {t['score']:.4g}]({t['url']})]({links['run']})" for t in links["thumbs"])]
     return "\n".join(lines) + "\n"
 
 
@@ -54,13 +64,19 @@ def top_flagged(run_dir: Path, n: int = TOP_FLAGGED) -> list[dict]:
              "class": r["class_name"]} for r in rows[:n]]
 
 
-def publish(pipeline: str, kind: str, score: dict, run_dir: str | Path, extra: dict | None = None) -> dict:
-    """Create the run's markdown, table and link artifacts; returns their keys."""
+def publish(pipeline: str, kind: str, score: dict, run_dir: str | Path, extra: dict | None = None,
+            console_url: str = "") -> dict:
+    """Create the run's markdown, table and link artifacts; returns their keys. With a
+    `console_url` (the pipeline's ``[output] console_url``) the links go to the console over HTTP,
+    which browsers open from the Prefect UI (they refuse file:// links there)."""
     from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
+    from anomaly_ae import steps
+
     run_dir = Path(run_dir)
+    links = steps.console_links(run_dir, console_url) if console_url else None
     keys = {w: artifact_key(pipeline, kind, w) for w in ("summary", "flagged", "report")}
-    create_markdown_artifact(summary_markdown(pipeline, kind, score, run_dir, extra), key=keys["summary"],
+    create_markdown_artifact(summary_markdown(pipeline, kind, score, run_dir, extra, links), key=keys["summary"],
                              description=f"{pipeline}: counts, threshold and metrics of the latest {kind} run")
     rows = top_flagged(run_dir)
     table = rows or {"rank": [], "path": [], "score": [], "p_value": [], "class": []}
@@ -68,7 +84,11 @@ def publish(pipeline: str, kind: str, score: dict, run_dir: str | Path, extra: d
                           description=f"{pipeline}: top {TOP_FLAGGED} flagged items of the latest {kind} run")
     target = run_dir / "report.html"
     target = target if target.exists() else run_dir
-    create_link_artifact(target.resolve().as_uri(), link_text=str(target), key=keys["report"],
+    if links:
+        url, text = (links["report"] if target.name == "report.html" else links["run"]), f"{run_dir.name} in the console"
+    else:
+        url, text = target.resolve().as_uri(), str(target)
+    create_link_artifact(url, link_text=text, key=keys["report"],
                          description=f"{pipeline}: the latest {kind} run's outputs")
     return keys
 

@@ -30,7 +30,7 @@ def score_inbox(p: Pipeline, task_runner: str | None, dask_address: str | None) 
     forward_library_logs()
     return steps.score_inbox(p.inbox.folder, p.inbox_state_dir, p.model_dir, settle_seconds=p.inbox.settle_seconds,
                              max_files=p.inbox.max_files, partitions=p.scale.partitions, report=False,
-                             map_partitions=mapper_for(p, task_runner, dask_address))
+                             map_partitions=mapper_for(p, task_runner, dask_address), links=tasks.flow_run_links())
 
 
 def ensure_model(p: Pipeline) -> None:
@@ -64,6 +64,6 @@ def inbox_flow(pipeline: str, task_runner: str | None = None, dask_address: str 
     if p.inbox.report:
         score["report"] = tasks.report(run_dir)
     extra = {"new files": result["new_files"], "still settling": result["pending"]}
-    result["artifacts"] = artifacts.publish(p.name, "inbox", score, run_dir, extra)
+    result["artifacts"] = artifacts.publish(p.name, "inbox", score, run_dir, extra, console_url=p.console_url)
     result["alert"] = artifacts.alert(p.name, "inbox", score, run_dir, p.alerts.min_flagged, logger)
     return artifacts.finish(p.name, result, score)

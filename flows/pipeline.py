@@ -70,7 +70,7 @@ def score_and_report(p: Pipeline, input: str, split: str | None, kind: str, task
     summary = scored.result()
     if p.batch.report:
         summary["report"] = tasks.report(out, wait_for=[scored])
-    summary["artifacts"] = artifacts.publish(p.name, kind, summary, out)
+    summary["artifacts"] = artifacts.publish(p.name, kind, summary, out, console_url=p.console_url)
     summary["alert"] = artifacts.alert(p.name, kind, summary, out, p.alerts.min_flagged, logger)
     return summary
 

@@ -62,7 +62,18 @@ def score(input: str, model: str, out: str, run_id: str | None = None, split: st
     """Score a folder or dataset (or just `files` of a folder) into a new run folder (partitions fan out as tasks)."""
     forward_library_logs()
     return steps.score(input, model, out, run_id=run_id, split=split, partitions=partitions,
-                       map_partitions=map_partitions, report=False, files=files)
+                       map_partitions=map_partitions, report=False, files=files, links=flow_run_links())
+
+
+def flow_run_links() -> dict:
+    """The current flow run's page in the Prefect UI, for run.json (the console links to it)."""
+    from prefect.runtime import flow_run
+
+    try:
+        url = flow_run.ui_url
+    except Exception:  # no UI URL configured: the run has no page to link to
+        url = None
+    return {"flow_run_url": url} if url else {}
 
 
 @task(name="report", cache_policy=NO_CACHE)

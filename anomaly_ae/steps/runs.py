@@ -14,7 +14,8 @@ log = logging.getLogger(__name__)
 
 def score(input: str | Path, model: str | Path, out: str | Path, config=None, *, overwrite: bool = False,
           map_partitions=None, files: list[str] | None = None, run_id: str | None = None,
-          progress: Progress | None = None, input_name: str | Path | None = None, **settings) -> dict:
+          progress: Progress | None = None, input_name: str | Path | None = None, links: dict | None = None,
+          **settings) -> dict:
     """Score a folder or dataset with a model into the run folder `out` (written atomically).
 
     `config` (a `ScoreRunConfig`; default its defaults) sets the operating point, the split, the
@@ -28,7 +29,8 @@ def score(input: str | Path, model: str | Path, out: str | Path, config=None, *,
     `run_id` names the run in run.json and the report (default: a new one; callers that name the
     run folder after an id pass the same one). `input_name` is the input run.json records
     (default `input`): an inbox run names its inbox, where the scored files' paths lead, not the
-    staging copy it scored and then deleted.
+    staging copy it scored and then deleted. `links` (e.g. ``{"flow_run_url": ...}``) are recorded
+    in run.json for the console to link to.
 
     `map_partitions(parts, part_dirs, threshold, normal)`, when given, scores the partitions
     elsewhere (a task runner) and returns their summaries; by default they run here in turn.
@@ -70,6 +72,7 @@ def score(input: str | Path, model: str | Path, out: str | Path, config=None, *,
         run = run_results.run_record(det, model, input_name or input, cfg.split, th, parts, done, merged,
                                      {"total": time.perf_counter() - t0, "finalize": time.perf_counter() - t1}, normal,
                                      run_id or new_run_id())
+        run.update(links or {})
         atomic_write_json(tmp / "run.json", run)
         if cfg.report:
             run["report"] = report_or_none(tmp)
@@ -135,3 +138,23 @@ def report(run_dir: str | Path) -> Path:
     if not (run_dir / "run.json").exists():
         raise DataError(f"{run_dir} is not a run folder (no run.json). Score something with `anomaly-ae score`.")
     return report_module.build(run_dir)
+
+
+def console_links(run_dir: str | Path, console_url: str, top: int = 5) -> dict:
+    """Links to a run in the console (`anomaly-ae ui`) at `console_url`: its run page (where items
+    are reviewed), its report and model pages, and heat-map thumbnails of its `top` flagged items
+    ({"path", "score", "url"})."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from anomaly_ae.ui.catalog import run_key
+
+    run_dir = Path(run_dir)
+    base = f"{console_url.rstrip('/')}/runs/{run_key(run_dir)}"
+    t = pq.read_table(run_dir / "scores.parquet", columns=["image_id", "path", "score", "flagged", "rank"])
+    t = t.filter(pc.field("flagged")).sort_by("rank").slice(0, top).to_pylist()
+    from urllib.parse import quote
+
+    return {"run": base, "report": f"{base}/files/report.html", "model": f"{base}/model",
+            "thumbs": [{"path": r["path"], "score": r["score"], "url": f"{base}/thumb/{quote(r['image_id'])}?overlay=1"}
+                       for r in t]}

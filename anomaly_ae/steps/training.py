@@ -20,14 +20,11 @@ def model_info(path: str | Path, layers: bool = False) -> dict:
     from anomaly_ae import checkpoint
 
     folder = checkpoint.model_file(path).parent
-    summary = _model_summary(folder, checkpoint.read(path), cached=False)
+    summary = checkpoint.summary(folder, checkpoint.read(path), cached=False)
     if layers:
         from anomaly_ae.detector import AutoencoderDetector
 
-        det = AutoencoderDetector.load(folder, device="cpu")
-        summary["layers"] = det.layers()
-        summary["parameters"] = sum(p.numel() for p in det.model_.parameters())
-        summary["input"] = list(det._training_tile() or det.shape_[:2]) + [det.shape_[2]]
+        summary.update(AutoencoderDetector.load(folder, device="cpu").layer_summary())
     return summary
 
 
@@ -88,7 +85,7 @@ def train(dataset: str | Path, out: str | Path, *, normal: list[str] | None = No
     with FileLock(out.parent / f".{out.name}.lock", f"Model folder {out}"):
         existing = None if force else _up_to_date_model(out, fp)
         if existing is not None:
-            return _told(_model_summary(out, existing, cached=True))
+            return _told(checkpoint.summary(out, existing, cached=True))
         state = out.parent / f".{out.name}.train-{fp[:12]}.pt"
         try:
             with atomic_dir(out, overwrite=overwrite or force, kind="model", protect=[ds.path]) as tmp:
@@ -98,7 +95,7 @@ def train(dataset: str | Path, out: str | Path, *, normal: list[str] | None = No
             state.unlink(missing_ok=True)  # "nothing was kept": the resume state neither
             raise
         state.unlink(missing_ok=True)
-    return _told(_model_summary(out, checkpoint.read(out), cached=False))
+    return _told(checkpoint.summary(out, checkpoint.read(out), cached=False))
 
 
 def _told(summary: dict) -> dict:
@@ -147,16 +144,3 @@ def _weights_config(config) -> dict:
     d.pop("threshold")
     d["train"] = {k: v for k, v in d["train"].items() if k not in ("device", "allow_collapsed")}
     return d
-
-
-def _model_summary(out: Path, ckpt: dict, cached: bool) -> dict:
-    h, t = ckpt["history"], ckpt["threshold"]
-    return {"model": str(out), "cached": cached, "kind": ckpt["config"]["model"]["kind"],
-            "score": ckpt["config"]["score"]["method"], "normal_classes": ckpt.get("normal_classes"),
-            "n_train": ckpt.get("data", {}).get("n_train"), "n_calibration": t["n_calibration"],
-            "epochs": len(h["train_loss"]), "best_epoch": h["best_epoch"] + 1,
-            "train_loss": h["train_loss"][h["best_epoch"]], "held_out_loss": h["val_loss"][h["best_epoch"]],
-            "seconds": h["seconds"], "device": h["device"], "threshold": t["threshold"],
-            "stopped": "early" if h.get("stopped_early") else "time" if h.get("stopped_by_time") else None,
-            "target_fpr": t["target_fpr"], "guaranteed_fpr": t.get("guaranteed_fpr"),
-            "collapse": ckpt.get("collapse"), "selection": ckpt.get("selection")}

@@ -29,13 +29,13 @@ def model_folder(run_dir: Path, roots: list[Path]) -> Path | None:
 @functools.lru_cache(maxsize=8)
 def model_view(run_dir: Path, folder: Path, stamp: tuple) -> dict:
     """Everything the model page shows (cached per run and model file state `stamp`)."""
-    from anomaly_ae import steps
+    from anomaly_ae import checkpoint
+    from anomaly_ae.detector import AutoencoderDetector
     from anomaly_ae.report.figures import training_figure
 
-    info = steps.model_info(folder, layers=True)
-    from anomaly_ae import checkpoint
-
     ckpt = checkpoint.read(folder)
+    info = {**checkpoint.summary(folder, ckpt, cached=False),
+            **AutoencoderDetector.load(folder, device="cpu").layer_summary()}
     return {"info": info, "curve": training_figure(ckpt.get("history") or {}),
             "reconstructions": _reconstructions(run_dir, ckpt), "latent": _latent(run_dir, folder)}
 

@@ -121,6 +121,33 @@ def test_rerun_skips_finished_work_and_force_redoes_it(first_run, demo):
     assert forced["dataset"]["cached"] is False and forced["model"]["cached"] is False
 
 
+def test_artifacts_link_to_the_console_over_http(first_run, demo, tmp_path):
+    """With [output] console_url, the artifacts open the console (run page, report, thumbnails of the
+    top flagged items), and those links resolve in the console serving the output folder."""
+    import re
+
+    from prefect.artifacts import Artifact
+    from starlette.testclient import TestClient
+
+    from anomaly_ae.ui.app import create_app
+    from flows.pipeline import score_batch_flow
+
+    doc = tomllib.loads(Path(demo).read_text())
+    doc["output"]["console_url"] = "http://inspection-pc:8765"
+    linked = write_pipeline(tmp_path / "mnist-demo.toml", doc)
+    result = score_batch_flow(pipeline=str(linked))
+    summary = Artifact.get("mnist-demo-batch-summary").data
+    assert "file://" not in summary
+    thumbs = re.findall(r"!\[[^\]]*\]\((http://inspection-pc:8765/runs/[0-9a-f]{12}/thumb/[^)]+)\)", summary)
+    assert len(thumbs) == min(5, result["flagged"]) and thumbs
+    link = re.fullmatch(r"\[[^\]]+\]\((.+)\)", Artifact.get("mnist-demo-batch-report").data).group(1)
+    assert link.startswith("http://inspection-pc:8765/runs/") and link.endswith("/files/report.html")
+    console = TestClient(create_app([Path(doc["output"]["folder"])]))
+    for url in [link, *thumbs, re.search(r"Run: \[[^\]]+\]\(([^)]+)\)", summary).group(1)]:
+        r = console.get(url.removeprefix("http://inspection-pc:8765"))
+        assert r.status_code == 200, url
+
+
 def test_dask_runner_gives_the_same_scores(first_run, demo):
     from anomaly_ae import steps
     from anomaly_ae.pipeline import batch_input, load_pipeline

@@ -72,10 +72,23 @@ def test_defaults_and_paths(tmp_path):
     (MINIMAL.replace('normal = ["0"]', 'size = "big"'), r"size must look like 256"),
     ("[data\n", r"p.toml: not valid TOML"),
     (MINIMAL + '[inbox]\nfolder = "in"\n[output]\nfolder = "in/out"\n', r"\[output\] folder: .* lies inside the inbox"),
+    (MINIMAL + '[output]\nconsole_url = "inspection-pc:8765"\n', r"\[output\]: console_url: must be an http"),
 ])
 def test_errors_name_the_file_and_the_key(tmp_path, text, match):
     with pytest.raises(ConfigError, match=match):
         load_pipeline(write(tmp_path, text))
+
+
+def test_console_url_from_the_file_or_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("ANOMALY_AE_CONSOLE_URL", raising=False)
+    assert load_pipeline(write(tmp_path, MINIMAL)).console_url == ""
+    monkeypatch.setenv("ANOMALY_AE_CONSOLE_URL", "http://qc:8765/")
+    assert load_pipeline(write(tmp_path, MINIMAL)).console_url == "http://qc:8765"
+    named = MINIMAL + '[output]\nconsole_url = "https://console.plant"\n'
+    assert load_pipeline(write(tmp_path, named)).console_url == "https://console.plant"
+    monkeypatch.setenv("ANOMALY_AE_CONSOLE_URL", "qc:8765")
+    with pytest.raises(ConfigError, match="ANOMALY_AE_CONSOLE_URL='qc:8765' must be an http"):
+        load_pipeline(write(tmp_path, MINIMAL))
 
 
 def test_missing_file():

@@ -153,6 +153,9 @@ def example_grid(data, kind: str) -> str:
     threshold = run["threshold"]["threshold"]
     items = sorted((e for e in data.examples if e["kind"] == kind and (kind != "top" or e["flagged"])),
                    key=lambda e: -e["score"])
+    if kind != "top":  # a small batch's borderline items can be its top ones too: each item is shown once
+        shown = {e["image_id"] for e in data.examples if e["kind"] == "top" and e["flagged"]}
+        items = [e for e in items if e["image_id"] not in shown]
     n_flagged = run.get("counts", {}).get("flagged", int(s["flagged"].sum()))
     if kind == "top":
         if not items:

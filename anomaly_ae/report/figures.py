@@ -34,6 +34,12 @@ def _figure(width: float = 5.0, height: float = 4.2):
     return fig, fig.add_subplot()
 
 
+def _legend_below(fig, ax) -> None:
+    """The legend under the plot, where it hides no line (and stays legible on a phone's width)."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=10, frameon=False)
+
+
 def png_b64(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -121,7 +127,7 @@ def histogram_figure(groups: dict[str, np.ndarray], calibration: np.ndarray, thr
     if log:
         ax.set_xscale("log")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=9)
+    _legend_below(fig, ax)
     return png_b64(fig)
 
 
@@ -144,7 +150,7 @@ def ecdf_figure(batch: np.ndarray, calibration: np.ndarray, normal_only: np.ndar
     ax.set(xlabel="anomaly score" + (" (log scale)" if log else ""), ylabel="share of items scoring at most x",
            ylim=(-0.02, 1.02), title="Cumulative score distributions")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=9, loc="lower right")
+    _legend_below(fig, ax)
     return png_b64(fig)
 
 
@@ -166,7 +172,7 @@ def training_figure(history: dict) -> str | None:
         ax.set_yscale("log")
     ax.set(xlabel="epoch", ylabel="loss" + (" (log scale)" if positive else ""), title="Training curve")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=9)
+    _legend_below(fig, ax)
     return png_b64(fig)
 
 
@@ -198,9 +204,12 @@ def histogram_html(groups: dict[str, np.ndarray], calibration: np.ndarray, thres
     names = ", ".join(f"{k} ({len(v)})" for k, v in groups.items() if len(v))
     alt = (f"Histogram of anomaly scores for {names}, with the calibration images' scores as a dashed outline and "
            f"the threshold {threshold:.4g} as a dash-dot vertical line; items right of it are flagged.")
-    caption = ("Each group is scaled to its own size, so groups of different sizes compare. Normal items: filled "
-               "bars; anomalous items: hatched outline; calibration images (held-out normal images that set the "
-               "threshold): dashed; threshold: dash-dot line, items to its right are flagged.")
+    labelled = any(k != "all items" for k, v in groups.items() if len(v))
+    kinds = ("Normal items: filled bars; anomalous items: hatched outline; " if labelled else
+             "The batch's items (unlabelled: nothing says which are anomalous): filled bars; ")
+    caption = ("Each group is scaled to its own size, so groups of different sizes compare. " + kinds +
+               "calibration images (held-out normal images that set the threshold): dashed; threshold: dash-dot "
+               "line, items to its right are flagged.")
     return figure(histogram_figure(groups, calibration, threshold), alt, caption, wide=True)
 
 

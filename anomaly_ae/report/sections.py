@@ -250,7 +250,11 @@ def metadata(data: RunData) -> str:
             ("Input", f'<span class="path">{escape(str(run.get("input")))}</span>'),
             ("Model file", f'<span class="path">{escape(str(model.get("path")))}</span>'),
             ("Model trained", escape(str(model.get("trained") or "not recorded"))),
-            ("Classes the model knows", name_list(model.get("classes"))),
+            ("Classes of its training dataset", name_list(model.get("classes")) + " (normal: "
+             + name_list(model.get("normal_classes")) + "; the others were left out of training)"
+             if model.get("classes") and model.get("normal_classes")
+             and set(map(str, model["normal_classes"])) != set(map(str, model["classes"]))
+             else name_list(model.get("classes"))),
             ("Threshold", "; ".join(f"{escape(str(k))} {escape(plain(v))}" for k, v in th.items())),
             ("Partitions", escape(str(run.get("partitions"))))]
     rows += [(f"Time: {escape(k)}", f"{fmt(v, '.2f')} s") for k, v in (run.get("timings") or {}).items()]

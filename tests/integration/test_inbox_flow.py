@@ -88,6 +88,11 @@ def test_files_arriving_between_runs_are_each_scored_once(line, tmp_path):
     scored = pq.read_table(Path(r2["run_dir"]) / "scores.parquet")["path"].to_pylist()
     assert sorted(scored) == second  # each run's results hold its own files only
     assert r2["artifacts"]["summary"] == "line-t-inbox-summary"
+    # The run names its inbox as its input (where its paths lead), not the staging copy since deleted.
+    import json
+
+    recorded = json.loads((Path(r2["run_dir"]) / "run.json").read_text())["input"]
+    assert Path(recorded) == Path(p.inbox.folder).resolve() and (Path(recorded) / second[0]).exists()
 
 
 def test_every_file_is_scored_whatever_the_folder_names(line, tmp_path, monkeypatch):

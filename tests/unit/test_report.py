@@ -261,3 +261,25 @@ def test_heat_map_is_named_for_what_the_model_kind_maps():
     assert defect["title"] == "defect map" and error["title"] == "error map" and map_words(None) == error
     assert "Defect probability" in _legend(0.9, heat_lut(), False, defect)
     assert "large error" in _legend(0.9, heat_lut(), True, error) and "cyan" in _legend(0.9, heat_lut(), True, error)
+
+
+def test_a_small_batch_shows_each_item_once_and_says_what_it_knows(pipeline, unlabelled):
+    """9 items: the top flagged ones are not shown again as borderline; an unlabelled batch's
+    histogram says nothing of normal and anomalous items; the dataset's classes are told apart from
+    the normal ones the model learned."""
+    import re
+
+    folder = pipeline / "nine"
+    folder.mkdir()
+    for f in sorted((pipeline / "flat").glob("img0*.png"))[:9]:
+        (folder / f.name).write_bytes(f.read_bytes())
+    steps.score(folder, pipeline / "model", pipeline / "nine-first", report=False)
+    median = float(np.median(pq.read_table(pipeline / "nine-first" / "scores.parquet")["score"].to_numpy()))
+    steps.score(folder, pipeline / "model", pipeline / "nine-run", threshold=median)  # four or five flagged
+    text, _ = page(pipeline / "nine-run")
+    cards = re.findall(r'alt="Original image, item ranked (\d+)"', text)
+    assert len(cards) == 9 and len(set(cards)) == 9, cards  # every item once: flagged, or borderline
+    assert "anomalous items: hatched" not in text and "unlabelled" in text
+    labelled_text, _ = page(pipeline / "run")
+    assert "anomalous items: hatched" in labelled_text
+    assert re.search(r"Classes of its training dataset</th><td>[^<]*\(normal: 0; the others were left out", labelled_text)

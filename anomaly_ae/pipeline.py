@@ -138,6 +138,15 @@ class AlertsSection:
 
 
 @dataclass(frozen=True)
+class ReviewSection:
+    """[review]: what the decisions reviewers make in the console (`anomaly-ae ui`) change."""
+
+    # Before each scoring run, add the items reviewed as false alarms in this pipeline's runs to the
+    # calibration normals (`anomaly-ae calibrate --reviews`): the threshold can only go up.
+    calibrate: bool = False
+
+
+@dataclass(frozen=True)
 class Pipeline:
     """A validated pipeline file, with every path resolved to an absolute one."""
 
@@ -153,6 +162,7 @@ class Pipeline:
     alerts: AlertsSection
     schedules: tuple[Schedule, ...] = field(default_factory=tuple)
     console_url: str = ""
+    review: ReviewSection = field(default_factory=ReviewSection)
 
     @property
     def dataset_dir(self) -> Path:
@@ -174,6 +184,14 @@ class Pipeline:
         """Inbox state: the lock, the ledger and one committed folder per inbox run."""
         return self.output / "inbox"
 
+    def reviewed_runs(self) -> list[Path]:
+        """The pipeline's run folders (full and inbox runs) that hold review decisions."""
+        found = []
+        for folder in (self.runs_dir, self.inbox_state_dir / "runs"):
+            if folder.is_dir():
+                found += sorted(d for d in folder.iterdir() if (d / "reviews.parquet").is_file())
+        return found
+
     @property
     def normal(self) -> list[str] | None:
         """The normal classes, or None to let the dataset decide."""
@@ -192,7 +210,7 @@ class Pipeline:
 
 CONSOLE_URL_ENV = "ANOMALY_AE_CONSOLE_URL"
 TABLES = {"pipeline": PipelineSection, "data": DataSection, "batch": BatchSection, "output": OutputSection,
-          "inbox": InboxSection, "scale": ScaleSection, "alerts": AlertsSection}
+          "inbox": InboxSection, "scale": ScaleSection, "alerts": AlertsSection, "review": ReviewSection}
 DETECTOR_TABLES = tuple(DETECTOR_SECTIONS)
 KNOWN_TABLES = (*TABLES, *DETECTOR_TABLES, "schedule")
 
@@ -242,7 +260,7 @@ def load_pipeline(path: str | Path, base: str | Path | None = None) -> Pipeline:
                     output=output,
                     inbox=inbox,
                     scale=s["scale"], alerts=s["alerts"], schedules=schedules,
-                    console_url=console_url)
+                    console_url=console_url, review=s["review"])
 
 
 def _data_paths(data: DataSection, base: Path) -> DataSection:

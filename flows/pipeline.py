@@ -47,11 +47,13 @@ def train_flow(pipeline: str, force: bool = False) -> dict:
 
 @flow(name="calibrate", flow_run_name=run_name)
 def calibrate_flow(pipeline: str, target_fpr: float | None = None) -> dict:
-    """Recalibrate the pipeline's model threshold (to `target_fpr`, default the file's)."""
+    """Recalibrate the pipeline's model threshold (to `target_fpr`, default the file's; with the
+    reviewed false alarms when [review] calibrate is on)."""
     from anomaly_ae import steps
 
     p = load_for_run(pipeline)
-    return steps.calibrate(p.model_dir, target_fpr=target_fpr or p.detector.threshold.target_fpr)
+    return steps.calibrate(p.model_dir, target_fpr=target_fpr or p.detector.threshold.target_fpr,
+                           reviews=p.reviewed_runs() if p.review.calibrate else None)
 
 
 def score_and_report(p: Pipeline, input: str, split: str | None, kind: str, task_runner: str | None,

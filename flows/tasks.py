@@ -50,10 +50,12 @@ def train(p: Pipeline, force: bool = False) -> dict:
 
 @task(name="calibrate", cache_policy=NO_CACHE, **IO_RETRIES)
 def calibrate(p: Pipeline) -> dict:
-    """Set the model's threshold to the pipeline's target FPR (skipped when it already holds it)."""
+    """Set the model's threshold to the pipeline's target FPR, with the false alarms reviewed in its
+    runs among the calibration normals when [review] calibrate is on (skipped when nothing changed)."""
     forward_library_logs()
-    return skipped_or_done(steps.calibrate(p.model_dir, target_fpr=p.detector.threshold.target_fpr),
-                           "the model already holds the target")
+    reviews = p.reviewed_runs() if p.review.calibrate else None
+    return skipped_or_done(steps.calibrate(p.model_dir, target_fpr=p.detector.threshold.target_fpr, reviews=reviews),
+                           "the model already holds the target" + (" and every reviewed false alarm" if reviews else ""))
 
 
 @task(name="score", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=3, retry_condition_fn=transient_only)

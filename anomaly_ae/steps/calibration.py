@@ -23,7 +23,8 @@ def calibrate(model: str | Path, *, target_fpr: float | None = None, data: str |
 
     `reviews` (run folders) adds the items reviewers marked as false alarms there to the
     calibration normals, once each however often a run is named (see `_add_reviews`); they stay
-    added when the base scores are replaced later. The summary's `threshold_before` says how the
+    added when the base scores are replaced later. Runs that add nothing new leave the model as it
+    is (the summary says `cached`). The summary's `threshold_before` says how the
     threshold moved.
 
     Raises:
@@ -31,6 +32,8 @@ def calibrate(model: str | Path, *, target_fpr: float | None = None, data: str |
         DataError: `data` is the training data, holds no usable images, or `held_out` asks for
             held-out scores the model no longer has.
     """
+    import json
+
     import numpy as np
 
     from anomaly_ae import checkpoint
@@ -50,7 +53,11 @@ def calibrate(model: str | Path, *, target_fpr: float | None = None, data: str |
         else:
             scores, source = _calibration_set(det, data, normal, split, held_out)
         if reviews:
+            taken_before = json.dumps(det.meta_.get("reviewed_false_alarms") or {}, sort_keys=True)
             _add_reviews(det, reviews)
+            unchanged = json.dumps(det.meta_.get("reviewed_false_alarms") or {}, sort_keys=True) == taken_before
+            if unchanged and data is None and not held_out and target_fpr in (None, current.get("target_fpr")):
+                return _calibration_summary(folder, det, current.get("source", HELD_OUT_SOURCE), cached=True)
         reviewed = det.meta_.get("reviewed_false_alarms") or {}
         extra = np.asarray([v for items in reviewed.values() for v in items.values()], dtype=np.float64)
         if len(extra):

@@ -148,6 +148,52 @@ def test_artifacts_link_to_the_console_over_http(first_run, demo, tmp_path):
         assert r.status_code == 200, url
 
 
+def test_reviewed_false_alarms_raise_the_threshold_of_the_next_run(first_run, demo, tmp_path):
+    """[review] calibrate: a false alarm reviewed in a run joins the calibration normals at the next
+    pipeline run (whose calibrate task then runs), and a run after that has nothing new to add."""
+    import pyarrow.parquet as pq
+
+    from anomaly_ae import reviews
+    from anomaly_ae.detector import AutoencoderDetector
+    from anomaly_ae.pipeline import load_pipeline
+    from flows.entry import run as run_pipeline
+
+    doc = tomllib.loads(Path(demo).read_text())
+    doc["review"] = {"calibrate": True}
+    path = write_pipeline(tmp_path / "mnist-demo.toml", doc)
+    p = load_pipeline(path)
+    before = AutoencoderDetector.load(p.model_dir)
+    run_dir = Path(first_run["score"]["run"])
+    rows = pq.read_table(run_dir / "scores.parquet").to_pylist()
+    false_alarms = sorted((r for r in rows if r["flagged"] and not r["is_anomaly"]), key=lambda r: -r["score"])[:2]
+    assert false_alarms, "the demo model flags no normal digit"
+    for r in false_alarms:
+        reviews.record(run_dir, r["image_id"], reviews.FALSE_ALARM)
+    try:
+        second = run_pipeline(str(path))
+        assert second["calibrate"]["cached"] is False and second["calibrate"]["reviewed_false_alarms"] == len(false_alarms)
+        after = AutoencoderDetector.load(p.model_dir)
+        assert len(after.calibration_scores_) == len(before.calibration_scores_) + len(false_alarms)
+        assert after.threshold_ >= before.threshold_
+        third = run_pipeline(str(path))
+        assert third["calibrate"]["cached"] is True
+    finally:  # the module's other tests share the model and its first run
+        (run_dir / "reviews.parquet").unlink()
+        steps_calibrate_back(p.model_dir, before)
+
+
+def steps_calibrate_back(model_dir: Path, before) -> None:
+    """Put the model's calibration back as it was before reviews were added."""
+    from anomaly_ae.detector import AutoencoderDetector
+
+    det = AutoencoderDetector.load(model_dir)
+    det.meta_.pop("reviewed_false_alarms", None)
+    det.meta_.pop("calibration_base", None)
+    det.calibrate_scores(before.calibration_scores_, before.threshold_info_["target_fpr"])
+    det.threshold_info_["source"] = before.threshold_info_["source"]
+    det.save(model_dir)
+
+
 def test_dask_runner_gives_the_same_scores(first_run, demo):
     from anomaly_ae import steps
     from anomaly_ae.pipeline import batch_input, load_pipeline

@@ -115,9 +115,16 @@ def run_record(det, model, input, split, th, parts, results, merged, timings, no
         "threshold": th, "labels_known": normal is not None,
         "counts": {"items": n_items, "scored": merged["n_scored"], "flagged": merged["n_flagged"],
                    "rejects": sum(r["rejects"] for r in results)},
-        "drift": merged["drift"], "timings": timings, "versions": versions(), "partitions": len(parts),
+        "drift": merged["drift"], "quality": _quality(merged["metrics"]), "timings": timings, "versions": versions(), "partitions": len(parts),
         "calibration_scores": det.calibration_scores_.tolist(), "history": det.history_,
     }
+
+
+def _quality(metrics: dict | None) -> dict | None:
+    """The headline metrics (metrics.json has them all), for readers that list many runs."""
+    if not metrics:
+        return None
+    return {k: metrics.get(k) for k in ("auroc", "auprc", "fpr", "tpr", "f1", "pixel_auroc")}
 
 
 def score_summary(out: Path, run: dict, merged: dict) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,11 +111,14 @@ def _walk(root: Path):
 
 
 def _inside(run_dir: Path, root: Path) -> bool:
-    """Whether the run's files are plain files that stay inside the root."""
+    """Whether the run's files stay inside the root: the walk reaches no folder through a link, so
+    that holds unless one of the files is a link itself."""
     for name in (*RUN_FILES, "metrics.json", "reviews.parquet"):
-        p = run_dir / name
-        if p.is_symlink() or (p.exists() and not p.resolve().is_relative_to(root)):
-            return False
+        try:
+            if stat.S_ISLNK(os.lstat(run_dir / name).st_mode):
+                return False
+        except FileNotFoundError:
+            continue
     return True
 
 
@@ -145,8 +149,8 @@ def _summary(run_dir: Path) -> dict | None:
         run = json.loads((run_dir / "run.json").read_text())
     except (OSError, ValueError):
         return None
-    auroc = None
-    if (run_dir / "metrics.json").exists():
+    auroc = (run.get("quality") or {}).get("auroc")
+    if "quality" not in run and (run_dir / "metrics.json").exists():  # runs written before run.json had it
         try:
             auroc = json.loads((run_dir / "metrics.json").read_text()).get("auroc")
         except (OSError, ValueError):
@@ -156,7 +160,7 @@ def _summary(run_dir: Path) -> dict | None:
     th = run.get("threshold") or {}
     scored = counts.get("scored") or 0
     try:
-        decided = reviews.counts(reviews.latest(run_dir))
+        decided = reviews.counts(reviews.latest(run_dir) if (run_dir / reviews.REVIEWS_FILE).exists() else {})
     except (OSError, ValueError):
         decided = reviews.counts({})
     return {

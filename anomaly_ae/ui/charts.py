@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from html import escape
 
-WIDTH, HEIGHT, PAD = 640, 120, 34
+WIDTH, HEIGHT, PAD, LEFT, TOP = 420, 130, 30, 52, 30  # LEFT: room for the scale's labels; TOP: for the title
 MAX_POINTS = 500  # the newest runs a chart draws
 
 
@@ -29,19 +29,21 @@ def _panel(title: str, values: list, ids: list[str], reference: list | None, per
     n = max(len(values) - 1, 1)
 
     def xy(i, v):
-        return (PAD + (WIDTH - 2 * PAD) * i / n, HEIGHT - PAD / 2 - (HEIGHT - PAD) * v / top)
+        return (LEFT + (WIDTH - LEFT - PAD / 2) * i / n, HEIGHT - PAD / 2 - (HEIGHT - PAD / 2 - TOP) * v / top)
 
     def fmt(v):
         return f"{100 * v:.2f}%" if percent else (f"{v:.3g}" if isinstance(v, float) else str(v))
 
     parts = [f'<svg class="trend" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{escape(title)}">',
-             f'<text x="4" y="16" class="t">{escape(title)}</text>',
-             f'<text x="4" y="{PAD // 2 + 16}" class="ax">{escape(fmt(top))}</text>',
-             f'<line x1="{PAD}" y1="{HEIGHT - PAD / 2}" x2="{WIDTH - PAD}" y2="{HEIGHT - PAD / 2}" class="axis"/>']
+             f'<text x="4" y="14" class="t">{escape(title)}</text>',
+             f'<text x="{LEFT - 6}" y="{xy(0, top)[1] + 4:.1f}" class="ax" text-anchor="end">{escape(fmt(top))}</text>',
+             f'<text x="{LEFT - 6}" y="{HEIGHT - PAD / 2 + 4}" class="ax" text-anchor="end">{escape(fmt(0))}</text>',
+             f'<line x1="{LEFT}" y1="{xy(0, top)[1]:.1f}" x2="{WIDTH - PAD / 2}" y2="{xy(0, top)[1]:.1f}" class="axis"/>',
+             f'<line x1="{LEFT}" y1="{HEIGHT - PAD / 2}" x2="{WIDTH - PAD / 2}" y2="{HEIGHT - PAD / 2}" class="axis"/>']
     if refs:
         ref = refs[-1]
         y = xy(0, ref)[1]
-        parts.append(f'<line x1="{PAD}" y1="{y:.1f}" x2="{WIDTH - PAD}" y2="{y:.1f}" class="ref">'
+        parts.append(f'<line x1="{LEFT}" y1="{y:.1f}" x2="{WIDTH - PAD / 2}" y2="{y:.1f}" class="ref">'
                      f'<title>guaranteed false-positive rate {fmt(ref)}</title></line>')
     if pts:
         line = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(i, v) for i, v in pts))

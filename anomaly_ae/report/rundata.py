@@ -24,6 +24,7 @@ class RunData:
     examples: list[dict] = field(default_factory=list)
     rejects: list[tuple[str, str]] = field(default_factory=list)
     n_rejects: int = 0
+    reviews: dict | None = None  # counts of the review decisions (anomaly_ae.reviews.counts), when any
 
 
 def load(run_dir: str | Path) -> RunData:
@@ -51,4 +52,9 @@ def load(run_dir: str | Path) -> RunData:
         n_rejects = rej.num_rows
         head = rej.slice(0, MAX_REJECTS)
         rejects = list(zip(head["source"].to_pylist(), head["reason"].to_pylist()))
-    return RunData(run, metrics, scores, examples, rejects, max(n_rejects, run.get("counts", {}).get("rejects", 0)))
+    from anomaly_ae import reviews as review_decisions
+
+    decided = (review_decisions.counts(review_decisions.latest(run_dir))
+               if (run_dir / review_decisions.REVIEWS_FILE).exists() else None)
+    return RunData(run, metrics, scores, examples, rejects, max(n_rejects, run.get("counts", {}).get("rejects", 0)),
+                   decided)

@@ -50,6 +50,11 @@ def summary(data: RunData) -> str:
              ("Flagged", f'{tagged("flagged_count", str(flagged))} of {scored} scored items ({pct(share)})'),
              ("Labels", "known: normal and anomalous items are told apart below" if run.get("labels_known")
               else "unknown: the batch has no normal class, so accuracy cannot be measured")]
+    if data.reviews and data.reviews["reviewed"]:
+        r = data.reviews
+        facts.append(("Reviewed", f'{r["defect"]} confirmed defects, {r["false_alarm"]} false alarms: reviewed '
+                                  f'precision {fmt(r["precision"], ".2f")} (the review in <code>anomaly-ae ui</code>; rebuild '
+                                  "the report with <code>anomaly-ae report</code> to bring it up to date)"))
     return _cards(cards) + "".join(_summary_notices(data)) + fact_table(facts)
 
 

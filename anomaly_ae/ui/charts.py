@@ -11,12 +11,14 @@ MAX_POINTS = 500  # the newest runs a chart draws
 
 def trend_svg(runs: list[dict]) -> str:
     """Flagged share (with the threshold's guaranteed false-positive rate as a dashed reference),
-    drift statistic and rejects over `runs` (summaries, oldest first)."""
+    drift statistic, rejects and the threshold (it moves when the model is recalibrated, e.g. with
+    reviewed false alarms) over `runs` (summaries, oldest first)."""
     runs = runs[-MAX_POINTS:]
     panels = [
         ("flagged share", [r["flagged_share"] for r in runs], [r["guaranteed_fpr"] for r in runs], True),
         ("drift statistic (KS)", [r["ks"] for r in runs], None, False),
         ("rejects", [r["rejects"] for r in runs], None, False),
+        ("threshold", [r["threshold"] for r in runs], None, False),
     ]
     ids = [r["id"] for r in runs]
     return "\n".join(_panel(title, values, ids, ref, pct) for title, values, ref, pct in panels)

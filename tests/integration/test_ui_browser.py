@@ -75,7 +75,7 @@ def test_review_three_items_with_the_keyboard_then_calibrate(console, chromium_p
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(console["url"] + "/")
         expect(page.locator("section.pipeline")).to_have_count(1)
-        expect(page.locator("svg.trend")).to_have_count(3)
+        expect(page.locator("svg.trend")).to_have_count(4)
         expect(page.locator("svg.trend circle").first).to_be_visible()
         page.locator("a.run-link").last.click()  # the older run
         expect(page.locator("tr.item")).to_have_count(50)

@@ -129,3 +129,12 @@ def test_calibrate_refuses_a_folder_that_is_not_a_run(mnist_model, tmp_path):
     shutil.copytree(mnist_model, model)
     with pytest.raises(DataError, match="not a run folder"):
         steps.calibrate(model, reviews=[tmp_path])
+
+
+def test_the_rebuilt_report_shows_the_review(fresh_run):
+    ids = sorted(reviews.item_ids(fresh_run))[:3]
+    reviews.record(fresh_run, ids[0], reviews.DEFECT)
+    reviews.record(fresh_run, ids[1], reviews.FALSE_ALARM)
+    steps.report(fresh_run)
+    text = (fresh_run / "report.html").read_text()
+    assert "1 confirmed defects, 1 false alarms: reviewed precision 0.50" in text

@@ -278,6 +278,10 @@ def score(
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per batch \\[default: from the image size].")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Decode processes \\[default: all cores].")] = None,
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
+    backend: Annotated[str, typer.Option(metavar="auto|torch|onnxruntime",
+                                         help="Where the model runs: PyTorch, or its ONNX graph in ONNX Runtime "
+                                              "(the same scores, faster on a CPU); auto measures both on runs of "
+                                              "2,000 items or more.")] = "auto",
     report: Annotated[bool, typer.Option(help="Write report.html into the run folder.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder at --out.")] = False,
     as_json: Json = False, verbose: Verbose = False,
@@ -330,6 +334,26 @@ def report(
 
     path = steps.report(run)
     out_console.print(f"Report written: {path}")
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Argument(help="A model folder written by `anomaly-ae train`.")],
+    out: Annotated[Path, typer.Option(help="Folder for model.onnx and model.json (replaced if it is an export).")],
+    format: Annotated[str, typer.Option("--format", metavar="onnx", help="The export format.")] = "onnx",
+    as_json: Json = False, verbose: Verbose = False,
+) -> None:
+    """Export a model for scoring without Python's anomaly-ae: one ONNX graph from uint8 images to
+    scores and anomaly maps, and model.json with the threshold and preprocessing."""
+    console.setup_logging(verbose)
+    from anomaly_ae import steps
+
+    s = steps.export(model, out, fmt=format)
+    if as_json:
+        return console.print_json(s)
+    out_console.print(f"Exported {model} to {s['folder']}: {s['graph']} (opset {s['opset']}, input uint8 "
+                      f"{' x '.join(map(str, s['input']['shape']))}) and model.json (threshold {s['threshold']:.4g}); "
+                      f"scores agree with anomaly-ae's to {s['parity_max_relative_gap']:.1g} relative.", soft_wrap=True)
 
 
 @app.command()

@@ -240,8 +240,11 @@ class ScoreRunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     report: bool = True  # write report.html into the run folder
     partitions: int = 1  # slices of the input, scored one after the other or by a task runner
+    backend: str = "auto"  # auto | torch | onnxruntime: where scoring runs (auto: the faster, measured)
 
     def __post_init__(self):  # the operating point is checked by the detector that applies it
         require(self.batch_size is None or self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         require(self.workers is None or self.workers >= 1, "workers", f"must be >= 1, got {self.workers}")
         require(1 <= self.partitions <= 10_000, "partitions", f"must be 1..10000, got {self.partitions}")
+        require(self.backend in ("auto", "torch", "onnxruntime"), "backend",
+                f"must be auto, torch or onnxruntime, got {self.backend!r}")

@@ -37,8 +37,9 @@ FOLDER_KINDS = {
     "run": ({"run.json", "scores.parquet"}, {"flagged.csv", "error_maps.parquet", "examples.parquet",
                                             "metrics.json", "rejects.parquet", "report.html",
                                             "ledger.parquet", "inbox.json"}),
+    "export": ({"model.onnx", "model.json"}, set()),
 }
-KIND_NAMES = {"dataset": "dataset", "model": "model folder", "run": "run folder"}
+KIND_NAMES = {"dataset": "dataset", "model": "model folder", "run": "run folder", "export": "model export"}
 
 
 def temp_name(path: Path) -> Path:

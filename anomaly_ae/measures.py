@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -29,14 +30,24 @@ def blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of (n, c, h, w) maps, reflect-padded at the borders."""
     if sigma <= 0:
         return maps
-    k = gaussian_kernel(sigma, maps.device).to(maps.dtype)
-    r = (len(k) - 1) // 2
     c = maps.shape[1]
+    across, down = _blur_weights(float(sigma), int(c), maps.dtype, maps.device)
+    r = (across.shape[-1] - 1) // 2
     pad_mode = "reflect" if min(maps.shape[-2:]) > r else "replicate"
     x = F.pad(maps, (r, r, 0, 0), mode=pad_mode)
-    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    x = F.conv2d(x, across, groups=c)
     x = F.pad(x, (0, 0, r, r), mode=pad_mode)
-    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return F.conv2d(x, down, groups=c)
+
+
+@functools.lru_cache(maxsize=64)
+def _blur_weights(sigma: float, c: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The blur's two convolution weights, (c, 1, 1, k) and (c, 1, k, 1): made once per setting, so
+    they are constants of known shape (an exported graph needs that) and cost nothing per call."""
+    with torch.inference_mode(False), torch.no_grad():
+        k = gaussian_kernel(sigma, device).to(dtype)
+        return (k.view(1, 1, 1, -1).repeat(c, 1, 1, 1).contiguous(),
+                k.view(1, 1, -1, 1).repeat(c, 1, 1, 1).contiguous())
 
 
 def ssim_map(x: torch.Tensor, y: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:

@@ -144,3 +144,23 @@ def _weights_config(config) -> dict:
     d.pop("threshold")
     d["train"] = {k: v for k, v in d["train"].items() if k not in ("device", "allow_collapsed")}
     return d
+
+
+def export(model: str | Path, out: str | Path, fmt: str = "onnx") -> dict:
+    """Export a model folder (see `anomaly_ae.export`) into the folder `out`; returns its metadata
+    and ``folder``.
+
+    Raises:
+        ConfigError: an unknown format, or onnxruntime (which checks the export) is not installed.
+        DataError: the exported scores differ from the model's.
+    """
+    from anomaly_ae import checkpoint
+    from anomaly_ae import export as exporting
+    from anomaly_ae.detector import AutoencoderDetector
+
+    folder = checkpoint.model_file(model).parent
+    if Path(out).resolve() == folder.resolve():
+        raise DataError(f"--out {out} is the model folder itself; export into a folder of its own.")
+    meta = exporting.export(AutoencoderDetector.load(folder, device="cpu"), out, fmt)
+    log.info("exported %s to %s (%s)", folder, out, meta["graph"])
+    return {**meta, "folder": str(out)}

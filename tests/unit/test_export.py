@@ -1,0 +1,135 @@
+"""Export to ONNX and the onnxruntime scoring backend: the same scores as anomaly-ae's own, for
+every model kind, tiled and not, gray and RGB; the flagged decisions at the threshold too."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from anomaly_ae import steps
+from anomaly_ae.config import DetectorConfig, ModelConfig, ScoreConfig, TrainConfig
+from anomaly_ae.detector import AutoencoderDetector
+from anomaly_ae.errors import ConfigError, DataError
+
+pytest.importorskip("onnxruntime", reason="onnxruntime (a dev dependency) runs the exported graphs")
+
+from anomaly_ae.export import PARITY_RTOL, run_onnx, to_onnx_bytes  # noqa: E402
+
+TRAIN = TrainConfig(epochs=1, min_steps_per_epoch=2, allow_collapsed=True, device="cpu")
+CASES = [  # (kind, image shape, tile, score method)
+    ("ae", (28, 28, 1), 0, "topk"),
+    ("ae", (28, 28, 1), 0, "mse"),
+    ("vae", (24, 24, 3), 0, "topk"),
+    ("denoising", (28, 28, 1), 0, "ssim"),
+    ("ae", (64, 48, 1), 16, "topk"),
+    ("ae", (40, 40, 3), 16, "ssim"),
+    ("draem", (48, 48, 1), 0, "topk"),
+    ("draem", (32, 32, 3), 0, "topk"),
+]
+
+
+def _images(shape, n, seed=0):
+    rng = np.random.default_rng(seed)
+    h, w, c = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = 120 + 60 * np.sin(xx / 4.0)[..., None] * np.cos(yy / 5.0)[..., None]
+    return np.clip(base + rng.normal(0, 20, (n, h, w, c)), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("kind, shape, tile, method", CASES, ids=[f"{k}-{'x'.join(map(str, s))}-t{t}-{m}"
+                                                                   for k, s, t, m in CASES])
+def test_exported_scores_and_decisions_equal_the_detectors(kind, shape, tile, method):
+    cfg = DetectorConfig(model=ModelConfig(kind=kind, tile=tile, latent_dim=16, base_channels=8, max_channels=32),
+                         train=TRAIN, score=ScoreConfig(method=method))
+    normal = _images(shape, 40)
+    det = AutoencoderDetector(cfg).fit(normal[:30])
+    det.calibrate(normal[30:])
+    batch = np.concatenate([_images(shape, 30, seed=1), np.random.default_rng(2).integers(0, 256, (10, *shape),
+                                                                                           dtype=np.uint8)])
+    ours, our_recon, our_maps = det.score_with_maps(batch)
+    scores, maps, recon = run_onnx(to_onnx_bytes(det), batch)
+    np.testing.assert_allclose(scores, ours, rtol=PARITY_RTOL, atol=0)
+    np.testing.assert_allclose(maps, our_maps, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(recon, our_recon, rtol=1e-4, atol=1e-5)
+    threshold = float(np.median(ours))  # half the batch flagged: many decisions near the threshold
+    near = np.abs(ours - threshold) <= PARITY_RTOL * abs(threshold)
+    assert np.array_equal((scores > threshold)[~near], (ours > threshold)[~near])
+
+
+def test_export_command_writes_the_graph_and_what_a_scorer_needs(mnist_model, mnist_images, tmp_path):
+    out = tmp_path / "export"
+    meta = steps.export(mnist_model, out)
+    det = AutoencoderDetector.load(mnist_model, device="cpu")
+    doc = json.loads((out / "model.json").read_text())
+    assert doc["threshold"] == pytest.approx(det.threshold_) and doc["flag"] == "score > threshold"
+    assert doc["calibration_scores"] == pytest.approx(det.calibration_scores_.tolist())
+    assert doc["preprocess"] == det.meta_["preprocess"] and meta["parity_max_relative_gap"] <= PARITY_RTOL
+    pixels = mnist_images[0][:200]
+    np.testing.assert_allclose(run_onnx(out / "model.onnx", pixels)[0], det.score_samples(pixels), rtol=PARITY_RTOL)
+    steps.export(mnist_model, out)  # an export folder is replaced
+    with pytest.raises(DataError, match="is not a model export"):
+        steps.export(mnist_model, mnist_model.parent)  # a folder holding anything else never is
+    with pytest.raises(DataError, match="the model folder itself"):
+        steps.export(mnist_model, mnist_model)
+    with pytest.raises(ConfigError, match="Unknown export format"):
+        steps.export(mnist_model, tmp_path / "x", fmt="tflite")
+
+
+def test_onnxruntime_backend_scores_a_run_like_torch(mnist_ds, mnist_model, tmp_path):
+    import pyarrow.parquet as pq
+
+    runs = {b: steps.score(mnist_ds, mnist_model, tmp_path / b, split="test", backend=b, report=False)
+            for b in ("torch", "onnxruntime")}
+    a = pq.read_table(tmp_path / "torch" / "scores.parquet")
+    b = pq.read_table(tmp_path / "onnxruntime" / "scores.parquet")
+    assert a["image_id"].equals(b["image_id"])
+    np.testing.assert_allclose(b["score"].to_numpy(), a["score"].to_numpy(), rtol=PARITY_RTOL)
+    assert abs(runs["torch"]["flagged"] - runs["onnxruntime"]["flagged"]) <= 1
+    recorded = {k: json.loads((tmp_path / k / "run.json").read_text())["backend"] for k in runs}
+    assert recorded == {"torch": "torch", "onnxruntime": "onnxruntime"}
+
+
+def test_auto_measures_on_large_runs_only_and_bad_backends_are_refused(mnist_ds, mnist_model, tmp_path):
+    from anomaly_ae import backends
+
+    small = steps.score(mnist_ds, mnist_model, tmp_path / "small", split="test", report=False)  # 1,500 items
+    assert json.loads((tmp_path / "small" / "run.json").read_text())["backend"] == "torch" and small["scored"]
+    det = AutoencoderDetector.load(mnist_model, device="cpu")
+    assert backends.name(backends.with_backend(det, "auto")) in ("torch", "onnxruntime")
+    with pytest.raises(ConfigError, match="Unknown scoring backend"):
+        backends.with_backend(det, "tensorrt")
+    with pytest.raises(ConfigError, match="backend: must be auto, torch or onnxruntime"):
+        steps.score(mnist_ds, mnist_model, tmp_path / "bad", backend="tensorrt")
+
+
+def test_readme_snippet_scores_a_folder_like_anomaly_ae(mnist_model, mnist_folder, tmp_path):
+    """The README's "Deploy without Python's anomaly-ae" code, run as written on an export."""
+    import re
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Deploy without anomaly-ae (ONNX)", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    steps.export(mnist_model, tmp_path / "export")
+    folder = tmp_path / "folder"
+    shutil.copytree(mnist_folder / "0", folder / "0")
+    shutil.copytree(mnist_folder / "7", folder / "7")
+    env = {"EXPORT": str(tmp_path / "export") + "/", "FOLDER": str(folder) + "/"}
+    namespace: dict = {**env, "__name__": "readme"}
+    assert 'EXPORT, FOLDER = "export/", "images/"\n' in code
+    code = code.replace('EXPORT, FOLDER = "export/", "images/"\n', "")  # the test's own folders instead
+    assert len(code.strip().splitlines()) <= 14
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102  (the README's own code)
+    ours = steps.score(folder, mnist_model, tmp_path / "run", report=False, backend="torch")
+    table = pq.read_table(tmp_path / "run" / "scores.parquet").to_pylist()
+    expected = {r["path"]: r["score"] for r in table}
+    got = {str(Path(p).relative_to(folder)): s for p, s in namespace["scores"].items()}
+    assert set(got) == set(expected) and len(got) == ours["scored"]
+    assert all(abs(got[k] - expected[k]) <= PARITY_RTOL * abs(expected[k]) for k in got)
+    assert {str(Path(p).relative_to(folder)) for p in namespace["flagged"]} == {
+        r["path"] for r in table if r["flagged"]}

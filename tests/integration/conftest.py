@@ -18,6 +18,22 @@ TINY = {
 
 
 @pytest.fixture(scope="session")
+def chromium() -> str:
+    """The Chromium binary, installed with .ci/chromium.sh when missing; skips when it cannot be."""
+    import shutil
+    import subprocess
+
+    found = shutil.which("chromium")
+    if found is None:
+        subprocess.run(["bash", str(Path(__file__).resolve().parents[2] / ".ci" / "chromium.sh")], check=False,
+                       timeout=900)
+        found = shutil.which("chromium")
+    if found is None:
+        pytest.skip("Chromium is not installed and .ci/chromium.sh could not install it (needs root and apt-get)")
+    return found
+
+
+@pytest.fixture(scope="session")
 def prefect_harness():
     """A temporary Prefect API (SQLite) shared by every flow test of the session."""
     from prefect.testing.utilities import prefect_test_harness

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -36,18 +35,6 @@ window.addEventListener("load", function () {
   document.body.appendChild(out);
 });
 </script>"""
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    """The Chromium binary, installed with .ci/chromium.sh when missing; skips when it cannot be."""
-    found = shutil.which("chromium")
-    if found is None:
-        subprocess.run(["bash", str(ROOT / ".ci" / "chromium.sh")], check=False, timeout=900)
-        found = shutil.which("chromium")
-    if found is None:
-        pytest.skip("Chromium is not installed and .ci/chromium.sh could not install it (needs root and apt-get)")
-    return found
 
 
 @pytest.fixture(scope="module")

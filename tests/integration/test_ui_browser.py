@@ -25,15 +25,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def chromium_path():
-    found = shutil.which("chromium")
-    if found is None:
-        subprocess.run(["bash", str(ROOT / ".ci" / "chromium.sh")], check=False, timeout=900)
-        found = shutil.which("chromium")
-    if found is None:
-        pytest.skip("Chromium is not installed and .ci/chromium.sh could not install it (needs root and apt-get)")
+def chromium_path(chromium):
     pytest.importorskip("playwright.sync_api", reason="playwright (a dev dependency) drives the browser")
-    return found
+    return chromium
 
 
 def _free_port() -> int:

@@ -23,29 +23,40 @@ TRIAL_PIXELS = 2**21  # pixels per timing batch of `auto` (e.g. 2,600 digits, or
 
 class OnnxScorer:
     """A detector whose scoring (score_samples, score_with_maps) runs in ONNX Runtime; every other
-    attribute is the detector's (threshold, p-values, metadata)."""
+    attribute is the detector's (threshold, p-values, metadata).
+
+    The session starts on first use with as many threads as PyTorch has then: scoring a folder
+    leaves a core to the decoders (`scoring._model_threads`), and the graph must not take it back.
+    """
 
     backend = "onnxruntime"
 
-    def __init__(self, det, session):
-        self._det, self._session = det, session
+    def __init__(self, det, graph: bytes):
+        self._det, self._graph, self._session, self._threads = det, graph, None, None
 
     def __getattr__(self, name):
         return getattr(self._det, name)
 
-    def score_samples(self, images: np.ndarray) -> np.ndarray:
-        from anomaly_ae.export import INPUT
+    def _run(self, outputs, images: np.ndarray):
+        import torch
 
-        if not len(images):
-            return np.zeros(0)
-        return self._session.run(["score"], {INPUT: np.ascontiguousarray(images)})[0].astype(np.float64)
+        from anomaly_ae.export import INPUT, onnx_session
+
+        if self._session is None or self._threads != torch.get_num_threads():
+            self._threads = torch.get_num_threads()
+            self._session = onnx_session(self._graph, threads=self._threads)
+        return self._session.run(outputs, {INPUT: np.ascontiguousarray(images)})
+
+    def score_samples(self, images: np.ndarray) -> np.ndarray:
+        from anomaly_ae.detector import SCORE_BATCH
+
+        parts = [self._run(["score"], images[i: i + SCORE_BATCH])[0] for i in range(0, len(images), SCORE_BATCH)]
+        return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
 
     def score_with_maps(self, images: np.ndarray):
-        from anomaly_ae.export import INPUT
-
         if not len(images):
             return self._det.score_with_maps(images)
-        scores, maps, recon = self._session.run(None, {INPUT: np.ascontiguousarray(images)})
+        scores, maps, recon = self._run(None, images)
         return scores.astype(np.float64), recon, maps
 
 
@@ -89,9 +100,7 @@ def _ort_installed() -> bool:
 
 
 def _onnx_scorer(det) -> OnnxScorer:
-    import torch
-
-    from anomaly_ae.export import PARITY_RTOL, _sample_images, onnx_session, run_onnx, to_onnx_bytes
+    from anomaly_ae.export import PARITY_RTOL, _sample_images, run_onnx, to_onnx_bytes
 
     graph = to_onnx_bytes(det)
     sample = _sample_images(det.shape_)
@@ -100,7 +109,7 @@ def _onnx_scorer(det) -> OnnxScorer:
     if not gap <= PARITY_RTOL:
         raise DataError(f"The ONNX graph of this model scores {gap:.2g} (relative) away from PyTorch, more than "
                         f"{PARITY_RTOL:g}: score with --backend torch, and report this with the model's kind and size.")
-    return OnnxScorer(det, onnx_session(graph, threads=torch.get_num_threads()))
+    return OnnxScorer(det, graph)
 
 
 def _trial_images(shape) -> np.ndarray:

@@ -271,7 +271,9 @@ def main(argv=None) -> None:
     if "cli" in only:
         results["cli"] = bench_cli(model)
         print("cli", results["cli"], flush=True)
-    write_results(f"speed-{args.device}", results, markdown(results))
+    # A partial run (--only) gets its own files: it must not replace a full run's figures.
+    part = "" if only >= {"train", "score", "memory", "cli"} else "-" + "-".join(sorted(only))
+    write_results(f"speed-{args.device}{part}", results, markdown(results))
 
 
 if __name__ == "__main__":

@@ -205,6 +205,9 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue an interrupted training run of the same settings.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model at --out.")] = False,
     force: Annotated[bool, typer.Option(help="Train again even if --out is up to date.")] = False,
+    reviews: Annotated[list[Path] | None, typer.Option("--reviews", metavar="RUN",
+                                                       help="A run folder whose items reviewed as false alarms "
+                                                            "join the training images; repeat for more runs.")] = None,
     as_json: Json = False, verbose: Verbose = False,
 ) -> None:
     """Train an autoencoder on the normal classes and calibrate its threshold on held-out normals."""
@@ -217,7 +220,7 @@ def train(
         out = out or Path("data") / "models" / f"{Path(dataset).name}-{'-'.join(normal or ['good'])}"
         with console.progress("train") as update:
             s = steps.train(dataset, out, normal=normal, config=cfg, overwrite=overwrite, force=force,
-                            resume=resume, progress=update)
+                            resume=resume, progress=update, reviews=reviews)
     if as_json:
         return console.print_json(s)
     verb = "is up to date (use --force to train again)" if s["cached"] else "trained"

@@ -60,6 +60,10 @@ def _datasets(root: Path, tv_root: Path | None) -> dict:
         "deeppcb": [("deeppcb", str(root / "deeppcb"), {"size": "640"}, "good")],
         # Solar-cell electroluminescence images (300x300): subtle cracks and dark regions, no masks.
         "elpv": [("elpv", str(root / "elpv"), {}, "good")],
+        # CIFAR-10, the first 500 training images of each class (32x32 RGB): one class normal.
+        "cifar10": [(c, str(root / "cifar10_train500"), {"test_fraction": 0.3}, c)
+                    for c in sorted(p.name for p in (root / "cifar10_train500").iterdir())]
+        if (root / "cifar10_train500").is_dir() else [],
     }
     for name in ("MNIST", "FashionMNIST", "CIFAR10"):
         if tv_root is not None:

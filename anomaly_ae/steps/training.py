@@ -52,7 +52,7 @@ def _normal_rows(ds, normal: list[str] | None, split: str | None = "auto"):
 
 def train(dataset: str | Path, out: str | Path, *, normal: list[str] | None = None, config=None,
           overwrite: bool = False, force: bool = False, resume: bool = False,
-          progress: Progress | None = None) -> dict:
+          progress: Progress | None = None, reviews: list[str | Path] | None = None) -> dict:
     """Train a detector on the normal classes of a dataset and calibrate it on a held-out part.
 
     The held-out share (``train.calib_fraction``) is drawn with ``train.seed`` and used for the
@@ -61,6 +61,9 @@ def train(dataset: str | Path, out: str | Path, *, normal: list[str] | None = No
     the same data and settings is kept (``cached: True``) unless `force`; another is replaced
     (`overwrite` or `force`) only when it is a model folder, never the dataset or a folder holding
     anything else.
+
+    `reviews` (run folders) adds the images of the items reviewers marked as false alarms there
+    to the training images (never to the calibration ones): normal images the model got wrong.
     """
     import numpy as np
 
@@ -79,7 +82,9 @@ def train(dataset: str | Path, out: str | Path, *, normal: list[str] | None = No
     perm = np.random.default_rng(config.train.seed).permutation(rows)
     n_cal = min(len(rows) - 2, max(1, int(round(config.train.calib_fraction * len(rows)))))
     cal, fit = np.sort(perm[:n_cal]), np.sort(perm[n_cal:])
-    fp = _fingerprint(ds.meta.get("fingerprint"), classes, split, _weights_config(config))
+    extra, extra_ids = _reviewed_normals(ds, reviews or [])
+    fp = _fingerprint(ds.meta.get("fingerprint"), classes, split, _weights_config(config),
+                      *([extra_ids] if extra_ids else []))
     # One train per model folder at a time: a second would race the first for the folder and leave
     # its resume state behind.
     with FileLock(out.parent / f".{out.name}.lock", f"Model folder {out}"):
@@ -90,7 +95,7 @@ def train(dataset: str | Path, out: str | Path, *, normal: list[str] | None = No
         try:
             with atomic_dir(out, overwrite=overwrite or force, kind="model", protect=[ds.path]) as tmp:
                 _fit_into(tmp, ds, config, (fit, cal), {"fingerprint": fp, "split": split}, classes,
-                          state=state, resume=resume, progress=progress)
+                          state=state, resume=resume, progress=progress, extra=extra)
         except NoSpaceError:
             state.unlink(missing_ok=True)  # "nothing was kept": the resume state neither
             raise
@@ -119,23 +124,59 @@ def _up_to_date_model(out: Path, fp: str) -> dict | None:
 
 
 def _fit_into(tmp: Path, ds, config, rows: tuple, data: dict, classes: list[str], *, state: Path,
-              resume: bool, progress: Progress | None) -> None:
-    """Fit on the training rows, calibrate on the held-out rows and save the model folder into `tmp`."""
+              resume: bool, progress: Progress | None, extra=None) -> None:
+    """Fit on the training rows (and the `extra` images), calibrate on the held-out rows and save
+    the model folder into `tmp`."""
+    import numpy as np
+
     from anomaly_ae.configfile import dump_toml
     from anomaly_ae.detector import AutoencoderDetector
     from anomaly_ae.fsio import atomic_write_text
 
     fit, cal = rows
     held_out = ds.load(cal)
-    det = AutoencoderDetector(config).fit(ds.load(fit), progress=progress, state_path=state, resume=resume)
+    images = ds.load(fit) if extra is None or not len(extra) else np.concatenate([ds.load(fit), extra])
+    det = AutoencoderDetector(config).fit(images, progress=progress, state_path=state, resume=resume)
     det.calibrate(held_out)
     det.threshold_info_["source"] = HELD_OUT_SOURCE
     index = ds.index()
     data = {"dataset": str(ds.path.resolve()), "dataset_fingerprint": ds.meta.get("fingerprint"),
             "fingerprint": data["fingerprint"], "split": data["split"], "n_train": len(fit),
-            "n_calibration": len(cal), "train_sha256": _fingerprint(index["sha256"].take(fit).to_pylist())}
+            "n_calibration": len(cal), "train_sha256": _fingerprint(index["sha256"].take(fit).to_pylist()),
+            "n_reviewed_normals": 0 if extra is None else len(extra)}
     det.save(tmp, preprocess=ds.meta["preprocess"], classes=ds.classes, normal_classes=classes, data=data)
     atomic_write_text(tmp / "config.toml", dump_toml(config.as_trained().to_dict()))
+
+
+def _reviewed_normals(ds, runs: list[str | Path]):
+    """(images, [(run, item, sha256)...]) of the items reviewed as false alarms in `runs`, read
+    again with the dataset's preprocessing; items whose images are gone are left out (warned).
+
+    Raises:
+        DataError: a folder that is not a run, or a run of images of another size.
+    """
+    import numpy as np
+
+    from anomaly_ae import reviews as decisions
+    from anomaly_ae.runitems import item_pixels, run_record
+
+    images, ids = [], []
+    for run_dir in map(Path, runs):
+        if not (run_dir / "run.json").exists() or not (run_dir / "scores.parquet").exists():
+            raise DataError(f"{run_dir} is not a run folder (run.json and scores.parquet are needed).")
+        marked = sorted(k for k, v in decisions.latest(run_dir).items() if v["decision"] == decisions.FALSE_ALARM)
+        found = item_pixels(run_dir, marked, ds.policy)
+        if any(px.shape != tuple(ds.shape) for px in found.values()):
+            raise DataError(f"{run_dir} scored images of another size than this dataset's.")
+        if len(found) < len(marked):
+            log.warning("%d of the %d false alarms reviewed in %s could not be read again and are left out",
+                        len(marked) - len(found), len(marked), run_dir)
+        run_id = run_record(run_dir).get("run_id") or run_dir.name
+        images += [found[k] for k in sorted(found)]
+        ids += [(run_id, k) for k in sorted(found)]
+    if images:
+        log.info("%d images reviewed as false alarms join the training images", len(images))
+    return (np.stack(images) if images else None), ids
 
 
 def _weights_config(config) -> dict:

@@ -138,3 +138,24 @@ def test_the_rebuilt_report_shows_the_review(fresh_run):
     steps.report(fresh_run)
     text = (fresh_run / "report.html").read_text()
     assert "1 confirmed defects, 1 false alarms: reviewed precision 0.50" in text
+
+
+def test_training_takes_reviewed_false_alarms_as_extra_normals(fresh_run, mnist_ds, tmp_path):
+    """`train --reviews`: the images of the items marked as false alarms join the training images
+    (not the calibration ones), the model records how many, and a retrain without them differs."""
+    from anomaly_ae import checkpoint
+    from anomaly_ae.config import DetectorConfig, TrainConfig
+
+    rows = pq.read_table(fresh_run / "scores.parquet").to_pylist()
+    marked = [r for r in rows if r["flagged"] and not r["is_anomaly"]][:3]
+    for r in marked:
+        reviews.record(fresh_run, r["image_id"], reviews.FALSE_ALARM)
+    cfg = DetectorConfig(train=TrainConfig(epochs=1, min_steps_per_epoch=1, allow_collapsed=True, device="cpu"))
+    plain = steps.train(mnist_ds, tmp_path / "plain", normal=["0"], config=cfg)
+    more = steps.train(mnist_ds, tmp_path / "more", normal=["0"], config=cfg, reviews=[fresh_run])
+    data = checkpoint.read(tmp_path / "more")["data"]
+    assert data["n_reviewed_normals"] == 3 and data["n_train"] == plain["n_train"]
+    assert more["n_calibration"] == plain["n_calibration"]
+    assert data["fingerprint"] != checkpoint.read(tmp_path / "plain")["data"]["fingerprint"]
+    again = steps.train(mnist_ds, tmp_path / "more", normal=["0"], config=cfg, reviews=[fresh_run])
+    assert again["cached"] is True  # the same reviews: the model is up to date

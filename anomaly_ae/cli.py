@@ -186,8 +186,9 @@ def train(
                                                    f"\\[default: {_TRAIN.batch_size}].")] = None,
     lr: Annotated[float | None, typer.Option(help=f"AdamW learning rate \\[default: {DEFAULT_LR:g}; "
                                              f"draem {KIND_LR['draem']:g}].")] = None,
-    method: Annotated[str | None, typer.Option("--score", help="Image score: mse, topk (smoothed top-k error) or ssim "
-                                              f"\\[default: {_SCORE.method}].")] = None,
+    method: Annotated[str | None, typer.Option("--score", help="Image score: auto (mse or topk, measured on "
+                                              "held-back images), mse (mean error), topk (smoothed top-k error) "
+                                              f"or ssim \\[default: {_SCORE.method}].")] = None,
     target_fpr: Annotated[float | None, typer.Option(help="False-positive rate the threshold holds on normal images "
                                                      f"\\[default: {_THRESHOLD.target_fpr:g}].")] = None,
     calib_fraction: Annotated[float | None, typer.Option(help="Share of normal images held out to calibrate "

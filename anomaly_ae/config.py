@@ -101,13 +101,14 @@ class TrainConfig:
 class ScoreConfig:
     """How an image's score is drawn from its reconstruction error."""
 
-    method: str = "topk"  # topk (default: measured best on MNIST and PIPED) | mse | ssim
+    # auto (measured per model on held-back images: anomaly_ae.scorechoice) | topk | mse | ssim
+    method: str = "auto"
     sigma: float = 2.0  # smoothing of the error map (pixels) for topk
     top_fraction: float = 0.01  # share of the largest map values averaged for topk / ssim
 
     def __post_init__(self):
-        require(self.method in ("mse", "topk", "ssim"), "score.method",
-                 f"must be mse, topk or ssim, got {self.method!r}")
+        require(self.method in ("auto", "mse", "topk", "ssim"), "score.method",
+                 f"must be auto, mse, topk or ssim, got {self.method!r}")
         require(0.0 <= self.sigma <= 64.0, "score.sigma", f"must be 0..64, got {self.sigma}")
         require(0.0 < self.top_fraction <= 1.0, "score.top_fraction", f"must be in (0, 1], got {self.top_fraction}")
 

@@ -151,9 +151,11 @@ def test_artifacts_link_to_the_console_over_http(first_run, demo, tmp_path):
 def test_reviewed_false_alarms_raise_the_threshold_of_the_next_run(first_run, demo, tmp_path):
     """[review] calibrate: a false alarm reviewed in a run joins the calibration normals at the next
     pipeline run (whose calibrate task then runs), and a run after that has nothing new to add."""
+    import shutil
+
     import pyarrow.parquet as pq
 
-    from anomaly_ae import reviews
+    from anomaly_ae import reviews, steps
     from anomaly_ae.detector import AutoencoderDetector
     from anomaly_ae.pipeline import load_pipeline
     from flows.entry import run as run_pipeline
@@ -163,7 +165,9 @@ def test_reviewed_false_alarms_raise_the_threshold_of_the_next_run(first_run, de
     path = write_pipeline(tmp_path / "mnist-demo.toml", doc)
     p = load_pipeline(path)
     before = AutoencoderDetector.load(p.model_dir)
-    run_dir = Path(first_run["score"]["run"])
+    # A run of the pipeline's at a loose operating point: normal digits among the flagged.
+    run_dir = p.runs_dir / "loose-run"
+    steps.score(p.dataset_dir, p.model_dir, run_dir, split="test", target_fpr=0.3, report=False)
     rows = pq.read_table(run_dir / "scores.parquet").to_pylist()
     false_alarms = sorted((r for r in rows if r["flagged"] and not r["is_anomaly"]), key=lambda r: -r["score"])[:2]
     assert false_alarms, "the demo model flags no normal digit"
@@ -177,8 +181,8 @@ def test_reviewed_false_alarms_raise_the_threshold_of_the_next_run(first_run, de
         assert after.threshold_ >= before.threshold_
         third = run_pipeline(str(path))
         assert third["calibrate"]["cached"] is True
-    finally:  # the module's other tests share the model and its first run
-        (run_dir / "reviews.parquet").unlink()
+    finally:  # the module's other tests share the model and its runs
+        shutil.rmtree(run_dir)
         steps_calibrate_back(p.model_dir, before)
 
 

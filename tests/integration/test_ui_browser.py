@@ -40,8 +40,9 @@ def _free_port() -> int:
 def console(mnist_ds, mnist_model, tmp_path_factory):
     """`anomaly-ae ui` on two runs of one pipeline, as a user starts it; yields its URL and root."""
     root = tmp_path_factory.mktemp("ui-browser")
-    for name in ("run-1", "run-2"):
-        steps.score(mnist_ds, mnist_model, root / "line" / "runs" / name, split="test", report=False)
+    for name in ("run-1", "run-2"):  # at a loose operating point: normal digits among the flagged
+        steps.score(mnist_ds, mnist_model, root / "line" / "runs" / name, split="test", report=False,
+                    target_fpr=0.2)
     port = _free_port()
     exe = Path(sys.executable).with_name("anomaly-ae")
     proc = subprocess.Popen([str(exe), "ui", "--root", str(root), "--port", str(port), "--who", "browser-test"],

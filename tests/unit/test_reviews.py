@@ -27,6 +27,18 @@ def fresh_run(run_dir, tmp_path):
     return out
 
 
+@pytest.fixture
+def loose(mnist_ds, mnist_model, tmp_path):
+    """A copy of the model at a 20% false-positive target and a run it scored: normal test digits
+    among the flagged, the false alarms a reviewer marks."""
+    model = tmp_path / "loose-model"
+    shutil.copytree(mnist_model, model)
+    steps.calibrate(model, target_fpr=0.2)
+    run = tmp_path / "loose-run"
+    steps.score(mnist_ds, model, run, split="test", report=False)
+    return model, run
+
+
 def test_decisions_are_kept_with_their_history_and_the_last_counts(fresh_run):
     ids = sorted(reviews.item_ids(fresh_run))[:3]
     reviews.record(fresh_run, ids[0], reviews.DEFECT, "scratch", who="ana")
@@ -74,14 +86,13 @@ def test_two_reviewers_at_once_both_land(fresh_run):
     assert {latest[i]["decision"] for i in ids[20:]} == {reviews.FALSE_ALARM}
 
 
-def test_calibrating_with_reviewed_false_alarms(fresh_run, mnist_model, tmp_path):
+def test_calibrating_with_reviewed_false_alarms(loose):
     """The false alarms' scores join the calibration scores (once, however often the run is named),
     the threshold is the conformal one of the union, and it cannot go down."""
     from anomaly_ae.detector import AutoencoderDetector
     from anomaly_ae.threshold import conformal_threshold
 
-    model = tmp_path / "model"
-    shutil.copytree(mnist_model, model)
+    model, fresh_run = loose
     before = AutoencoderDetector.load(model)
     t = pq.read_table(fresh_run / "scores.parquet").to_pylist()
     # Normal items (digit 0) the model flagged: the false alarms a reviewer would mark.
@@ -106,11 +117,10 @@ def test_calibrating_with_reviewed_false_alarms(fresh_run, mnist_model, tmp_path
     assert retarget["n_calibration"] == s["n_calibration"]
 
 
-def test_calibrating_with_a_run_another_model_scored_scores_the_images_again(fresh_run, mnist_model, tmp_path):
+def test_calibrating_with_a_run_another_model_scored_scores_the_images_again(loose):
     from anomaly_ae.detector import AutoencoderDetector
 
-    model = tmp_path / "model"
-    shutil.copytree(mnist_model, model)
+    model, fresh_run = loose
     det = AutoencoderDetector.load(model)
     det.created_ = "another training"
     det.save(model)
@@ -140,12 +150,13 @@ def test_the_rebuilt_report_shows_the_review(fresh_run):
     assert "1 confirmed defects, 1 false alarms: reviewed precision 0.50" in text
 
 
-def test_training_takes_reviewed_false_alarms_as_extra_normals(fresh_run, mnist_ds, tmp_path):
+def test_training_takes_reviewed_false_alarms_as_extra_normals(loose, mnist_ds, tmp_path):
     """`train --reviews`: the images of the items marked as false alarms join the training images
     (not the calibration ones), the model records how many, and a retrain without them differs."""
     from anomaly_ae import checkpoint
     from anomaly_ae.config import DetectorConfig, TrainConfig
 
+    fresh_run = loose[1]
     rows = pq.read_table(fresh_run / "scores.parquet").to_pylist()
     marked = [r for r in rows if r["flagged"] and not r["is_anomaly"]][:3]
     for r in marked:

@@ -202,4 +202,5 @@ def summary(out: Path, ckpt: dict, cached: bool) -> dict:
             "seconds": h["seconds"], "device": h["device"], "threshold": t["threshold"],
             "stopped": "early" if h.get("stopped_early") else "time" if h.get("stopped_by_time") else None,
             "target_fpr": t["target_fpr"], "guaranteed_fpr": t.get("guaranteed_fpr"),
-            "collapse": ckpt.get("collapse"), "selection": ckpt.get("selection")}
+            "collapse": ckpt.get("collapse"), "selection": ckpt.get("selection"),
+            "score_choice": ckpt.get("score_choice")}

@@ -85,6 +85,10 @@ def print_model_summary(s: dict, verb: str) -> None:
     if chosen:
         out_console.print("auto chose " + chosen["chosen"] + " (AUROC on simulated defects in held-back images: "
                           + ", ".join(describe(c) for c in chosen["candidates"]) + ")")
+    if s.get("score_choice"):
+        from anomaly_ae.scorechoice import describe as describe_score
+
+        out_console.print(f"score method {s['score_choice']['chosen']}: {describe_score(s['score_choice'])}")
     out_console.print(
         f"Model {s['model']}{verb}: {s['kind']} on {', '.join(s['normal_classes'] or []) or 'all images'} "
         f"({s['n_train']} images, {s['epochs']} epochs on {s['device']}, {s['seconds']:.1f} s); threshold "

@@ -100,12 +100,10 @@ def _ort_installed() -> bool:
 
 
 def _onnx_scorer(det) -> OnnxScorer:
-    from anomaly_ae.export import PARITY_RTOL, _sample_images, run_onnx, to_onnx_bytes
+    from anomaly_ae.export import PARITY_RTOL, parity_gap, to_onnx_bytes
 
     graph = to_onnx_bytes(det)
-    sample = _sample_images(det.shape_)
-    ours, theirs = det.score_samples(sample), run_onnx(graph, sample)[0]
-    gap = float(np.max(np.abs(theirs - ours) / np.maximum(np.abs(ours), 1e-12)))
+    gap = parity_gap(det, graph)
     if not gap <= PARITY_RTOL:
         raise DataError(f"The ONNX graph of this model scores {gap:.2g} (relative) away from PyTorch, more than "
                         f"{PARITY_RTOL:g}: score with --backend torch, and report this with the model's kind and size.")

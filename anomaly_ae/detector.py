@@ -105,25 +105,10 @@ class AutoencoderDetector:
                           self._collapse_check(validation if validation is not None else images, train_mean))
         collapse.judge(self.collapse_, cfg.train.allow_collapsed)
         if cfg.score.method == "auto":
-            self._choose_score_method(validation)
+            from anomaly_ae import scorechoice
+
+            scorechoice.resolve(self, validation)
         return self
-
-    def _choose_score_method(self, validation: np.ndarray | None) -> None:
-        """Resolve ``score.method = "auto"`` (`anomaly_ae.scorechoice`): measured on the held-back
-        images for reconstruction kinds; ``topk`` for the discriminative kind (its map marks defects)
-        and when too few images were held back to judge."""
-        from anomaly_ae import scorechoice
-
-        if self._segments or validation is None or len(validation) < scorechoice.MIN_IMAGES:
-            record = {"chosen": "topk", "judge": None, "n_images": 0 if validation is None else len(validation),
-                      "why": "the discriminative kind scores its defect map" if self._segments else
-                             f"fewer than {scorechoice.MIN_IMAGES} held-back images to judge on"}
-        else:
-            record = scorechoice.choose(self, check_images(validation, self.shape_))
-        self.config = dataclasses.replace(self.config, score=dataclasses.replace(self.config.score,
-                                                                                   method=record["chosen"]))
-        self.meta_ = {**getattr(self, "meta_", {}), "score_choice": record}
-        log.info("score method: %s (%s)", record["chosen"], scorechoice.describe(record))
 
     def _build_model(self):
         """The network for this configuration and image shape (tile-sized for tiled models)."""

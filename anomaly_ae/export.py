@@ -94,10 +94,7 @@ def export(det, out: str | Path, fmt: str = "onnx", sample: np.ndarray | None = 
     if fmt not in FORMATS:
         raise ConfigError(f"Unknown export format {fmt!r}: one of {', '.join(FORMATS)}.")
     graph = to_onnx_bytes(det)
-    sample = sample if sample is not None else _sample_images(det.shape_)
-    ours = det.score_samples(sample)
-    theirs = run_onnx(graph, sample)[0]
-    gap = float(np.max(np.abs(theirs - ours) / np.maximum(np.abs(ours), 1e-12)))
+    gap = parity_gap(det, graph, sample)
     if not gap <= PARITY_RTOL:
         raise DataError(f"The exported model's scores differ from the detector's by {gap:.2g} (relative), more "
                         f"than {PARITY_RTOL:g}: the export is not kept. Report this with the model's kind and size.")
@@ -106,6 +103,14 @@ def export(det, out: str | Path, fmt: str = "onnx", sample: np.ndarray | None = 
         (tmp / GRAPH_FILE).write_bytes(graph)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+def parity_gap(det, graph: bytes, sample: np.ndarray | None = None) -> float:
+    """Largest relative difference between the graph's scores and the detector's on `sample`
+    (default: a few generated images of the model's shape)."""
+    sample = sample if sample is not None else _sample_images(det.shape_)
+    ours, theirs = det.score_samples(sample), run_onnx(graph, sample)[0]
+    return float(np.max(np.abs(theirs - ours) / np.maximum(np.abs(ours), 1e-12)))
 
 
 def to_onnx_bytes(det) -> bytes:

@@ -40,6 +40,24 @@ def shuffled_patches(images: np.ndarray, grid: int = GRID, seed: int = SEED) -> 
     return out
 
 
+def resolve(det, validation: np.ndarray | None) -> None:
+    """Set a fitted detector's ``score.method = "auto"`` to the method `choose` measures on the
+    held-back `validation` images (``topk`` for the discriminative kind, whose map marks defects,
+    and when too few images were held back); the record goes to ``det.meta_["score_choice"]``."""
+    import dataclasses
+    import logging
+
+    if det._segments or validation is None or len(validation) < MIN_IMAGES:
+        record = {"chosen": "topk", "judge": None, "n_images": 0 if validation is None else len(validation),
+                  "why": "the discriminative kind scores its defect map" if det._segments else
+                         f"fewer than {MIN_IMAGES} held-back images to judge on"}
+    else:
+        record = choose(det, np.asarray(validation))
+    det.config = dataclasses.replace(det.config, score=dataclasses.replace(det.config.score, method=record["chosen"]))
+    det.meta_ = {**getattr(det, "meta_", {}), "score_choice": record}
+    logging.getLogger(__name__).info("score method: %s (%s)", record["chosen"], describe(record))
+
+
 def choose(det, images: np.ndarray) -> dict:
     """The score method `det` (fitted, a reconstruction kind) should use, judged on the held-back
     normal `images`: {"chosen", "judge": {method: {"shuffled", "defects", "mean"}}, "n_images"}."""

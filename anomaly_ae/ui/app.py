@@ -24,6 +24,7 @@ from anomaly_ae import reviews
 from anomaly_ae.errors import AnomalyAEError, BusyError
 from anomaly_ae.ui.catalog import Catalog, Run
 from anomaly_ae.ui.charts import trend_svg
+from anomaly_ae.ui.modelview import model_folder as _model_folder
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +194,8 @@ class _Console:
         return self._html("run.html", run=run, rows=rows, page=page, pages=pages, total=len(idx), params=params,
                           classes=classes, prev_run=prev_run, next_run=next_run, sorts=SORTS, shows=SHOWS,
                           counts=reviews.counts(decided), has_report=run.file("report.html") is not None,
-                          has_model=_has_model(run, self.catalog.roots),
-                          flow_run=_flow_run_url(run))
+                          has_model=_model_folder(run.summary["model"], self.catalog.roots) is not None,
+                          flow_run=run.summary["flow_run_url"])
 
     async def model_page(self, request):
         from starlette.concurrency import run_in_threadpool
@@ -203,7 +204,7 @@ class _Console:
         from anomaly_ae.ui.modelview import model_folder, model_view
 
         run = self._run(request)
-        folder = model_folder(run.dir, self.catalog.roots)
+        folder = model_folder(run.summary["model"], self.catalog.roots)
         if folder is None:
             raise HTTPException(404, "The model that scored this run is not under the console's folders "
                                      "(start `anomaly-ae ui` with a --root that holds it).")
@@ -323,21 +324,3 @@ def _map_index(run_dir: Path, mtime: int):
     shape = tuple(json.loads((run_dir / "run.json").read_text())["model"]["image_shape"][:2])
     vmax = float(np.quantile(np.concatenate(sample), 0.995)) if sample else 1.0
     return where, max(vmax, 1e-6), shape
-
-
-def _has_model(run: Run, roots) -> bool:
-    from anomaly_ae.ui.modelview import model_folder
-
-    try:
-        return model_folder(run.dir, roots) is not None
-    except (OSError, ValueError):
-        return False
-
-
-def _flow_run_url(run: Run) -> str | None:
-    import json
-
-    try:
-        return json.loads((run.dir / "run.json").read_text()).get("flow_run_url")
-    except (OSError, ValueError):
-        return None

@@ -174,4 +174,5 @@ def _summary(run_dir: Path) -> dict | None:
         "threshold": th.get("threshold"), "auroc": auroc, "reviews": decided,
         "labels_known": bool(run.get("labels_known")),
         "image_shape": list(((run.get("model") or {}).get("image_shape") or [])[:2]),
+        "flow_run_url": run.get("flow_run_url"),
     }

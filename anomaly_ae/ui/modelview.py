@@ -14,9 +14,9 @@ MAX_POINTS = 1000  # items projected on the latent view (all flagged ones first,
 MAX_RECONSTRUCTIONS = 8
 
 
-def model_folder(run_dir: Path, roots: list[Path]) -> Path | None:
-    """The folder of the model that scored the run, when it lies under one of the console's roots."""
-    path = (json.loads((run_dir / "run.json").read_text()).get("model") or {}).get("path")
+def model_folder(path: str | None, roots: list[Path]) -> Path | None:
+    """The folder of the model file `path` (a run's summary's ``model``), when it lies under one of
+    the console's roots."""
     if not path:
         return None
     folder = Path(path).parent

@@ -1,9 +1,9 @@
-"""Where a run's scoring executes: the detector's own PyTorch code, or its exported ONNX graph in
-ONNX Runtime (`anomaly_ae.export`), which gives the same scores (to float32 rounding, checked
-before it is used) faster on a CPU.
+"""Where a run's scoring executes: the detector's own PyTorch code, or its exported ONNX graph
+(`anomaly_ae.export`) in ONNX Runtime or OpenVINO, which give the same scores (to float32
+rounding, checked before they are used) faster on a CPU.
 
-``auto`` picks by measurement: on the CPU with onnxruntime installed, both score the same few
-generated images (after one warm-up call each) and the faster one scores the run.
+``auto`` picks by measurement: on the CPU, PyTorch and every installed graph runtime score the
+same few generated images (after one warm-up call each) and the fastest scores the run.
 """
 
 from __future__ import annotations
@@ -17,54 +17,62 @@ from anomaly_ae.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "onnxruntime")
+RUNTIMES = ("onnxruntime", "openvino")  # graph runtimes, in the order `auto` tries them
+BACKENDS = ("auto", "torch", *RUNTIMES)
 TRIAL_PIXELS = 2**21  # pixels per timing batch of `auto` (e.g. 2,600 digits, or 32 images of 256x256)
 
 
-class OnnxScorer:
-    """A detector whose scoring (score_samples, score_with_maps) runs in ONNX Runtime; every other
-    attribute is the detector's (threshold, p-values, metadata).
+class GraphScorer:
+    """A detector whose scoring (score_samples, score_with_maps) runs its exported graph in a graph
+    runtime (`backend`: onnxruntime or openvino); every other attribute is the detector's
+    (threshold, p-values, metadata).
 
-    The session starts on first use with as many threads as PyTorch has then: scoring a folder
+    The runtime starts on first use with as many threads as PyTorch has then: scoring a folder
     leaves a core to the decoders (`scoring._model_threads`), and the graph must not take it back.
     """
 
-    backend = "onnxruntime"
-
-    def __init__(self, det, graph: bytes):
-        self._det, self._graph, self._session, self._threads = det, graph, None, None
+    def __init__(self, det, graph: bytes, backend: str = "onnxruntime"):
+        self._det, self._graph, self.backend = det, graph, backend
+        self._runner, self._threads = None, None
 
     def __getattr__(self, name):
         return getattr(self._det, name)
 
-    def _run(self, outputs, images: np.ndarray):
+    def _run(self, images: np.ndarray) -> dict:
+        """{output name: array} of the graph on `images`."""
         import torch
 
-        from anomaly_ae.export import INPUT, onnx_session
+        from anomaly_ae.export import INPUT, OUTPUTS, onnx_session, openvino_model
 
-        if self._session is None or self._threads != torch.get_num_threads():
+        if self._runner is None or self._threads != torch.get_num_threads():
             self._threads = torch.get_num_threads()
-            self._session = onnx_session(self._graph, threads=self._threads)
-        return self._session.run(outputs, {INPUT: np.ascontiguousarray(images)})
+            make = onnx_session if self.backend == "onnxruntime" else openvino_model
+            self._runner = make(self._graph, threads=self._threads)
+        images = np.ascontiguousarray(images)
+        if self.backend == "onnxruntime":
+            return dict(zip(OUTPUTS, self._runner.run(list(OUTPUTS), {INPUT: images})))
+        # By position: OpenVINO keeps the graph's output order, not always every output's name.
+        result = self._runner(images)
+        return {name: np.asarray(result[i]) for i, name in enumerate(OUTPUTS)}
 
     def score_samples(self, images: np.ndarray) -> np.ndarray:
         from anomaly_ae.detector import SCORE_BATCH
 
-        parts = [self._run(["score"], images[i: i + SCORE_BATCH])[0] for i in range(0, len(images), SCORE_BATCH)]
+        parts = [self._run(images[i: i + SCORE_BATCH])["score"] for i in range(0, len(images), SCORE_BATCH)]
         return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
 
     def score_with_maps(self, images: np.ndarray):
         if not len(images):
             return self._det.score_with_maps(images)
-        scores, maps, recon = self._run(None, images)
-        return scores.astype(np.float64), recon, maps
+        out = self._run(images)
+        return out["score"].astype(np.float64), out["reconstruction"], out["anomaly_map"]
 
 
 def with_backend(det, backend: str = "auto"):
-    """`det`, or an `OnnxScorer` of it, as `backend` asks (``auto``: the faster, measured here).
+    """`det`, or a `GraphScorer` of it, as `backend` asks (``auto``: the fastest, measured here).
 
     Raises:
-        ConfigError: an unknown backend, or onnxruntime asked for but not installed or on a GPU run.
+        ConfigError: an unknown backend, or a graph runtime asked for but not installed or on a GPU run.
         DataError: the exported graph's scores differ from the detector's (see `export.PARITY_RTOL`).
     """
     if backend not in BACKENDS:
@@ -72,20 +80,22 @@ def with_backend(det, backend: str = "auto"):
     if backend == "torch":
         return det
     on_cpu = det.device_.type == "cpu"
-    if backend == "onnxruntime" and not on_cpu:
-        raise ConfigError("The onnxruntime backend scores on the CPU; this run uses the GPU. Pass --device cpu, "
+    if backend != "auto" and not on_cpu:
+        raise ConfigError(f"The {backend} backend scores on the CPU; this run uses the GPU. Pass --device cpu, "
                           "or --backend torch (or auto).")
-    if backend == "auto" and (not on_cpu or not _ort_installed()):
+    runtimes = [r for r in RUNTIMES if _installed(r)] if backend == "auto" and on_cpu else []
+    if backend != "auto":
+        return _graph_scorer(det, backend)
+    if not runtimes:
         return det
-    scorer = _onnx_scorer(det)
-    if backend == "onnxruntime":
-        return scorer
+    graph = _graph(det)
+    scorers = {"torch": det, **{r: _graph_scorer(det, r, graph) for r in runtimes}}
     trial = _trial_images(det.shape_)
-    seconds = {name: _time(d, trial) for name, d in (("torch", det), ("onnxruntime", scorer))}
+    seconds = {name: _time(d, trial) for name, d in scorers.items()}
     chosen = min(seconds, key=seconds.get)
     log.info("scoring backend: %s (%s on %d generated images)", chosen,
              ", ".join(f"{k} {len(trial) / v:.0f} img/s" for k, v in seconds.items()), len(trial))
-    return scorer if chosen == "onnxruntime" else det
+    return scorers[chosen]
 
 
 def name(det) -> str:
@@ -93,21 +103,29 @@ def name(det) -> str:
     return getattr(det, "backend", "torch")
 
 
-def _ort_installed() -> bool:
+def _installed(runtime: str) -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("onnxruntime") is not None
+    return importlib.util.find_spec(runtime) is not None
 
 
-def _onnx_scorer(det) -> OnnxScorer:
-    from anomaly_ae.export import PARITY_RTOL, parity_gap, to_onnx_bytes
+def _graph(det) -> bytes:
+    from anomaly_ae.export import to_onnx_bytes
 
-    graph = to_onnx_bytes(det)
-    gap = parity_gap(det, graph)
+    return to_onnx_bytes(det)
+
+
+def _graph_scorer(det, runtime: str, graph: bytes | None = None) -> GraphScorer:
+    """A checked `GraphScorer` of `det` in `runtime` (the graph exported here unless given)."""
+    from anomaly_ae.export import PARITY_RTOL, parity_gap
+
+    scorer = GraphScorer(det, graph if graph is not None else _graph(det), runtime)
+    gap = parity_gap(det, scorer._graph, scores_of=scorer.score_samples)
     if not gap <= PARITY_RTOL:
-        raise DataError(f"The ONNX graph of this model scores {gap:.2g} (relative) away from PyTorch, more than "
-                        f"{PARITY_RTOL:g}: score with --backend torch, and report this with the model's kind and size.")
-    return OnnxScorer(det, graph)
+        raise DataError(f"The ONNX graph of this model scores {gap:.2g} (relative) away from PyTorch in {runtime}, "
+                        f"more than {PARITY_RTOL:g}: score with --backend torch, and report this with the model's "
+                        "kind and size.")
+    return scorer
 
 
 def _trial_images(shape) -> np.ndarray:

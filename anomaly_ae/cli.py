@@ -282,10 +282,10 @@ def score(
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per batch \\[default: from the image size].")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Decode processes \\[default: all cores].")] = None,
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
-    backend: Annotated[str, typer.Option(metavar="auto|torch|onnxruntime",
-                                         help="Where the model runs: PyTorch, or its ONNX graph in ONNX Runtime "
-                                              "(the same scores, faster on a CPU); auto measures both on runs of "
-                                              "2,000 items or more.")] = "auto",
+    backend: Annotated[str, typer.Option(metavar="auto|torch|onnxruntime|openvino",
+                                         help="Where the model runs: PyTorch, or its ONNX graph in ONNX Runtime or "
+                                              "OpenVINO (the same scores, faster on a CPU); auto measures the "
+                                              "installed ones on runs of 2,000 items or more.")] = "auto",
     report: Annotated[bool, typer.Option(help="Write report.html into the run folder.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder at --out.")] = False,
     as_json: Json = False, verbose: Verbose = False,

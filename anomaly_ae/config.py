@@ -29,8 +29,11 @@ class ModelConfig:
 
     kind: str = "ae"  # ae | denoising | vae | draem (discriminative, trained on simulated defects) | auto
     latent_dim: int = 32
-    base_channels: int = 32
-    max_channels: int = 256
+    # Channels of the first stage and the most of any stage; 0: sized from the input (32 / 256, and
+    # narrower for the reconstruction kinds on inputs of 256 pixels a side or more: see
+    # `models.default_widths`). A trained model records the widths it was built with.
+    base_channels: int = 0
+    max_channels: int = 0
     noise_std: float = 0.1  # denoising: Gaussian noise added to training inputs
     kl_weight: float = 0.01  # vae: weight of the KL term (per pixel)
     # Side of the square tiles the model works on; 0 = the whole image. For large images with
@@ -40,13 +43,26 @@ class ModelConfig:
     def __post_init__(self):
         require(self.kind in MODEL_KINDS, "model.kind", f"must be {', '.join(MODEL_KINDS)}, got {self.kind!r}")
         require(1 <= self.latent_dim <= 4096, "model.latent_dim", f"must be 1..4096, got {self.latent_dim}")
-        require(1 <= self.base_channels <= 512, "model.base_channels", f"must be 1..512, got {self.base_channels}")
-        require(self.base_channels <= self.max_channels <= 2048, "model.max_channels",
-                 f"must be base_channels..2048, got {self.max_channels}")
+        require(0 <= self.base_channels <= 512, "model.base_channels",
+                f"must be 1..512 (or 0: sized from the images), got {self.base_channels}")
+        require(self.max_channels == 0 or self.base_channels <= self.max_channels <= 2048, "model.max_channels",
+                f"must be base_channels..2048 (or 0: sized from the images), got {self.max_channels}")
         require(0.0 <= self.noise_std <= 1.0, "model.noise_std", f"must be 0..1, got {self.noise_std}")
         require(self.kl_weight >= 0.0, "model.kl_weight", f"must be >= 0, got {self.kl_weight}")
         require(self.tile == 0 or 8 <= self.tile <= 8192, "model.tile",
                 f"must be 0 (whole image) or 8..8192 pixels, got {self.tile}")
+
+    def resolved(self, height: int, width: int) -> ModelConfig:
+        """This configuration with the widths left at 0 sized for inputs (images, or tiles) of
+        height x width. ``auto`` resolves as the discriminative kind does (its candidates resolve
+        their own widths when they train)."""
+        if self.base_channels and self.max_channels:
+            return self
+        from anomaly_ae.models import default_widths
+
+        base, cap = default_widths(self.kind, height, width)
+        base = self.base_channels or base
+        return dataclasses.replace(self, base_channels=base, max_channels=self.max_channels or max(cap, base))
 
 
 # Learning rate of each model kind when ``train.lr`` is 0. The discriminative kind trains at a higher
@@ -247,5 +263,5 @@ class ScoreRunConfig:
         require(self.batch_size is None or self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         require(self.workers is None or self.workers >= 1, "workers", f"must be >= 1, got {self.workers}")
         require(1 <= self.partitions <= 10_000, "partitions", f"must be 1..10000, got {self.partitions}")
-        require(self.backend in ("auto", "torch", "onnxruntime"), "backend",
-                f"must be auto, torch or onnxruntime, got {self.backend!r}")
+        require(self.backend in ("auto", "torch", "onnxruntime", "openvino"), "backend",
+                f"must be auto, torch, onnxruntime or openvino, got {self.backend!r}")

@@ -82,6 +82,8 @@ class AutoencoderDetector:
         self.device_ = resolve_device(cfg.train.device)
         self.shape_ = tuple(int(v) for v in images.shape[1:])
         self.tile_ = self._scoring_tile()
+        # Widths left at 0 are sized from the network's input here, and saved with the model.
+        self.config = cfg = dataclasses.replace(cfg, model=cfg.model.resolved(*self._model_input()[:2]))
         torch.manual_seed(cfg.train.seed)
         m = cfg.model
         self.model_ = self._build_model().to(self.device_)
@@ -110,18 +112,21 @@ class AutoencoderDetector:
             scorechoice.resolve(self, validation)
         return self
 
+    def _model_input(self) -> tuple[int, int, int]:
+        """(height, width, channels) of the network's input: a tile for tiled models."""
+        th, tw = self._training_tile() or self.shape_[:2]
+        return th, tw, self.shape_[2]
+
     def _build_model(self):
         """The network for this configuration and image shape (tile-sized for tiled models)."""
-        th, tw = self._training_tile() or self.shape_[:2]
-        return build_model(self.config.model, (th, tw, self.shape_[2]))
+        return build_model(self.config.model, self._model_input())
 
     def layer_summary(self) -> dict:
         """The network's layer table for one input (a tile, for tiled models; see
         `models.layer_table`): ``layers``, ``parameters`` (in all) and ``input`` (h, w, c)."""
         from anomaly_ae.models import layer_table
 
-        th, tw = self._training_tile() or self.shape_[:2]
-        shape = (th, tw, self.shape_[2])
+        shape = self._model_input()
         return {"layers": layer_table(self.model_, shape), "input": list(shape),
                 "parameters": sum(p.numel() for p in self.model_.parameters())}
 

@@ -105,11 +105,13 @@ def export(det, out: str | Path, fmt: str = "onnx", sample: np.ndarray | None = 
     return meta
 
 
-def parity_gap(det, graph: bytes, sample: np.ndarray | None = None) -> float:
+def parity_gap(det, graph: bytes, sample: np.ndarray | None = None, scores_of=None) -> float:
     """Largest relative difference between the graph's scores and the detector's on `sample`
-    (default: a few generated images of the model's shape)."""
+    (default: a few generated images of the model's shape). The graph runs in ONNX Runtime, or in
+    `scores_of` (images -> scores) when given: another runtime of the same graph."""
     sample = sample if sample is not None else _sample_images(det.shape_)
-    ours, theirs = det.score_samples(sample), run_onnx(graph, sample)[0]
+    theirs = scores_of(sample) if scores_of is not None else run_onnx(graph, sample)[0]
+    ours = det.score_samples(sample)
     return float(np.max(np.abs(theirs - ours) / np.maximum(np.abs(ours), 1e-12)))
 
 
@@ -158,6 +160,22 @@ def onnx_session(graph: bytes | str | Path, threads: int | None = None):
         opts.intra_op_num_threads = threads
     source = graph if isinstance(graph, bytes) else str(graph)
     return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def openvino_model(graph: bytes, threads: int | None = None):
+    """An OpenVINO model compiled for the CPU from an exported graph (bytes); its outputs are named
+    as the graph's (OUTPUTS).
+
+    Raises:
+        ConfigError: openvino is not installed.
+    """
+    try:
+        import openvino as ov
+    except ImportError:
+        raise ConfigError("OpenVINO is not installed: pip install 'anomaly-ae[openvino]' (or openvino).") from None
+    core = ov.Core()
+    options = {"PERFORMANCE_HINT": "LATENCY", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+    return core.compile_model(core.read_model(model=graph), "CPU", options)
 
 
 def metadata(det, graph: bytes, gap: float) -> dict:

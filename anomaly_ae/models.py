@@ -27,6 +27,28 @@ def auto_stages(height: int, width: int) -> int:
     return max(stages, 1)
 
 
+# Widths of the reconstruction kinds when the configuration leaves them at 0: base / most channels
+# of a five-stage network (images of 128 to 255 pixels a side and smaller), and for each stage past
+# five (256 pixels and more) the base divided by 2**BASE_SHIFT and the cap by 2, so that a training
+# step on a large image costs about what one on a 128-pixel image does. The full-resolution layers
+# bound a CPU step: on 2 cores, 64 images of 256x256 took 4.1 s a step at 32/256 against 1.1 s for
+# 64 images of 128x128 (bench/train256.py measures the widths against fit time and AUROC).
+DEFAULT_BASE, DEFAULT_CAP = 32, 256
+FULL_WIDTH_STAGES = 5
+BASE_SHIFT = 2
+RECONSTRUCTION_KINDS = ("ae", "denoising", "vae")
+
+
+def default_widths(kind: str, height: int, width: int) -> tuple[int, int]:
+    """(base channels, most channels) of a model of `kind` on inputs of height x width when its
+    configuration leaves them at 0. The discriminative kind has a fixed depth and divides these
+    widths itself, so it always gets DEFAULT_BASE / DEFAULT_CAP."""
+    if kind not in RECONSTRUCTION_KINDS:
+        return DEFAULT_BASE, DEFAULT_CAP
+    extra = max(0, auto_stages(height, width) - FULL_WIDTH_STAGES)
+    return max(8, DEFAULT_BASE >> (BASE_SHIFT * extra)), DEFAULT_CAP >> extra
+
+
 def _channels(base: int, cap: int, stages: int) -> list[int]:
     return [min(base * 2**i, cap) for i in range(stages)]
 
@@ -298,8 +320,9 @@ MODELS = {"ae": ConvAutoencoder, "denoising": DenoisingAutoencoder, "vae": Varia
 def build_model(config, shape: tuple[int, int, int]) -> nn.Module:
     """The network of a `ModelConfig` for images (or tiles) of `shape` (height, width, channels), with
     the settings of its kind's training objective (``OBJECTIVE_SETTINGS``: noise, KL weight) taken
-    from the configuration too."""
+    from the configuration too; widths left at 0 are sized from the shape (`default_widths`)."""
     h, w, c = shape
+    config = config.resolved(h, w)
     cls = MODELS[config.kind]
     model = cls(c, h, w, latent_dim=config.latent_dim, base_channels=config.base_channels,
                 max_channels=config.max_channels)

@@ -169,7 +169,10 @@ def bench_score_ingest(folder: Path, model: Path, device: str) -> dict:
     files = sorted(str(p) for p in folder.rglob("*.png"))
     decode = decode_only_rate(files)
     seconds = {}
-    backends = ["torch", "onnxruntime", "auto"] if device == "cpu" else ["torch"]
+    import importlib.util
+
+    runtimes = [r for r in ("onnxruntime", "openvino") if importlib.util.find_spec(r)]
+    backends = ["torch", *runtimes, "auto"] if device == "cpu" else ["torch"]
     for backend in backends:  # auto last: the command as users run it
         out = WORK / f"score-run-{backend}"
         shutil.rmtree(out, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def train(dataset: str | Path, out: str | Path, *, normal: list[str] | None = No
     n_cal = min(len(rows) - 2, max(1, int(round(config.train.calib_fraction * len(rows)))))
     cal, fit = np.sort(perm[:n_cal]), np.sort(perm[n_cal:])
     extra, extra_ids = _reviewed_normals(ds, reviews or [])
-    fp = _fingerprint(ds.meta.get("fingerprint"), classes, split, _weights_config(config),
+    fp = _fingerprint(ds.meta.get("fingerprint"), classes, split, _weights_config(config, ds.shape),
                       *([extra_ids] if extra_ids else []))
     # One train per model folder at a time: a second would race the first for the folder and leave
     # its resume state behind.
@@ -179,9 +180,13 @@ def _reviewed_normals(ds, runs: list[str | Path]):
     return (np.stack(images) if images else None), ids
 
 
-def _weights_config(config) -> dict:
-    """The settings a trained model depends on: not the threshold, the device or the collapse policy."""
-    d = config.to_dict()
+def _weights_config(config, shape: tuple[int, ...]) -> dict:
+    """The settings a trained model depends on: not the threshold, the device or the collapse policy.
+    Widths left at 0 are written as the network on images of `shape` (h, w, c) gets them, so a
+    model trained before they could be left at 0 keeps its fingerprint."""
+    side = config.model.tile
+    model = config.model.resolved(*((side, side) if side else shape[:2]))
+    d = dataclasses.replace(config, model=model).to_dict()
     d.pop("threshold")
     d["train"] = {k: v for k, v in d["train"].items() if k not in ("device", "allow_collapsed")}
     return d

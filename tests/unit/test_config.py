@@ -76,3 +76,14 @@ def test_score_run_settings_are_checked_and_read_from_options():
     for bad in ({"partitions": 0}, {"workers": 0}, {"batch_size": 0}):
         with pytest.raises(ConfigError):
             ScoreRunConfig(**bad)
+
+
+def test_default_widths_keep_the_training_fingerprint_of_models_trained_before_them():
+    from anomaly_ae.steps.training import _weights_config
+
+    small = _weights_config(DetectorConfig(), (28, 28, 1))["model"]
+    assert (small["base_channels"], small["max_channels"]) == (32, 256)
+    large = _weights_config(DetectorConfig(), (256, 256, 1))["model"]
+    assert (large["base_channels"], large["max_channels"]) == (8, 128)
+    tiled = _weights_config(DetectorConfig(model=ModelConfig(tile=32)), (640, 640, 1))["model"]
+    assert (tiled["base_channels"], tiled["max_channels"]) == (32, 256)

@@ -7,7 +7,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from anomaly_ae import steps
-from anomaly_ae.config import DetectorConfig, ModelConfig, TrainConfig
+from anomaly_ae.config import DetectorConfig, ModelConfig, ScoreConfig, TrainConfig
 from anomaly_ae.detector import AutoencoderDetector
 from anomaly_ae.errors import DataError, ModelError
 from tests.conftest import FAST
@@ -119,6 +119,22 @@ def test_checkpoint_round_trip_gives_identical_scores(fitted, tmp_path):
     loaded = AutoencoderDetector.load(tmp_path / "m")
     assert np.array_equal(loaded.score_samples(test), det.score_samples(test))
     assert loaded.threshold_ == det.threshold_ and loaded.meta_["normal_classes"] == ["0"]
+
+
+def test_a_large_image_model_records_the_widths_it_was_sized_with(tmp_path):
+    # 256x256 images: the default widths resolve to the narrower network, which the saved
+    # configuration names, so the model loads (and scores) the same without knowing the rule.
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 256, 256, 1), dtype=np.uint8)
+    cfg = DetectorConfig(train=TrainConfig(epochs=1, batch_size=4, min_steps_per_epoch=1, val_fraction=0,
+                                           allow_collapsed=True),
+                         score=ScoreConfig(method="topk"))
+    det = AutoencoderDetector(cfg).fit(images[:8]).calibrate(images[8:], target_fpr=0.5)
+    assert (det.config.model.base_channels, det.config.model.max_channels) == (8, 128)
+    det.save(tmp_path / "m", preprocess={"height": 256, "width": 256, "channels": "L", "resize": "bilinear"})
+    loaded = AutoencoderDetector.load(tmp_path / "m")
+    assert loaded.config.model.base_channels == 8
+    assert np.array_equal(loaded.score_samples(images[8:]), det.score_samples(images[8:]))
 
 
 def test_wrong_image_shape_is_refused(fitted):

@@ -1,4 +1,4 @@
-"""Export to ONNX and the onnxruntime scoring backend: the same scores as anomaly-ae's own, for
+"""Export to ONNX and the graph scoring backends (ONNX Runtime, OpenVINO): the same scores as anomaly-ae's own, for
 every model kind, tiled and not, gray and RGB; the flagged decisions at the threshold too."""
 
 from __future__ import annotations
@@ -57,6 +57,19 @@ def test_exported_scores_and_decisions_equal_the_detectors(kind, shape, tile, me
     threshold = float(np.median(ours))  # half the batch flagged: many decisions near the threshold
     near = np.abs(ours - threshold) <= PARITY_RTOL * abs(threshold)
     assert np.array_equal((scores > threshold)[~near], (ours > threshold)[~near])
+    if _has("openvino"):  # the same graph in the other runtime
+        from anomaly_ae.backends import GraphScorer
+
+        ov_scores, ov_recon, ov_maps = GraphScorer(det, to_onnx_bytes(det), "openvino").score_with_maps(batch)
+        np.testing.assert_allclose(ov_scores, ours, rtol=PARITY_RTOL, atol=0)
+        np.testing.assert_allclose(ov_maps, our_maps, rtol=1e-4, atol=1e-6)
+        assert np.array_equal((ov_scores > threshold)[~near], (ours > threshold)[~near])
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def test_export_command_writes_the_graph_and_what_a_scorer_needs(mnist_model, mnist_images, tmp_path):
@@ -78,18 +91,21 @@ def test_export_command_writes_the_graph_and_what_a_scorer_needs(mnist_model, mn
         steps.export(mnist_model, tmp_path / "x", fmt="tflite")
 
 
-def test_onnxruntime_backend_scores_a_run_like_torch(mnist_ds, mnist_model, tmp_path):
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_graph_backends_score_a_run_like_torch(mnist_ds, mnist_model, tmp_path, backend):
     import pyarrow.parquet as pq
 
+    if not _has(backend):
+        pytest.skip(f"{backend} is not installed")
     runs = {b: steps.score(mnist_ds, mnist_model, tmp_path / b, split="test", backend=b, report=False)
-            for b in ("torch", "onnxruntime")}
+            for b in ("torch", backend)}
     a = pq.read_table(tmp_path / "torch" / "scores.parquet")
-    b = pq.read_table(tmp_path / "onnxruntime" / "scores.parquet")
+    b = pq.read_table(tmp_path / backend / "scores.parquet")
     assert a["image_id"].equals(b["image_id"])
     np.testing.assert_allclose(b["score"].to_numpy(), a["score"].to_numpy(), rtol=PARITY_RTOL)
-    assert abs(runs["torch"]["flagged"] - runs["onnxruntime"]["flagged"]) <= 1
+    assert abs(runs["torch"]["flagged"] - runs[backend]["flagged"]) <= 1
     recorded = {k: json.loads((tmp_path / k / "run.json").read_text())["backend"] for k in runs}
-    assert recorded == {"torch": "torch", "onnxruntime": "onnxruntime"}
+    assert recorded == {"torch": "torch", backend: backend}
 
 
 def test_auto_measures_on_large_runs_only_and_bad_backends_are_refused(mnist_ds, mnist_model, tmp_path):
@@ -98,10 +114,10 @@ def test_auto_measures_on_large_runs_only_and_bad_backends_are_refused(mnist_ds,
     small = steps.score(mnist_ds, mnist_model, tmp_path / "small", split="test", report=False)  # 1,500 items
     assert json.loads((tmp_path / "small" / "run.json").read_text())["backend"] == "torch" and small["scored"]
     det = AutoencoderDetector.load(mnist_model, device="cpu")
-    assert backends.name(backends.with_backend(det, "auto")) in ("torch", "onnxruntime")
+    assert backends.name(backends.with_backend(det, "auto")) in ("torch", "onnxruntime", "openvino")
     with pytest.raises(ConfigError, match="Unknown scoring backend"):
         backends.with_backend(det, "tensorrt")
-    with pytest.raises(ConfigError, match="backend: must be auto, torch or onnxruntime"):
+    with pytest.raises(ConfigError, match="backend: must be auto, torch, onnxruntime or openvino"):
         steps.score(mnist_ds, mnist_model, tmp_path / "bad", backend="tensorrt")
 
 

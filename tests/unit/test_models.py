@@ -11,6 +11,7 @@ from anomaly_ae.models import (
     VariationalAutoencoder,
     auto_stages,
     build_model,
+    default_widths,
 )
 
 
@@ -28,6 +29,25 @@ def test_shapes_and_range(shape):
 def test_stages_bring_the_image_down_to_a_few_pixels():
     assert auto_stages(28, 28) == 2 and auto_stages(8, 8) == 1
     assert auto_stages(256, 256) == 6 and auto_stages(128, 128) == 5
+
+
+def _first_conv(model):
+    return next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_widths_left_at_zero_are_sized_from_the_input():
+    # Up to five stages (inputs under 256 a side) the classic widths; past that, narrower.
+    assert default_widths("ae", 28, 28) == (32, 256) and default_widths("vae", 128, 128) == (32, 256)
+    assert default_widths("ae", 256, 256) == (8, 128) and default_widths("denoising", 640, 480) == (8, 128)
+    assert default_widths("draem", 256, 256) == (32, 256)  # it divides its widths itself
+    assert _first_conv(build_model(ModelConfig(), (256, 256, 1))).out_channels == 8
+    assert _first_conv(build_model(ModelConfig(), (128, 128, 1))).out_channels == 32
+    # Set widths are kept (a model trained before widths could be left at 0 rebuilds as it was),
+    # and one set width keeps the other sized.
+    full = build_model(ModelConfig(base_channels=32, max_channels=256), (256, 256, 1))
+    assert _first_conv(full).out_channels == 32 and full.to_latent.in_features == 256 * 4 * 4
+    assert ModelConfig(base_channels=16).resolved(256, 256).max_channels == 128
+    assert ModelConfig(max_channels=64).resolved(256, 256).base_channels == 8
 
 
 def test_vae_objective_adds_its_weighted_kl_in_training_only_and_infers_deterministically():

@@ -83,13 +83,17 @@ def with_backend(det, backend: str = "auto"):
     if backend != "auto" and not on_cpu:
         raise ConfigError(f"The {backend} backend scores on the CPU; this run uses the GPU. Pass --device cpu, "
                           "or --backend torch (or auto).")
-    runtimes = [r for r in RUNTIMES if _installed(r)] if backend == "auto" and on_cpu else []
     if backend != "auto":
         return _graph_scorer(det, backend)
+    runtimes = [r for r in RUNTIMES if _installed(r)] if on_cpu else []
     if not runtimes:
         return det
-    graph = _graph(det)
-    scorers = {"torch": det, **{r: _graph_scorer(det, r, graph) for r in runtimes}}
+    graph, scorers = _graph(det), {"torch": det}
+    for runtime in runtimes:
+        try:  # auto never fails a run that PyTorch can score: a runtime that cannot is left out
+            scorers[runtime] = _graph_scorer(det, runtime, graph)
+        except Exception as exc:  # noqa: BLE001 - a runtime's own errors (unsupported operator, parity)
+            log.warning("scoring backend %s left out: %s", runtime, exc)
     trial = _trial_images(det.shape_)
     seconds = {name: _time(d, trial) for name, d in scorers.items()}
     chosen = min(seconds, key=seconds.get)

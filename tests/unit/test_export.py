@@ -108,7 +108,7 @@ def test_graph_backends_score_a_run_like_torch(mnist_ds, mnist_model, tmp_path, 
     assert recorded == {"torch": "torch", backend: backend}
 
 
-def test_auto_measures_on_large_runs_only_and_bad_backends_are_refused(mnist_ds, mnist_model, tmp_path):
+def test_auto_measures_on_large_runs_only_and_bad_backends_are_refused(mnist_ds, mnist_model, tmp_path, monkeypatch):
     from anomaly_ae import backends
 
     small = steps.score(mnist_ds, mnist_model, tmp_path / "small", split="test", report=False)  # 1,500 items
@@ -117,6 +117,11 @@ def test_auto_measures_on_large_runs_only_and_bad_backends_are_refused(mnist_ds,
     assert backends.name(backends.with_backend(det, "auto")) in ("torch", "onnxruntime", "openvino")
     with pytest.raises(ConfigError, match="Unknown scoring backend"):
         backends.with_backend(det, "tensorrt")
+    # A runtime that cannot score the graph is left out of auto's choice, not fatal to the run.
+    broken = type("Broken", (), {"__call__": lambda *a: (_ for _ in ()).throw(RuntimeError("no such op"))})()
+    monkeypatch.setattr("anomaly_ae.export.onnx_session", lambda *a, **k: broken)
+    monkeypatch.setattr("anomaly_ae.export.openvino_model", lambda *a, **k: broken)
+    assert backends.name(backends.with_backend(det, "auto")) == "torch"
     with pytest.raises(ConfigError, match="backend: must be auto, torch, onnxruntime or openvino"):
         steps.score(mnist_ds, mnist_model, tmp_path / "bad", backend="tensorrt")
 

@@ -83,12 +83,14 @@ def with_backend(det, backend: str = "auto"):
     if backend != "auto" and not on_cpu:
         raise ConfigError(f"The {backend} backend scores on the CPU; this run uses the GPU. Pass --device cpu, "
                           "or --backend torch (or auto).")
+    from anomaly_ae.export import to_onnx_bytes
+
     if backend != "auto":
-        return _graph_scorer(det, backend)
+        return _graph_scorer(det, backend, to_onnx_bytes(det))
     runtimes = [r for r in RUNTIMES if _installed(r)] if on_cpu else []
     if not runtimes:
         return det
-    graph, scorers = _graph(det), {"torch": det}
+    graph, scorers = to_onnx_bytes(det), {"torch": det}
     for runtime in runtimes:
         try:  # auto never fails a run that PyTorch can score: a runtime that cannot is left out
             scorers[runtime] = _graph_scorer(det, runtime, graph)
@@ -113,18 +115,12 @@ def _installed(runtime: str) -> bool:
     return importlib.util.find_spec(runtime) is not None
 
 
-def _graph(det) -> bytes:
-    from anomaly_ae.export import to_onnx_bytes
-
-    return to_onnx_bytes(det)
-
-
-def _graph_scorer(det, runtime: str, graph: bytes | None = None) -> GraphScorer:
-    """A checked `GraphScorer` of `det` in `runtime` (the graph exported here unless given)."""
+def _graph_scorer(det, runtime: str, graph: bytes) -> GraphScorer:
+    """A `GraphScorer` of `det`'s exported `graph` in `runtime`, its scores checked against `det`'s."""
     from anomaly_ae.export import PARITY_RTOL, parity_gap
 
-    scorer = GraphScorer(det, graph if graph is not None else _graph(det), runtime)
-    gap = parity_gap(det, scorer._graph, scores_of=scorer.score_samples)
+    scorer = GraphScorer(det, graph, runtime)
+    gap = parity_gap(det, graph, scores_of=scorer.score_samples)
     if not gap <= PARITY_RTOL:
         raise DataError(f"The ONNX graph of this model scores {gap:.2g} (relative) away from PyTorch in {runtime}, "
                         f"more than {PARITY_RTOL:g}: score with --backend torch, and report this with the model's "

@@ -163,8 +163,8 @@ def onnx_session(graph: bytes | str | Path, threads: int | None = None):
 
 
 def openvino_model(graph: bytes, threads: int | None = None):
-    """An OpenVINO model compiled for the CPU from an exported graph (bytes); its outputs are named
-    as the graph's (OUTPUTS).
+    """An OpenVINO model compiled for the CPU from an exported graph (bytes); its outputs come in
+    the graph's order (OUTPUTS), though not always under their names.
 
     Raises:
         ConfigError: openvino is not installed.

@@ -11,10 +11,6 @@ from pathlib import Path
 from anomaly_ae.diskfull import raise_if_no_space
 from anomaly_ae.errors import BusyError
 
-# Lock descriptors this process holds; forked workers close their copies (close_inherited_locks),
-# so a lock is released as soon as its holder dies, not when its last worker does.
-_HELD_FDS: set[int] = set()
-
 # Tries to take a lock whose file its holder keeps replacing (each try is immediate).
 LOCK_ATTEMPTS = 20
 
@@ -54,7 +50,6 @@ class FileLock:
             raise_if_no_space(exc, self.path)
             raise
         self._fd = fd
-        _HELD_FDS.add(fd)
         return self
 
     def _open(self) -> int:
@@ -89,7 +84,6 @@ class FileLock:
 
     def __exit__(self, *exc) -> None:
         if self._fd is not None:
-            _HELD_FDS.discard(self._fd)
             # Removed while still held, so no lock file outlives its run; a process that opened
             # it meanwhile sees it gone once it holds the lock, and takes a fresh one.
             with contextlib.suppress(FileNotFoundError):
@@ -98,11 +92,3 @@ class FileLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
-
-
-def close_inherited_locks() -> None:
-    """In a forked child: drop the copies of the parent's lock descriptors (never unlocking them)."""
-    for fd in list(_HELD_FDS):
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _HELD_FDS.clear()

@@ -6,12 +6,11 @@ into working-size pixels by exactly the same code wherever it enters the product
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
-import sys
 import threading
-import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -32,7 +31,6 @@ from anomaly_ae.imaging import (
     sha256_hex,
     to_pixels,
 )
-from anomaly_ae.locks import close_inherited_locks
 
 log = logging.getLogger(__name__)
 
@@ -128,27 +126,64 @@ def _decode_chunk(jobs, policy_dict, max_pixels) -> Chunk:
                       policy.height * policy.width)
 
 
-def _worker_init() -> None:
-    """In each decode worker: drop the parent's lock descriptors, and leave as soon as the parent
-    is gone (killed with SIGKILL, say), instead of waiting forever for work that will not come."""
-    close_inherited_locks()
-    parent = os.getppid()
+def _worker_init(alive) -> None:
+    """In each decode worker: leave as soon as the pool's owner lets go of it or is gone (killed
+    with SIGKILL, say: `alive` then reads end-of-file), instead of waiting for work that will
+    not come."""
 
     def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
+        with contextlib.suppress(EOFError, OSError):
+            alive.recv_bytes()
         os._exit(0)
 
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    threading.Thread(target=watch, name="owner-watch", daemon=True).start()
 
 
-def _make_pool(workers: int) -> ProcessPoolExecutor:
-    # fork on Linux: workers start at once and never re-run the caller's script (as spawn and
-    # forkserver do when a script lacks a __main__ guard). Workers only decode with Pillow and
-    # numpy; they never touch torch, whose threads a fork would not carry over.
-    method = "fork" if sys.platform.startswith("linux") else "spawn"
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
-                               initializer=_worker_init)
+class _Pool(ProcessPoolExecutor):
+    """A process pool whose workers leave when this process is gone: each holds the reading end
+    of a pipe whose only writing end stays here (closed when the pool has shut down)."""
+
+    def __init__(self, workers: int):
+        self._alive_r, self._alive_w = multiprocessing.Pipe(duplex=False)
+        super().__init__(max_workers=workers, mp_context=_context(), initializer=_worker_init,
+                         initargs=(self._alive_r,))
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        super().shutdown(wait=wait, cancel_futures=cancel_futures)
+        if wait:
+            self.let_go()
+
+    def let_go(self) -> None:
+        """Make every worker leave now, whatever it is doing."""
+        self._alive_w.close()
+        self._alive_r.close()
+
+
+def _make_pool(workers: int) -> _Pool:
+    return _Pool(workers)
+
+
+def _context():
+    """Workers start from a clean process, never by forking this one: a fork copies every lock
+    that another thread (a web server, a runtime's thread pool, a log shipper) holds at that
+    instant, and a worker that needs one waits forever. On Linux a fork server (started once,
+    with this module loaded) forks them; elsewhere they are spawned. As with any spawned worker,
+    a script that calls anomaly-ae must keep its top-level work under `if __name__ == "__main__":`."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():  # pragma: no cover - not POSIX
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["__main__", __name__])
+    return ctx
+
+
+def _close_pool(pool: _Pool, finished: bool) -> None:
+    """All work done: let the workers exit. Interrupted (Ctrl-C, an error downstream): drop the
+    queued chunks and make the workers leave now rather than wait for chunks nobody will read."""
+    if finished:
+        pool.shutdown(wait=True)
+    else:
+        pool.shutdown(wait=False, cancel_futures=True)
+        pool.let_go()
 
 
 def decode_chunks(
@@ -164,7 +199,8 @@ def decode_chunks(
     # About CHUNK_BYTES of pixels per chunk (fewer, larger messages for small images).
     chunk = chunk or int(np.clip(CHUNK_BYTES // (policy.height * policy.width * policy.n_channels), 4, 256))
     # A daemonic process (a Dask or multiprocessing worker) may not start children: decode here.
-    if workers <= 1 or multiprocessing.current_process().daemon or (n_jobs is not None and n_jobs < MIN_FILES_FOR_POOL):
+    if (workers <= 1 or multiprocessing.current_process().daemon or _workers_start is False
+            or (n_jobs is not None and n_jobs < MIN_FILES_FOR_POOL)):
         for block in _chunks(iter(jobs), chunk):
             yield block, _decode_chunk(block, policy.to_dict(), max_pixels)
         return
@@ -179,39 +215,76 @@ def _chunks(it: Iterator, size: int) -> Iterator[list]:
         yield block
 
 
-def _decode_pooled(jobs, policy, max_pixels, workers, chunk) -> Iterator[Decoded]:
+def _decode_pooled(jobs, policy, max_pixels, workers, chunk) -> Iterator[tuple[list, Chunk]]:
     pdict = policy.to_dict()
     pending: deque = deque()
     pool = _make_pool(workers)
+    finished = False
     try:
         for block in _chunks(jobs, chunk):
-            try:
-                fut = pool.submit(_decode_chunk, block, pdict, max_pixels)
-            except BrokenProcessPool:  # an earlier chunk killed a worker: start afresh
-                pool.shutdown(wait=False, cancel_futures=True)
-                pool = _make_pool(workers)
-                fut = pool.submit(_decode_chunk, block, pdict, max_pixels)
+            pool, fut = _submit(pool, workers, block, pdict, max_pixels)
             pending.append((block, fut))
             if len(pending) >= 2 * workers:
-                block0, fut0 = pending.popleft()
-                yield block0, _result_or_retry(block0, fut0, policy, max_pixels)
+                yield _collect(*pending.popleft(), policy, max_pixels)
         while pending:
-            block0, fut0 = pending.popleft()
-            yield block0, _result_or_retry(block0, fut0, policy, max_pixels)
+            yield _collect(*pending.popleft(), policy, max_pixels)
+        finished = True
     finally:
         for _, fut in pending:
-            fut.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
+            if fut is not None:
+                fut.cancel()
+        _close_pool(pool, finished)
 
 
-def _result_or_retry(block, fut, policy, max_pixels) -> Chunk:
-    """A chunk's results; if its worker died (a decoder crash), isolate the file that did it."""
+def _submit(pool, workers, block, pdict, max_pixels):
+    """Queue `block`; returns the pool (a fresh one if a worker's death broke the old one) and the
+    block's future, or None for a block to decode here (no worker process can start)."""
+    if _workers_start is False:
+        return pool, None
     try:
-        return fut.result()
-    except BrokenProcessPool:
-        log.warning("a decode worker died; retrying %d files one by one", len(block))
-        return Chunk.pack([_decode_isolated(path, mask, policy, max_pixels) for path, mask in block],
-                          policy.height * policy.width)
+        return pool, pool.submit(_decode_chunk, block, pdict, max_pixels)
+    except BrokenProcessPool:  # an earlier chunk killed a worker: start afresh
+        pool.shutdown(wait=False, cancel_futures=True)
+        if not workers_can_start():
+            return pool, None
+        pool = _make_pool(workers)
+        return pool, pool.submit(_decode_chunk, block, pdict, max_pixels)
+
+
+def _collect(block, fut, policy, max_pixels) -> tuple[list, Chunk]:
+    """A block's results; if its worker died (a decoder crash), isolate the file that did it."""
+    if fut is not None:
+        try:
+            return block, fut.result()
+        except BrokenProcessPool:
+            if workers_can_start():
+                log.warning("a decode worker died; retrying %d files one by one", len(block))
+                return block, Chunk.pack([_decode_isolated(path, mask, policy, max_pixels)
+                                          for path, mask in block], policy.height * policy.width)
+    return block, _decode_chunk(block, policy.to_dict(), max_pixels)
+
+
+# Whether decode workers can start in this process: None until a broken pool makes it a question.
+_workers_start: bool | None = None
+
+
+def workers_can_start() -> bool:
+    """Start one worker with nothing to do (once per process): a pool that breaks before any
+    file reaches it means workers die as they start (a script that re-runs its work in every
+    worker it imports), not that a file crashed a decoder. If so, decode here from then on."""
+    global _workers_start
+    if _workers_start is None:
+        try:
+            with _make_pool(1) as pool:
+                pool.submit(os.getpid).result()
+            _workers_start = True
+        except BrokenProcessPool:
+            _workers_start = False
+            log.warning(
+                "Decode worker processes cannot start, so images are decoded in this process (slower). "
+                "In a Python script that calls anomaly-ae, put the script's work under "
+                "`if __name__ == \"__main__\":` (each worker process imports the script).")
+    return _workers_start
 
 
 def _decode_isolated(path, mask, policy, max_pixels) -> Decoded:

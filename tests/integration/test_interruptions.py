@@ -27,39 +27,53 @@ def run(*args):
     return proc
 
 
-def kill_when(args, ready, timeout=600.0):
-    """Start a command, SIGKILL it as soon as `ready()` is true; returns whether it was killed mid-way."""
+def kill_when(args, ready, timeout=600.0) -> set[int] | None:
+    """Start a command, SIGKILL it as soon as `ready(its pid)` is true; returns the processes it
+    had started by then (its decode workers and their fork server), or None if it finished first."""
     proc = subprocess.Popen([EXE, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        if ready():
+        if ready(proc.pid):
+            started = descendants(proc.pid)
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
-            return True
+            return started
         time.sleep(0.02)
     proc.wait()
-    return False
+    return None
 
 
-def processes_mentioning(text: str) -> list[int]:
-    """Live processes whose command line contains `text` (decode workers are forks of the command)."""
-    pids = []
+def descendants(pid: int) -> set[int]:
+    """Live processes started by `pid`, directly or not."""
+    children: dict[int, list[int]] = {}
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                cmd = (d / "cmdline").read_bytes()
-                state = next((line for line in (d / "status").read_text().splitlines() if line.startswith("State:")), "")
-            except OSError:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
                 continue
-            if text.encode() in cmd and "Z" not in state:
-                pids.append(int(d.name))
-    return pids
+            if fields[0] != "Z":
+                children.setdefault(int(fields[1]), []).append(int(d.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
 
 
-def no_process_left(text: str, timeout: float = 120.0) -> bool:
-    """Wait (a generous ceiling: a loaded machine is slow) until no live process mentions `text`."""
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def all_gone(pids: set[int], timeout: float = 120.0) -> bool:
+    """Wait (a generous ceiling: a loaded machine is slow) until none of `pids` runs."""
     deadline = time.monotonic() + timeout
-    while processes_mentioning(text):
+    while any(running(p) for p in pids):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.1)
@@ -94,11 +108,11 @@ def many_pngs(mnist_images, tmp_path_factory):
 
 def test_killed_ingest_leaves_nothing_and_rerun_matches(many_pngs, tmp_path):
     out = tmp_path / "ds"
-    # Killed once its decode workers run (forks: their command line is the parent's).
-    killed = kill_when(["ingest", many_pngs, "--out", out],
-                       lambda: any(tmp_path.glob(".ds.tmp-*")) and len(processes_mentioning(str(out))) > 1)
-    assert killed, "ingest finished before it could be interrupted"
-    assert no_process_left(str(out)), "decode workers outlived the killed ingest"
+    # Killed once its decode workers run (started by a fork server, so at least two processes).
+    started = kill_when(["ingest", many_pngs, "--out", out],
+                        lambda pid: any(tmp_path.glob(".ds.tmp-*")) and len(descendants(pid)) >= 2)
+    assert started, "ingest finished before it could be interrupted"
+    assert all_gone(started), "decode workers outlived the killed ingest"
     assert visible(tmp_path) == []
     run("ingest", many_pngs, "--out", out)
     run("ingest", many_pngs, "--out", tmp_path / "clean")
@@ -110,7 +124,7 @@ def test_killed_training_resumes_to_the_same_model(mnist_ds, mnist_images, tmp_p
     args = ["train", mnist_ds, "--normal", "3", "--epochs", "6", "--seed", "1"]
     out = tmp_path / "m"
     state = lambda: list(tmp_path.glob(".m.train-*.pt"))
-    assert kill_when([*args, "--out", out], lambda: bool(state()))
+    assert kill_when([*args, "--out", out], lambda pid: bool(state())) is not None
     assert visible(tmp_path) == [] and state(), "the per-epoch state should survive the kill"
     run(*args, "--out", out, "--resume")
     assert not state()
@@ -127,9 +141,10 @@ def test_killed_training_resumes_to_the_same_model(mnist_ds, mnist_images, tmp_p
 
 def test_killed_scoring_leaves_no_run_and_rerun_matches(many_pngs, mnist_model, tmp_path):
     out = tmp_path / "run"
-    assert kill_when(["score", many_pngs, "--model", mnist_model, "--out", out, "--no-report"],
-                     lambda: any(tmp_path.glob(".run.tmp-*/.parts/*/scores.parquet")))
-    assert no_process_left(str(out)), "decode workers outlived the killed scoring run"
+    started = kill_when(["score", many_pngs, "--model", mnist_model, "--out", out, "--no-report"],
+                        lambda pid: any(tmp_path.glob(".run.tmp-*/.parts/*/scores.parquet")))
+    assert started, "scoring finished before it could be interrupted"
+    assert all_gone(started), "decode workers outlived the killed scoring run"
     assert visible(tmp_path) == []
     run("score", many_pngs, "--model", mnist_model, "--out", out, "--no-report")
     run("score", many_pngs, "--model", mnist_model, "--out", tmp_path / "clean", "--no-report")

@@ -126,41 +126,37 @@ def _decode_chunk(jobs, policy_dict, max_pixels) -> Chunk:
                       policy.height * policy.width)
 
 
-def _worker_init(alive) -> None:
-    """In each decode worker: leave as soon as the pool's owner lets go of it or is gone (killed
-    with SIGKILL, say: `alive` then reads end-of-file), instead of waiting for work that will
-    not come."""
+def _worker_init(owner) -> None:
+    """In each decode worker: leave as soon as the process that owns the pool is gone (killed
+    with SIGKILL, say: `owner` then reads end-of-file), instead of waiting for work that will
+    not come. While the owner lives, a worker only leaves when the pool shuts down."""
 
     def watch() -> None:
         with contextlib.suppress(EOFError, OSError):
-            alive.recv_bytes()
+            owner.recv_bytes()
         os._exit(0)
 
     threading.Thread(target=watch, name="owner-watch", daemon=True).start()
 
 
-class _Pool(ProcessPoolExecutor):
-    """A process pool whose workers leave when this process is gone: each holds the reading end
-    of a pipe whose only writing end stays here (closed when the pool has shut down)."""
-
-    def __init__(self, workers: int):
-        self._alive_r, self._alive_w = multiprocessing.Pipe(duplex=False)
-        super().__init__(max_workers=workers, mp_context=_context(), initializer=_worker_init,
-                         initargs=(self._alive_r,))
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        super().shutdown(wait=wait, cancel_futures=cancel_futures)
-        if wait:
-            self.let_go()
-
-    def let_go(self) -> None:
-        """Make every worker leave now, whatever it is doing."""
-        self._alive_w.close()
-        self._alive_r.close()
+_OWNER_LOCK = threading.Lock()
+_owner: tuple | None = None  # (pid, reading end, writing end): the writing end lives as long as this process
 
 
-def _make_pool(workers: int) -> _Pool:
-    return _Pool(workers)
+def _owner_pipe():
+    """The reading end of a pipe whose only writing end stays in this process, never closed: it
+    reads end-of-file exactly when this process is gone (workers never see it close under them
+    while they may still be sending a result)."""
+    global _owner
+    with _OWNER_LOCK:
+        if _owner is None or _owner[0] != os.getpid():
+            _owner = (os.getpid(), *multiprocessing.Pipe(duplex=False))
+        return _owner[1]
+
+
+def _make_pool(workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=workers, mp_context=_context(), initializer=_worker_init,
+                               initargs=(_owner_pipe(),))
 
 
 def _context():
@@ -176,14 +172,13 @@ def _context():
     return ctx
 
 
-def _close_pool(pool: _Pool, finished: bool) -> None:
-    """All work done: let the workers exit. Interrupted (Ctrl-C, an error downstream): drop the
-    queued chunks and make the workers leave now rather than wait for chunks nobody will read."""
+def _close_pool(pool: ProcessPoolExecutor, finished: bool) -> None:
+    """All work done: wait for the workers to exit. Interrupted (Ctrl-C, an error downstream):
+    drop the queued chunks and return at once; the workers finish the chunk in hand and exit."""
     if finished:
         pool.shutdown(wait=True)
     else:
         pool.shutdown(wait=False, cancel_futures=True)
-        pool.let_go()
 
 
 def decode_chunks(

@@ -27,20 +27,28 @@ def run(*args):
     return proc
 
 
-def kill_when(args, ready, timeout=600.0) -> set[int] | None:
-    """Start a command, SIGKILL it as soon as `ready(its pid)` is true; returns the processes it
-    had started by then (its decode workers and their fork server), or None if it finished first."""
-    proc = subprocess.Popen([EXE, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def kill_when(args, ready, timeout=600.0, sig=signal.SIGKILL) -> set[int] | None:
+    """Start a command, send it `sig` as soon as `ready(its pid)` is true and wait for it to end;
+    returns the processes it had started by then (its decode workers, their fork server and the
+    resource tracker), or None if it finished first."""
+    proc = subprocess.Popen([EXE, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         if ready(proc.pid):
             started = descendants(proc.pid)
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+            os.kill(proc.pid, sig)
+            proc.communicate(timeout=120)
+            kill_when.returncode = proc.returncode
             return started
         time.sleep(0.02)
-    proc.wait()
+    proc.communicate()
     return None
+
+
+def workers_run(pid: int) -> bool:
+    """Decode workers run: the fork server has started at least one (besides the resource tracker)."""
+    return len(descendants(pid)) >= 3
 
 
 def descendants(pid: int) -> set[int]:
@@ -108,9 +116,8 @@ def many_pngs(mnist_images, tmp_path_factory):
 
 def test_killed_ingest_leaves_nothing_and_rerun_matches(many_pngs, tmp_path):
     out = tmp_path / "ds"
-    # Killed once its decode workers run (started by a fork server, so at least two processes).
     started = kill_when(["ingest", many_pngs, "--out", out],
-                        lambda pid: any(tmp_path.glob(".ds.tmp-*")) and len(descendants(pid)) >= 2)
+                        lambda pid: any(tmp_path.glob(".ds.tmp-*")) and workers_run(pid))
     assert started, "ingest finished before it could be interrupted"
     assert all_gone(started), "decode workers outlived the killed ingest"
     assert visible(tmp_path) == []
@@ -118,6 +125,20 @@ def test_killed_ingest_leaves_nothing_and_rerun_matches(many_pngs, tmp_path):
     run("ingest", many_pngs, "--out", tmp_path / "clean")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clean", "ds"]  # the killed run's temporary is gone
     assert pq.read_table(out / "images.parquet").equals(pq.read_table(tmp_path / "clean" / "images.parquet"))
+
+
+@pytest.mark.parametrize("command", ["ingest", "score"])
+def test_ctrl_c_stops_at_once_and_leaves_nothing(command, many_pngs, mnist_model, tmp_path):
+    """Ctrl-C while the decode workers run: the command ends within a bounded time with the
+    usual 130, its temporary output is gone and so are its workers."""
+    out = tmp_path / "out"
+    args = ["ingest", many_pngs, "--out", out] if command == "ingest" else \
+        ["score", many_pngs, "--model", mnist_model, "--out", out, "--no-report"]
+    started = kill_when(args, lambda pid: any(tmp_path.glob(".out.tmp-*")) and workers_run(pid), sig=signal.SIGINT)
+    assert started, f"{command} finished before it could be interrupted"
+    assert kill_when.returncode == 130
+    assert all_gone(started), "decode workers outlived the interrupted command"
+    assert visible(tmp_path) == [] and not any(tmp_path.glob(".out.tmp-*"))
 
 
 def test_killed_training_resumes_to_the_same_model(mnist_ds, mnist_images, tmp_path):

@@ -68,3 +68,18 @@ def test_a_script_without_a_main_guard_still_ingests_and_is_told_why(tmp_path):
     assert "Decode worker processes cannot start" in proc.stderr
     assert 'if __name__ == "__main__":' in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "src", "unguarded.py"]
+
+
+def test_a_dropped_pool_lets_the_chunk_in_hand_finish(tmp_path):
+    """After an interruption the pool is dropped with a chunk still being decoded: the worker
+    finishes and sends it (a worker leaving in the middle of sending would leave the pool's
+    reader waiting forever for the rest); workers leave on their own only when this process dies."""
+    import gc
+
+    pool = _make_pool(1)
+    fut = pool.submit(time.sleep, 1.0)
+    time.sleep(0.3)  # the worker holds the task
+    _close_pool(pool, finished=False)
+    del pool
+    gc.collect()
+    assert fut.result(timeout=60) is None and not fut.cancelled()

@@ -240,7 +240,7 @@ def _submit(pool, workers, block, pdict, max_pixels):
         return pool, pool.submit(_decode_chunk, block, pdict, max_pixels)
     except BrokenProcessPool:  # an earlier chunk killed a worker: start afresh
         pool.shutdown(wait=False, cancel_futures=True)
-        if not workers_can_start():
+        if not _workers_can_start():
             return pool, None
         pool = _make_pool(workers)
         return pool, pool.submit(_decode_chunk, block, pdict, max_pixels)
@@ -252,7 +252,7 @@ def _collect(block, fut, policy, max_pixels) -> tuple[list, Chunk]:
         try:
             return block, fut.result()
         except BrokenProcessPool:
-            if workers_can_start():
+            if _workers_can_start():
                 log.warning("a decode worker died; retrying %d files one by one", len(block))
                 return block, Chunk.pack([_decode_isolated(path, mask, policy, max_pixels)
                                           for path, mask in block], policy.height * policy.width)
@@ -263,7 +263,7 @@ def _collect(block, fut, policy, max_pixels) -> tuple[list, Chunk]:
 _workers_start: bool | None = None
 
 
-def workers_can_start() -> bool:
+def _workers_can_start() -> bool:
     """Start one worker with nothing to do (once per process): a pool that breaks before any
     file reaches it means workers die as they start (a script that re-runs its work in every
     worker it imports), not that a file crashed a decoder. If so, decode here from then on."""

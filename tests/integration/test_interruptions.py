@@ -27,10 +27,10 @@ def run(*args):
     return proc
 
 
-def kill_when(args, ready, timeout=600.0, sig=signal.SIGKILL) -> set[int] | None:
+def kill_when(args, ready, timeout=600.0, sig=signal.SIGKILL) -> tuple[set[int] | None, int]:
     """Start a command, send it `sig` as soon as `ready(its pid)` is true and wait for it to end;
     returns the processes it had started by then (its decode workers, their fork server and the
-    resource tracker), or None if it finished first."""
+    resource tracker), or None if it finished first, and its exit status."""
     proc = subprocess.Popen([EXE, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal
     deadline = time.monotonic() + timeout
@@ -39,11 +39,10 @@ def kill_when(args, ready, timeout=600.0, sig=signal.SIGKILL) -> set[int] | None
             started = descendants(proc.pid)
             os.kill(proc.pid, sig)
             proc.communicate(timeout=120)
-            kill_when.returncode = proc.returncode
-            return started
+            return started, proc.returncode
         time.sleep(0.02)
     proc.communicate()
-    return None
+    return None, proc.returncode
 
 
 def workers_run(pid: int) -> bool:
@@ -116,8 +115,8 @@ def many_pngs(mnist_images, tmp_path_factory):
 
 def test_killed_ingest_leaves_nothing_and_rerun_matches(many_pngs, tmp_path):
     out = tmp_path / "ds"
-    started = kill_when(["ingest", many_pngs, "--out", out],
-                        lambda pid: any(tmp_path.glob(".ds.tmp-*")) and workers_run(pid))
+    started, _ = kill_when(["ingest", many_pngs, "--out", out],
+                           lambda pid: any(tmp_path.glob(".ds.tmp-*")) and workers_run(pid))
     assert started, "ingest finished before it could be interrupted"
     assert all_gone(started), "decode workers outlived the killed ingest"
     assert visible(tmp_path) == []
@@ -134,9 +133,10 @@ def test_ctrl_c_stops_at_once_and_leaves_nothing(command, many_pngs, mnist_model
     out = tmp_path / "out"
     args = ["ingest", many_pngs, "--out", out] if command == "ingest" else \
         ["score", many_pngs, "--model", mnist_model, "--out", out, "--no-report"]
-    started = kill_when(args, lambda pid: any(tmp_path.glob(".out.tmp-*")) and workers_run(pid), sig=signal.SIGINT)
+    started, status = kill_when(args, lambda pid: any(tmp_path.glob(".out.tmp-*")) and workers_run(pid),
+                                sig=signal.SIGINT)
     assert started, f"{command} finished before it could be interrupted"
-    assert kill_when.returncode == 130
+    assert status == 130
     assert all_gone(started), "decode workers outlived the interrupted command"
     assert visible(tmp_path) == [] and not any(tmp_path.glob(".out.tmp-*"))
 
@@ -145,7 +145,7 @@ def test_killed_training_resumes_to_the_same_model(mnist_ds, mnist_images, tmp_p
     args = ["train", mnist_ds, "--normal", "3", "--epochs", "6", "--seed", "1"]
     out = tmp_path / "m"
     state = lambda: list(tmp_path.glob(".m.train-*.pt"))
-    assert kill_when([*args, "--out", out], lambda pid: bool(state())) is not None
+    assert kill_when([*args, "--out", out], lambda pid: bool(state()))[0] is not None
     assert visible(tmp_path) == [] and state(), "the per-epoch state should survive the kill"
     run(*args, "--out", out, "--resume")
     assert not state()
@@ -162,8 +162,8 @@ def test_killed_training_resumes_to_the_same_model(mnist_ds, mnist_images, tmp_p
 
 def test_killed_scoring_leaves_no_run_and_rerun_matches(many_pngs, mnist_model, tmp_path):
     out = tmp_path / "run"
-    started = kill_when(["score", many_pngs, "--model", mnist_model, "--out", out, "--no-report"],
-                        lambda pid: any(tmp_path.glob(".run.tmp-*/.parts/*/scores.parquet")))
+    started, _ = kill_when(["score", many_pngs, "--model", mnist_model, "--out", out, "--no-report"],
+                           lambda pid: any(tmp_path.glob(".run.tmp-*/.parts/*/scores.parquet")))
     assert started, "scoring finished before it could be interrupted"
     assert all_gone(started), "decode workers outlived the killed scoring run"
     assert visible(tmp_path) == []

@@ -1,8 +1,10 @@
-"""Decode workers: they start clean, whatever other threads of the caller hold, and a script that
-re-runs its work in every worker still gets its images decoded, with a message that says why."""
+"""Decode workers: they start clean, whatever other threads of the caller hold; a dropped pool
+lets the chunk in hand finish; and a script that re-runs its work in every worker still gets its
+images decoded, with a message that says why."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -24,7 +26,7 @@ def test_workers_start_clean_while_another_thread_holds_a_lock(tmp_path, monkeyp
     release = tmp_path / "release"
     (tmp_path / "half_imported.py").write_text(
         "import os, time\n"
-        f"if os.getpid() == {__import__('os').getpid()}:  # only the importing test process waits\n"
+        f"if os.getpid() == {os.getpid()}:  # only the importing test process waits\n"
         f"    while not os.path.exists({str(release)!r}):\n"
         "        time.sleep(0.01)\n"
     )

@@ -72,8 +72,9 @@ def _datasets(root: Path, tv_root: Path | None) -> dict:
     return out
 
 
-def _load_task(source: str, options: dict, normal: str):
-    """(fit, held-out, test images, test is-anomaly, test classes) for one task."""
+def _load_task(source: str, options: dict, normal: str, with_classes: bool = False):
+    """(fit, held-out, test images, test is-anomaly, test masks or None) for one task; with
+    `with_classes`, the test images' class names follow."""
     from anomaly_ae import steps
     from anomaly_ae.dataset import Dataset
 
@@ -88,8 +89,8 @@ def _load_task(source: str, options: dict, normal: str):
     test = ds.rows(split="test")
     classes = np.array(ds.index()["class_name"].take(test).to_pylist())
     masks = ds.load(test, column="mask") if ds.meta["counts"].get("masks") else None
-    return (ds.load(np.sort(perm[n_cal:])), ds.load(np.sort(perm[:n_cal])), ds.load(test),
-            classes != normal, masks)
+    out = (ds.load(np.sort(perm[n_cal:])), ds.load(np.sort(perm[:n_cal])), ds.load(test), classes != normal, masks)
+    return (*out, classes) if with_classes else out
 
 
 def is_tiled_spec(spec: str) -> bool:

@@ -172,6 +172,15 @@ def _context():
     return ctx
 
 
+def leave_if_importing_script() -> None:
+    """Exit quietly if this process is a worker (or the fork server) still importing the user's
+    script: a script without a main guard runs its top level there, and anomaly-ae's work must not
+    run again in it. The script's own process then sees that workers cannot start and decodes
+    images itself, with a warning that says how to fix the script."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise SystemExit(1)
+
+
 def _close_pool(pool: ProcessPoolExecutor, finished: bool) -> None:
     """All work done: wait for the workers to exit. Interrupted (Ctrl-C, an error downstream):
     drop the queued chunks and return at once; the workers finish the chunk in hand and exit."""
@@ -190,6 +199,7 @@ def decode_chunks(
     Memory stays bounded: at most ``2 * workers`` chunks are in flight. With one worker, or
     fewer than MIN_FILES_FOR_POOL jobs (when `n_jobs` says so), decoding runs in this process.
     """
+    leave_if_importing_script()
     workers = workers or default_workers()
     # About CHUNK_BYTES of pixels per chunk (fewer, larger messages for small images).
     chunk = chunk or int(np.clip(CHUNK_BYTES // (policy.height * policy.width * policy.n_channels), 4, 256))

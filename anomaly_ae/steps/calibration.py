@@ -32,6 +32,9 @@ def calibrate(model: str | Path, *, target_fpr: float | None = None, data: str |
         DataError: `data` is the training data, holds no usable images, or `held_out` asks for
             held-out scores the model no longer has.
     """
+    from anomaly_ae.parallel import leave_if_importing_script
+
+    leave_if_importing_script()  # a worker importing a script without a main guard
     import json
 
     import numpy as np

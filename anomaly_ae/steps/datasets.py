@@ -26,6 +26,9 @@ def ingest(source: str, out: str | Path, config=None, *, root: str | None = None
     replaced only with `overwrite`, and only when it is a dataset (never the source itself or a
     folder holding anything else).
     """
+    from anomaly_ae.parallel import leave_if_importing_script
+
+    leave_if_importing_script()  # a worker importing a script without a main guard
     import dataclasses
 
     from anomaly_ae.config import IngestConfig

@@ -15,6 +15,9 @@ def demo(workdir: str | Path = "data", *, normal: str = "0", device: str = "auto
          progress: Progress | None = None) -> dict:
     """The whole pipeline on the bundled MNIST digits: ingest, train (one digit normal), calibrate,
     score the test split and report. Reruns reuse the dataset and model when up to date."""
+    from anomaly_ae.parallel import leave_if_importing_script
+
+    leave_if_importing_script()  # a worker importing a script without a main guard
     import dataclasses
 
     from anomaly_ae.config import DetectorConfig, TrainConfig

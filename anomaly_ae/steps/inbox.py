@@ -32,6 +32,9 @@ def score_inbox(folder: str | Path, state_dir: str | Path, model: str | Path, *,
         BusyError: another run holds the inbox lock.
         DataError: the inbox folder does not exist.
     """
+    from anomaly_ae.parallel import leave_if_importing_script
+
+    leave_if_importing_script()  # a worker importing a script without a main guard
     from anomaly_ae import facts
     from anomaly_ae.inbox import InboxRun, summary
 

@@ -35,6 +35,9 @@ def score(input: str | Path, model: str | Path, out: str | Path, config=None, *,
     `map_partitions(parts, part_dirs, threshold, normal)`, when given, scores the partitions
     elsewhere (a task runner) and returns their summaries; by default they run here in turn.
     """
+    from anomaly_ae.parallel import leave_if_importing_script
+
+    leave_if_importing_script()  # a worker importing a script without a main guard
     import dataclasses
     import shutil
     import time

@@ -66,6 +66,9 @@ def train(dataset: str | Path, out: str | Path, *, normal: list[str] | None = No
     `reviews` (run folders) adds the images of the items reviewers marked as false alarms there
     to the training images (never to the calibration ones): normal images the model got wrong.
     """
+    from anomaly_ae.parallel import leave_if_importing_script
+
+    leave_if_importing_script()  # a worker importing a script without a main guard
     import numpy as np
 
     from anomaly_ae import checkpoint
@@ -200,6 +203,9 @@ def export(model: str | Path, out: str | Path, fmt: str = "onnx") -> dict:
         ConfigError: an unknown format, or onnxruntime (which checks the export) is not installed.
         DataError: the exported scores differ from the model's.
     """
+    from anomaly_ae.parallel import leave_if_importing_script
+
+    leave_if_importing_script()  # a worker importing a script without a main guard
     from anomaly_ae import checkpoint
     from anomaly_ae import export as exporting
     from anomaly_ae.detector import AutoencoderDetector

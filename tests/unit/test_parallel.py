@@ -69,7 +69,40 @@ def test_a_script_without_a_main_guard_still_ingests_and_is_told_why(tmp_path):
     assert "images 60" in proc.stdout
     assert "Decode worker processes cannot start" in proc.stderr
     assert 'if __name__ == "__main__":' in proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr  # the workers leave quietly
+    assert proc.stdout.count("images 60") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "src", "unguarded.py"]
+
+
+def test_a_script_without_a_main_guard_does_its_steps_once(tmp_path):
+    """Training, then scoring a folder: the workers the scoring starts import the script, whose
+    training step would run again in them (a second training into the same folder). The steps
+    leave such a process at once, so each step runs once, in the script's own process."""
+    from anomaly_ae import steps
+
+    rng = np.random.default_rng(0)
+    for k in range(60):
+        write_png(tmp_path / "src" / f"{k:02d}.png", rng.integers(0, 256, (12, 12), dtype=np.uint8))
+    steps.ingest(str(tmp_path / "src"), tmp_path / "ds")
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import sys\n"
+        "from anomaly_ae import steps\n"
+        "from anomaly_ae.config import DetectorConfig, TrainConfig\n"
+        "print('script started')\n"
+        "steps.train(sys.argv[1], sys.argv[2], config=DetectorConfig(train=TrainConfig(epochs=1)), force=True)\n"
+        "print('trained')\n"
+        "summary = steps.score(sys.argv[3], sys.argv[2], sys.argv[4], report=False)\n"
+        "print('scored', summary['scored'])\n"
+    )
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "ds"), str(tmp_path / "model"),
+                           str(tmp_path / "src"), str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stdout.count("trained") == 1, proc.stdout
+    assert "scored 60" in proc.stdout
+    assert proc.stdout.count("script started") >= 2  # the workers did import the script
 
 
 def test_a_dropped_pool_lets_the_chunk_in_hand_finish(tmp_path):

@@ -100,6 +100,9 @@ class AutoencoderDetector:
         self.history_ = train(self.model_, data, val, m, cfg.train, progress=progress,
                               state_path=state_path, resume=resume, tile=tile,
                               crops_per_image=DRAEM_CROPS_PER_IMAGE if self._segments else TILES_PER_IMAGE).to_dict()
+        # When these weights were trained: a later save (after a recalibration) keeps it, so runs
+        # the model scored before are still known as its own.
+        self.created_ = utc_now()
         train_mean = images.mean(axis=0, dtype=np.float64).astype(np.float32) / 255.0
         # The discriminative kind scores its defect map, not its reconstruction: a reconstruction
         # near one image does not make its scores distances to one image.
@@ -311,7 +314,7 @@ class AutoencoderDetector:
             "threshold": dict(self.threshold_info_),
             "calibration_scores": torch.from_numpy(np.asarray(self.calibration_scores_, dtype=np.float64)),
             "history": self.history_, "collapse": dict(self.collapse_), "versions": versions(),
-            "created": utc_now(), **self.meta_,
+            "created": getattr(self, "created_", None) or utc_now(), **self.meta_,
         })
 
     @classmethod

@@ -35,8 +35,6 @@ def calibrate(model: str | Path, *, target_fpr: float | None = None, data: str |
     from anomaly_ae.parallel import leave_if_importing_script
 
     leave_if_importing_script()  # a worker importing a script without a main guard
-    import json
-
     import numpy as np
 
     from anomaly_ae import checkpoint
@@ -56,9 +54,9 @@ def calibrate(model: str | Path, *, target_fpr: float | None = None, data: str |
         else:
             scores, source = _calibration_set(det, data, normal, split, held_out)
         if reviews:
-            taken_before = json.dumps(det.meta_.get("reviewed_false_alarms") or {}, sort_keys=True)
+            taken_before = _reviewed_items(det)
             _add_reviews(det, reviews)
-            unchanged = json.dumps(det.meta_.get("reviewed_false_alarms") or {}, sort_keys=True) == taken_before
+            unchanged = _reviewed_items(det) == taken_before
             if unchanged and data is None and not held_out and target_fpr in (None, current.get("target_fpr")):
                 return _calibration_summary(folder, det, current.get("source", HELD_OUT_SOURCE), cached=True)
         reviewed = det.meta_.get("reviewed_false_alarms") or {}
@@ -73,6 +71,12 @@ def calibrate(model: str | Path, *, target_fpr: float | None = None, data: str |
         det.save(folder)
         _retarget_config_file(folder / "config.toml", det.config.threshold.target_fpr)
     return _calibration_summary(folder, det, source, cached=False, before=before)
+
+
+def _reviewed_items(det) -> dict:
+    """{run id: sorted item ids} of the reviewed false alarms in the model: which items, not their
+    scores (an item scored again by another computation can differ in the last bits)."""
+    return {run: sorted(items) for run, items in (det.meta_.get("reviewed_false_alarms") or {}).items()}
 
 
 def _add_reviews(det, runs: list[str | Path]) -> None:

@@ -112,6 +112,7 @@ def test_calibrating_with_reviewed_false_alarms(loose):
     assert s["reviewed_false_alarms"] == 3 and "3 reviewed false alarms" in s["source"]
     again = steps.calibrate(model, reviews=[fresh_run])
     assert again["threshold"] == pytest.approx(s["threshold"]) and again["n_calibration"] == s["n_calibration"]
+    assert again["cached"] is True  # nothing new reviewed: the model is left as it is
     # A new target keeps them: the base scores plus the reviewed ones, at the new rate.
     retarget = steps.calibrate(model, target_fpr=0.05)
     assert retarget["n_calibration"] == s["n_calibration"]
@@ -132,6 +133,21 @@ def test_calibrating_with_a_run_another_model_scored_scores_the_images_again(loo
     taken = AutoencoderDetector.load(model).meta_["reviewed_false_alarms"]
     (score,) = [v for items in taken.values() for v in items.values()]
     assert score == pytest.approx(fa["score"], rel=1e-4)  # the same weights: the same score, computed again
+
+
+def test_a_recalibrated_model_keeps_its_training_time(mnist_model, tmp_path):
+    """A model's `created` says when its weights were trained: a recalibration saves the model
+    again and must keep it (the report's "Model trained", and how a reviewed run is known to be
+    the model's own, whose recorded scores can be reused)."""
+    from anomaly_ae.detector import AutoencoderDetector
+
+    model = tmp_path / "model"
+    shutil.copytree(mnist_model, model)
+    det = AutoencoderDetector.load(model)
+    det.created_ = "2020-01-02T03:04:05+00:00"
+    det.save(model)
+    steps.calibrate(model, target_fpr=0.2)
+    assert AutoencoderDetector.load(model).created_ == "2020-01-02T03:04:05+00:00"
 
 
 def test_calibrate_refuses_a_folder_that_is_not_a_run(mnist_model, tmp_path):

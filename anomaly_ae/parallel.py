@@ -177,6 +177,8 @@ def leave_if_importing_script() -> None:
     script: a script without a main guard runs its top level there, and anomaly-ae's work must not
     run again in it. The script's own process then sees that workers cannot start and decodes
     images itself, with a warning that says how to fix the script."""
+    # The flag multiprocessing itself sets while a child imports the parent's main module (and
+    # checks before starting a process from there); absent everywhere else.
     if getattr(multiprocessing.current_process(), "_inheriting", False):
         raise SystemExit(1)
 

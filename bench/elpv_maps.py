@@ -77,8 +77,9 @@ def _standard(s, ref):
     return (s - ref.mean()) / ref.std()
 
 
-def scores(kind: str, out: dict, looks: dict, whole: dict) -> dict:
-    """{name: test scores} of every variant above for one kind's outputs."""
+def scores(kind: str, out: dict, looks: dict, whole: tuple) -> dict:
+    """{name: test scores} of every variant above for one kind's outputs; `whole` is the whole-cell
+    score of the (test, held-out) cells."""
     import torch
 
     hs, ts = torch.from_numpy(out["held_s"]), torch.from_numpy(out["test_s"])
@@ -101,7 +102,7 @@ def scores(kind: str, out: dict, looks: dict, whole: dict) -> dict:
             ((td - hd.mean(0)) / (hd.std(0) + 1e-6)).topk(10, 1).values.mean(1))
     for w in (0.3, 0.5, 0.7):
         res[f"{kind}: fused with the whole-cell score, weight {w}"] = (
-            w * _standard(ts, hs) + (1 - w) * _standard(*whole["test_held"]))
+            w * _standard(ts, hs) + (1 - w) * _standard(*whole))
     return {k: np.asarray(v) for k, v in res.items()}
 
 
@@ -121,7 +122,7 @@ def main(argv=None) -> None:
 
     looks = {"fit": look(fit), "held": look(held), "test": look(test)}
     nearest = {k: torch.cdist(looks[k], looks["fit"]).min(1).values.numpy() for k in ("held", "test")}
-    whole = {"test_held": (nearest["test"], nearest["held"])}
+    whole = (nearest["test"], nearest["held"])
     res = {"whole cell: distance to the nearest fit cell, 16x16": nearest["test"]}
     outs = {}
     for kind in args.kinds.split(","):
@@ -129,7 +130,7 @@ def main(argv=None) -> None:
         print(f"{kind}: fit {float(outs[kind]['fit_s']):.0f} s", flush=True)
         res.update(scores(kind, outs[kind], looks, whole))
     if len(outs) > 1:
-        fused = sum(_standard(o["test_s"], o["held_s"]) for o in outs.values()) + _standard(*whole["test_held"])
+        fused = sum(_standard(o["test_s"], o["held_s"]) for o in outs.values()) + _standard(*whole)
         res[f"{' + '.join(outs)} + whole cell, standardised, equal weights"] = fused
     labels, rows = auroc_rows(res, y, classes)
     fit_s = {k: round(float(o["fit_s"]), 1) for k, o in outs.items()}

@@ -100,8 +100,7 @@ class AutoencoderDetector:
         self.history_ = train(self.model_, data, val, m, cfg.train, progress=progress,
                               state_path=state_path, resume=resume, tile=tile,
                               crops_per_image=DRAEM_CROPS_PER_IMAGE if self._segments else TILES_PER_IMAGE).to_dict()
-        # When these weights were trained: a later save (after a recalibration) keeps it, so runs
-        # the model scored before are still known as its own.
+        # The weights' training time, kept by later saves (runs scored before stay the model's own).
         self.created_ = utc_now()
         train_mean = images.mean(axis=0, dtype=np.float64).astype(np.float32) / 255.0
         # The discriminative kind scores its defect map, not its reconstruction: a reconstruction

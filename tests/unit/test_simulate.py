@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from anomaly_ae.errors import ConfigError, DataError
-from anomaly_ae.simulate import MIN_AREA, MIN_CHANGE, _perlin, perlin_mask, synthesize
+from anomaly_ae.simulate import FILLS, MIN_AREA, MIN_CHANGE, _perlin, perlin_mask, synthesize
 
 
 def surface(n: int, c: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
@@ -172,6 +172,42 @@ def test_bad_inputs_are_refused_with_a_clear_message():
         synthesize(torch.zeros(1, 16, 16), gen)
     with pytest.raises(ConfigError, match="probability"):
         synthesize(torch.zeros(2, 1, 16, 16), gen, p=1.5)
+    for fills in ((), ("paste", "scratch")):
+        with pytest.raises(ConfigError, match="fills must name some of paste, texture, change"):
+            synthesize(torch.zeros(2, 1, 16, 16), gen, p=1.0, fills=fills)
+
+
+def test_naming_every_fill_is_the_default_draw_for_draw():
+    x = surface(12, 3, 40, 40)
+    default = synthesize(x, torch.Generator().manual_seed(6), p=1.0)
+    named = synthesize(x, torch.Generator().manual_seed(6), p=1.0, fills=FILLS)
+    assert torch.equal(default[0], named[0]) and torch.equal(default[1], named[1])
+
+
+@pytest.mark.parametrize("fill", FILLS)
+def test_each_fill_alone_keeps_the_contract_and_differs_from_the_others(fill):
+    x = surface(16, 1, 48, 48, seed=2)
+    out, masks = synthesize(x, torch.Generator().manual_seed(9), p=1.0, fills=(fill,))
+    check(x, out, masks, torch.ones(16, dtype=torch.bool))
+    for other in FILLS:
+        if other != fill:
+            assert not torch.equal(out, synthesize(x, torch.Generator().manual_seed(9), p=1.0, fills=(other,))[0])
+
+
+def test_a_pasted_fill_comes_from_the_other_image_of_the_batch():
+    """Two flat images, black and white: a paste fills each one's defect with a blend of the two,
+    one flat value; a procedural texture is mostly not flat (a faint one is replaced by a flat
+    change)."""
+    x = torch.stack([torch.zeros(1, 32, 32), torch.ones(1, 32, 32)])
+    textured = 0
+    for seed in range(5):
+        out, masks = synthesize(x, torch.Generator().manual_seed(seed), p=1.0, fills=("paste",))
+        inside = [out[i][masks[i] > 0] for i in range(2)]
+        assert all(float(v.max() - v.min()) < 1e-6 for v in inside)
+        assert float(inside[0][0]) >= 0.2 - 1e-6 and float(inside[1][0]) <= 0.8 + 1e-6  # at most 0.8 of the original kept
+        out, masks = synthesize(x, torch.Generator().manual_seed(seed), p=1.0, fills=("texture",))
+        textured += sum(float(out[i][masks[i] > 0].std()) > 1e-3 for i in range(2))
+    assert textured >= 6
 
 
 @pytest.mark.gpu

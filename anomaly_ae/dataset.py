@@ -157,3 +157,13 @@ class Dataset:
         """The rejects table (source, reason); empty when there is none."""
         path = self.path / "rejects.parquet"
         return pq.read_table(path) if path.exists() else pa.table({"source": [], "reason": []})
+
+
+def is_training_data(trained: dict, path: Path | str, split: str | None) -> bool:
+    """True when `path` (a dataset; `split` of it, or None for all of it) holds the images a model
+    trained and calibrated on; `trained` is the model's record of its data (``meta_["data"]``)."""
+    fingerprint = trained.get("dataset_fingerprint")
+    if not fingerprint or split not in (None, trained.get("split")):
+        return False
+    file = Path(path) / "images.parquet" if Path(path).is_dir() else Path(path)
+    return file.exists() and read_meta(file, "images").get("fingerprint") == fingerprint

@@ -62,6 +62,15 @@ def score(s: dict, rejects: list[tuple[str, str]]) -> str:
     return line + (f"; unreadable: {named(rejects, s['rejects'])}" if s["rejects"] else "")
 
 
+def model_saw(saw: dict) -> str:
+    """The warning of a labelled run that scored images the model trained or calibrated on."""
+    where = f"of split {saw['split']} " if saw.get("split") else ""
+    also = (" Score --split with a split it never saw (e.g. --split test) to measure it." if saw.get("split")
+            else " Score images it never saw to measure it.")
+    return (f"{saw['n_items']} of the scored items {where}trained or calibrated the model: the metrics "
+            f"count them, so they read better than the model is." + also)
+
+
 def run_message(s: dict) -> str:
     """A scoring run in a few words, for a run's state: ``4/9 flagged, 1 unreadable, drift: none``."""
     return (f"{s['flagged']}/{s['scored']} flagged, {s['rejects']} unreadable, "

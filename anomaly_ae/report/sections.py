@@ -9,6 +9,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from anomaly_ae.report.rundata import RunData
+from anomaly_ae.facts import model_saw
 from anomaly_ae.report.html import fact_table, fmt, name_list, notice, pct, plain, pval, tabulate, tagged
 
 
@@ -73,6 +74,9 @@ def _summary_notices(data: RunData) -> list[str]:
         out.append(notice("info", "The model's reconstructions are close to one typical image: the training "
                                   "images are much alike (a uniform surface), so a score says how far an image "
                                   "departs from that typical image."))
+    saw = data.run.get("model_saw")
+    if saw and data.metrics is not None:
+        out.append(notice("warn", escape(model_saw(saw))))
     verdict, _ = _drift_verdict(data)
     if verdict:
         out.append(notice("warn", verdict + ' See <a href="#drift">the drift check</a>.'))

@@ -167,7 +167,7 @@ def _normal_scores(det, data, normal, split):
     """Scores of held-out normal images: a dataset's normal classes, or every image of a folder."""
     import numpy as np
 
-    from anomaly_ae.dataset import Dataset
+    from anomaly_ae.dataset import Dataset, is_training_data
     from anomaly_ae.imaging import Preprocess
     from anomaly_ae.scoring import is_dataset, iter_batches, plan
 
@@ -175,8 +175,7 @@ def _normal_scores(det, data, normal, split):
     classes = None
     if is_dataset(data):
         ds = Dataset(data)
-        trained = det.meta_.get("data", {})
-        if ds.meta.get("fingerprint") == trained.get("dataset_fingerprint") and split in (None, trained.get("split")):
+        if is_training_data(det.meta_.get("data", {}), data, split):
             raise DataError(f"{data} is the dataset the model was trained on: its normal images trained the model, "
                             "and their scores would set the threshold too low. Calibrate on other normal images, "
                             "or pass --split with a split the model never saw (e.g. --split test).")

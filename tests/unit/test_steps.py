@@ -47,3 +47,23 @@ def test_calibrate_changes_the_target_in_every_file_of_the_model(mnist_model, tm
     assert AutoencoderDetector.load(m).config.threshold.target_fpr == 0.005
     again = steps.calibrate(m, target_fpr=0.005)  # already there: nothing is rewritten
     assert again["cached"] and again["threshold"] == checkpoint.read(m)["threshold"]["threshold"]
+
+
+def test_scoring_the_training_split_says_the_metrics_count_what_the_model_learned(mnist_ds, mnist_model, tmp_path,
+                                                                                  caplog):
+    """A labelled run over the model's own dataset, training split included, warns (log and report)
+    with the number of scored images that trained or calibrated it; a run over the test split does not."""
+    import json
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        steps.score(mnist_ds, mnist_model, tmp_path / "all")
+    run = json.loads((tmp_path / "all" / "run.json").read_text())
+    assert run["model_saw"] == {"split": "train", "n_items": 350}  # the digit-0 training images, no other
+    assert "350 of the scored items of split train trained or calibrated the model" in caplog.text
+    assert "350 of the scored items of split train trained or calibrated" in (tmp_path / "all" / "report.html").read_text()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        steps.score(mnist_ds, mnist_model, tmp_path / "test", split="test", report=False)
+    assert json.loads((tmp_path / "test" / "run.json").read_text())["model_saw"] is None
+    assert "trained or calibrated the model" not in caplog.text

@@ -160,10 +160,18 @@ class Dataset:
 
 
 def is_training_data(trained: dict, path: Path | str, split: str | None) -> bool:
-    """True when `path` (a dataset; `split` of it, or None for all of it) holds the images a model
-    trained and calibrated on; `trained` is the model's record of its data (``meta_["data"]``)."""
+    """True when `path` (`split` of it, or None for all of it) holds the images a model trained and
+    calibrated on: it is the model's dataset, or the folder that dataset was ingested from (while
+    the dataset is there to say so). `trained` is the model's record of its data (``meta_["data"]``)."""
     fingerprint = trained.get("dataset_fingerprint")
     if not fingerprint or split not in (None, trained.get("split")):
         return False
     file = Path(path) / "images.parquet" if Path(path).is_dir() else Path(path)
-    return file.exists() and read_meta(file, "images").get("fingerprint") == fingerprint
+    if file.exists():
+        return read_meta(file, "images").get("fingerprint") == fingerprint
+    own = Path(trained.get("dataset") or "") / "images.parquet"
+    if not trained.get("dataset") or not own.is_file() or not Path(path).is_dir():
+        return False
+    meta = read_meta(own, "images")
+    root = (meta.get("source") or {}).get("root")
+    return meta.get("fingerprint") == fingerprint and root is not None and Path(root).resolve() == Path(path).resolve()

@@ -173,12 +173,12 @@ def _normal_scores(det, data, normal, split):
 
     policy = Preprocess.from_dict(det.meta_["preprocess"])
     classes = None
+    if is_training_data(det.meta_.get("data", {}), data, split):
+        raise DataError(f"{data} is the dataset the model was trained on (or the folder it was ingested from): its "
+                        "normal images trained the model, and their scores would set the threshold too low. Calibrate "
+                        "on other normal images, or pass --split with a split the model never saw (e.g. --split test).")
     if is_dataset(data):
         ds = Dataset(data)
-        if is_training_data(det.meta_.get("data", {}), data, split):
-            raise DataError(f"{data} is the dataset the model was trained on: its normal images trained the model, "
-                            "and their scores would set the threshold too low. Calibrate on other normal images, "
-                            "or pass --split with a split the model never saw (e.g. --split test).")
         classes = ds.resolve_classes(normal or det.meta_.get("normal_classes") or []) or None
     rejects: list = []
     scores = [det.score_samples(px) for part in plan(data, policy, split=split, classes=classes)

@@ -92,16 +92,16 @@ def score(input: str | Path, model: str | Path, out: str | Path, config=None, *,
 
 def _items_the_model_saw(det, input, split: str | None, scores: Path) -> dict | None:
     """{"split", "n_items"}: the scored items that trained or calibrated the model (the normal
-    classes of the split it trained on, when `input` is its own dataset); None when there are none."""
+    classes of the split it trained on, when `input` is its own dataset or the folder that was
+    ingested from); None when there are none."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from anomaly_ae.dataset import is_training_data
-    from anomaly_ae.scoring import is_dataset
 
     trained = det.meta_.get("data") or {}
-    if not is_dataset(input) or not is_training_data(trained, input, split):
+    if not is_training_data(trained, input, split):
         return None
     table = pq.read_table(scores, columns=["split", "class_name"])
     seen = pc.is_in(table["class_name"], value_set=pa.array(det.meta_.get("normal_classes") or [], pa.string()))

@@ -67,3 +67,35 @@ def test_scoring_the_training_split_says_the_metrics_count_what_the_model_learne
         steps.score(mnist_ds, mnist_model, tmp_path / "test", split="test", report=False)
     assert json.loads((tmp_path / "test" / "run.json").read_text())["model_saw"] is None
     assert "trained or calibrated the model" not in caplog.text
+
+
+def test_the_folder_a_model_was_ingested_from_counts_as_its_training_data(tmp_path, caplog):
+    """Scoring the benchmark-layout folder the training dataset came from warns as scoring the
+    dataset does, and calibrating on it is refused unless a split the model never saw is named."""
+    import json
+    import logging
+
+    import numpy as np
+    import pytest
+
+    from anomaly_ae.errors import DataError
+    from tests.conftest import TINY, write_png
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "parts"
+    for k in range(24):
+        write_png(folder / "train" / "good" / f"{k:02d}.png", rng.integers(0, 120, (16, 16), dtype=np.uint8))
+    for k in range(6):
+        write_png(folder / "test" / "good" / f"{k:02d}.png", rng.integers(0, 120, (16, 16), dtype=np.uint8))
+        write_png(folder / "test" / "bright" / f"{k:02d}.png", rng.integers(135, 255, (16, 16), dtype=np.uint8))
+    steps.ingest(str(folder), tmp_path / "ds")
+    steps.train(tmp_path / "ds", tmp_path / "m", config=TINY)
+    with caplog.at_level(logging.WARNING):
+        steps.score(folder, tmp_path / "m", tmp_path / "all", report=False)
+    assert json.loads((tmp_path / "all" / "run.json").read_text())["model_saw"] == {"split": "train", "n_items": 24}
+    assert "24 of the scored items of split train trained or calibrated the model" in caplog.text
+    steps.score(folder, tmp_path / "m", tmp_path / "test", split="test", report=False)
+    assert json.loads((tmp_path / "test" / "run.json").read_text())["model_saw"] is None
+    with pytest.raises(DataError, match="is the dataset the model was trained on"):
+        steps.calibrate(tmp_path / "m", data=folder)
+    assert steps.calibrate(tmp_path / "m", data=folder, split="test")["source"].endswith("(split test)")

@@ -172,6 +172,7 @@ def _summary(run_dir: Path) -> dict | None:
         "drift": drift.get("drift"), "ks": drift.get("ks_statistic"),
         "guaranteed_fpr": th.get("guaranteed_fpr"), "target_fpr": th.get("target_fpr"),
         "threshold": th.get("threshold"), "auroc": auroc, "reviews": decided,
+        "model_saw": (run.get("model_saw") or {}).get("n_items"),  # scored items that trained the model
         "labels_known": bool(run.get("labels_known")),
         "image_shape": list(((run.get("model") or {}).get("image_shape") or [])[:2]),
         "flow_run_url": run.get("flow_run_url"),

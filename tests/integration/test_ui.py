@@ -195,3 +195,26 @@ def test_model_page_shows_the_layers_latent_view_and_reconstructions(workspace, 
     assert page.text.count("<circle") >= 100 and 'class="flagged"' in page.text
     assert 'alt="reconstruction"' in page.text and 'alt="training curve"' in page.text
     assert f'href="/runs/{k3}/model"' in c.get(f"/runs/{k3}").text
+
+
+def test_an_auroc_that_counts_training_images_is_marked(workspace, tmp_path):
+    """A run whose metrics count images the model trained on (run.json's model_saw) shows it by its
+    AUROC on the runs page and the run page; the other runs do not."""
+    import shutil
+
+    from starlette.testclient import TestClient
+
+    from anomaly_ae.ui.app import create_app
+
+    run_dir = tmp_path / "line" / "runs" / "own-data"
+    shutil.copytree(workspace["root"] / "line" / "runs" / "r1", run_dir)
+    run = json.loads((run_dir / "run.json").read_text())
+    run["model_saw"] = {"split": "train", "n_items": 350}
+    (run_dir / "run.json").write_text(json.dumps(run))
+    shutil.copytree(workspace["root"] / "line" / "runs" / "r2", tmp_path / "line" / "runs" / "r2")
+    c = TestClient(create_app([tmp_path], who="tester"), follow_redirects=False)
+    page = c.get("/").text
+    assert page.count("counts 350 items the model trained or calibrated on") == 1
+    k = {r["folder"].split("/")[-1]: r["key"] for r in c.get("/api/runs").json()}
+    assert "counts\n350 items the model trained or calibrated on" in c.get(f"/runs/{k['own-data']}").text
+    assert "trained or calibrated on" not in c.get(f"/runs/{k['r2']}").text

@@ -87,17 +87,24 @@ def all_gone(pids: set[int], timeout: float = 120.0) -> bool:
     return True
 
 
-def assert_same_scores(a, b, threshold: float) -> None:
-    """Two scores tables of one input: the same rows and labels; floats (computed in other
-    processes) within RTOL; flags alike except for scores within RTOL of the threshold."""
-    floats = ["score", "p_value"]
-    rest = [c for c in a.column_names if c not in (*floats, "flagged", "rank")]
+def assert_same_scores(a, b, det) -> None:
+    """Two scores tables of one input scored by the model `det`: the same rows and labels; scores
+    (computed in other processes, perhaps by other backends) within RTOL; flags alike except for
+    scores within RTOL of the threshold, and p-values alike except for scores within RTOL of a
+    calibration score (the calibration images themselves, when they are scored, tie with it)."""
+    rest = [c for c in a.column_names if c not in ("score", "p_value", "flagged", "rank")]
     assert a.select(rest).equals(b.select(rest))
-    for c in floats:
-        np.testing.assert_allclose(a[c].to_numpy(), b[c].to_numpy(), rtol=RTOL, atol=1e-12)
+    score = b["score"].to_numpy()
+    np.testing.assert_allclose(a["score"].to_numpy(), score, rtol=RTOL, atol=1e-12)
     differ = a["flagged"].to_numpy(zero_copy_only=False) != b["flagged"].to_numpy(zero_copy_only=False)
-    near = np.abs(b["score"].to_numpy() - threshold) <= RTOL * abs(threshold)
+    near = np.abs(score - det.threshold_) <= RTOL * abs(det.threshold_)
     assert not (differ & ~near).any(), "flags differ for scores away from the threshold"
+    cal = np.asarray(det.calibration_scores_)
+    tie = (np.abs(score[:, None] - cal[None, :]) <= RTOL * np.abs(cal)[None, :]).any(1)
+    step = 1 / (len(cal) + 1)
+    gap = np.abs(a["p_value"].to_numpy() - b["p_value"].to_numpy())
+    assert not (gap[~tie] > 1e-12).any(), "p-values differ for scores away from every calibration score"
+    assert (gap[tie] <= step + 1e-12).all(), "a p-value moved more than one step"
 
 
 def visible(folder: Path) -> list[str]:
@@ -172,7 +179,7 @@ def test_killed_scoring_leaves_no_run_and_rerun_matches(many_pngs, mnist_model, 
     from anomaly_ae.detector import AutoencoderDetector
 
     assert_same_scores(pq.read_table(out / "scores.parquet"), pq.read_table(tmp_path / "clean" / "scores.parquet"),
-                       AutoencoderDetector.load(mnist_model).threshold_)
+                       AutoencoderDetector.load(mnist_model))
 
 
 def test_concurrent_scoring_into_one_folder_is_kept_apart(mnist_folder, mnist_model, tmp_path):

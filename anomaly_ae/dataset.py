@@ -159,19 +159,35 @@ class Dataset:
         return pq.read_table(path) if path.exists() else pa.table({"source": [], "reason": []})
 
 
-def is_training_data(trained: dict, path: Path | str, split: str | None) -> bool:
-    """True when `path` (`split` of it, or None for all of it) holds the images a model trained and
-    calibrated on: it is the model's dataset, or the folder that dataset was ingested from (while
-    the dataset is there to say so). `trained` is the model's record of its data (``meta_["data"]``)."""
+def training_dataset(trained: dict, path: Path | str, split: str | None) -> Dataset | None:
+    """The model's own dataset when `path` (`split` of it, or None for all of it) holds images the
+    model trained and calibrated on: `path` is that dataset, or the folder it was ingested from
+    (while the dataset is there to say so); else None. `trained` is the model's record of its data
+    (``meta_["data"]``); a model trained on every split (split None) trained on each of them."""
     fingerprint = trained.get("dataset_fingerprint")
-    if not fingerprint or split not in (None, trained.get("split")):
-        return False
-    file = Path(path) / "images.parquet" if Path(path).is_dir() else Path(path)
-    if file.exists():
-        return read_meta(file, "images").get("fingerprint") == fingerprint
-    own = Path(trained.get("dataset") or "") / "images.parquet"
-    if not trained.get("dataset") or not own.is_file() or not Path(path).is_dir():
-        return False
-    meta = read_meta(own, "images")
-    root = (meta.get("source") or {}).get("root")
-    return meta.get("fingerprint") == fingerprint and root is not None and Path(root).resolve() == Path(path).resolve()
+    if not fingerprint or (trained.get("split") is not None and split not in (None, trained["split"])):
+        return None
+    path = Path(path)
+    try:
+        if (path / "images.parquet").is_file() or (path.suffix == ".parquet" and path.is_file()):
+            ds = Dataset(path)
+            return ds if ds.meta.get("fingerprint") == fingerprint else None
+        own = Path(trained.get("dataset") or "")
+        if not trained.get("dataset") or not (own / "images.parquet").is_file() or not path.is_dir():
+            return None
+        ds = Dataset(own)
+    except DataError:  # a damaged or unreadable dataset says nothing either way
+        return None
+    root = (ds.meta.get("source") or {}).get("root")
+    same = ds.meta.get("fingerprint") == fingerprint and root is not None and Path(root).resolve() == path.resolve()
+    return ds if same else None
+
+
+def training_hashes(ds: Dataset, trained: dict, normal_classes: list[str]) -> set[str]:
+    """The sha256 of the images of `ds` (the model's own dataset) that trained or calibrated the
+    model: its normal classes, in the split it trained on."""
+    index = ds.index()
+    keep = pc.is_in(index["class_name"], value_set=pa.array(normal_classes, pa.string()))
+    if trained.get("split") is not None:
+        keep = pc.and_(keep, pc.equal(index["split"], trained["split"]))
+    return set(index["sha256"].filter(pc.fill_null(keep, False)).to_pylist())

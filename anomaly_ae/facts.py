@@ -64,11 +64,11 @@ def score(s: dict, rejects: list[tuple[str, str]]) -> str:
 
 def model_saw(saw: dict) -> str:
     """The warning of a labelled run that scored images the model trained or calibrated on."""
-    where = f"of split {saw['split']} " if saw.get("split") else ""
-    also = (" Score --split with a split it never saw (e.g. --split test) to measure it." if saw.get("split")
-            else " Score images it never saw to measure it.")
-    return (f"{saw['n_items']} of the scored items {where}trained or calibrated the model: the metrics "
-            f"count them, so they read better than the model is." + also)
+    where = f" (its dataset's split {saw['split']})" if saw.get("split") else ""
+    also = (" Score --split with a split it never saw (e.g. --split test) to measure it."
+            if saw.get("split") and not saw.get("scored_split") else "")
+    return (f"{saw['n_items']} of the scored items are images that trained or calibrated the model{where}: "
+            "the metrics count them, so they overstate how well the model does." + also)
 
 
 def run_message(s: dict) -> str:

@@ -77,7 +77,7 @@ def synthetic_auroc(det, images: np.ndarray, seed: int = SELECTION_SEED, strengt
     from anomaly_ae.simulate import FILLS, synthesize
 
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(255.0)
-    faulty, _ = synthesize(x, torch.Generator().manual_seed(seed), p=1.0, fills=fills or FILLS)
+    faulty, _ = synthesize(x, torch.Generator().manual_seed(seed), p=1.0, fills=FILLS if fills is None else fills)
     faulty = torch.lerp(x, faulty, strength)
     faulty = (faulty * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     scores = np.concatenate([det.score_samples(images), det.score_samples(faulty)])

@@ -205,7 +205,7 @@ def _fills(x: torch.Tensor, idx: torch.Tensor, gen: torch.Generator, allowed: tu
     `allowed` FILLS: a cut-paste from another image of the batch, a procedural texture, or a
     change of the image itself."""
     (n, c, h, w), dev = x.shape, x.device
-    choices = torch.tensor([FILLS.index(f) for f in allowed])
+    choices = torch.tensor(sorted({FILLS.index(f) for f in allowed}))  # a repeated name counts once
     kind = choices[torch.randint(0, len(choices), (len(idx),), generator=gen)]
     shift = int(torch.randint(1, max(n, 2), (1,), generator=gen))  # the batch rolled by `shift`
     fill = torch.empty((len(idx), c, h, w), device=dev)

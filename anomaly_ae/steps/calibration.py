@@ -164,22 +164,28 @@ def _calibration_set(det, data, normal, split, held_out: bool):
 
 
 def _normal_scores(det, data, normal, split):
-    """Scores of held-out normal images: a dataset's normal classes, or every image of a folder."""
+    """Scores of held-out normal images: a dataset's normal classes, or a folder's (every image of
+    a folder without class folders of those names)."""
     import numpy as np
 
-    from anomaly_ae.dataset import Dataset, is_training_data
+    from anomaly_ae.dataset import Dataset, training_dataset
     from anomaly_ae.imaging import Preprocess
     from anomaly_ae.scoring import is_dataset, iter_batches, plan
 
     policy = Preprocess.from_dict(det.meta_["preprocess"])
-    classes = None
-    if is_training_data(det.meta_.get("data", {}), data, split):
+    wanted = normal or det.meta_.get("normal_classes") or []
+    if training_dataset(det.meta_.get("data", {}), data, split) is not None:
         raise DataError(f"{data} is the dataset the model was trained on (or the folder it was ingested from): its "
                         "normal images trained the model, and their scores would set the threshold too low. Calibrate "
-                        "on other normal images, or pass --split with a split the model never saw (e.g. --split test).")
+                        "on other normal images, or pass --split with a split the model never saw (e.g. --split test) "
+                        "if it has one.")
     if is_dataset(data):
-        ds = Dataset(data)
-        classes = ds.resolve_classes(normal or det.meta_.get("normal_classes") or []) or None
+        classes = Dataset(data).resolve_classes(wanted) or None
+    else:  # a folder: its normal class folders when it has them (e.g. test/good beside test/crack), else every image
+        from anomaly_ae.sources.folder import FolderSource
+
+        present = {i.class_name for i in FolderSource(Path(data)).list().items if split is None or i.split == split}
+        classes = [c for c in wanted if c in present] or None
     rejects: list = []
     scores = [det.score_samples(px) for part in plan(data, policy, split=split, classes=classes)
               for _, px, _ in iter_batches(part, policy, 256, None, rejects)]

@@ -77,38 +77,36 @@ def score(input: str | Path, model: str | Path, out: str | Path, config=None, *,
                                      {"total": time.perf_counter() - t0, "finalize": time.perf_counter() - t1}, normal,
                                      run_id or new_run_id())
         run.update(links or {})
-        run["model_saw"] = _items_the_model_saw(det, input, cfg.split, tmp / "scores.parquet")
+        # Only labelled runs have metrics to overstate (and an inbox's runs are unlabelled).
+        run["model_saw"] = _items_the_model_saw(det, cfg.split, tmp / "scores.parquet") if normal is not None else None
         run["backend"] = backends.name(det) if map_partitions is None else "per partition"
         atomic_write_json(tmp / "run.json", run)
         if cfg.report:
             run["report"] = report_or_none(tmp)
             atomic_write_json(tmp / "run.json", run)
     summary = run_results.score_summary(out, run, merged)
-    if run["model_saw"] and normal is not None:
+    if run["model_saw"]:
         log.warning(facts.model_saw(run["model_saw"]))
     log.info(facts.score(summary, _first_rejects(out / "rejects.parquet")))
     return summary
 
 
-def _items_the_model_saw(det, input, split: str | None, scores: Path) -> dict | None:
-    """{"split", "n_items"}: the scored items that trained or calibrated the model (the normal
-    classes of the split it trained on, when `input` is its own dataset or the folder that was
-    ingested from); None when there are none."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+def _items_the_model_saw(det, split: str | None, scores: Path) -> dict | None:
+    """{"split", "scored_split", "n_items"}: how many scored items are images that trained or
+    calibrated the model (the normal classes of the split it trained on, in its dataset, matched by
+    content: the dataset itself, the folder it came from, or copies elsewhere); None when there are
+    none, or when the model's dataset is gone or has changed."""
     import pyarrow.parquet as pq
 
-    from anomaly_ae.dataset import is_training_data
+    from anomaly_ae.dataset import training_dataset, training_hashes
 
     trained = det.meta_.get("data") or {}
-    if not is_training_data(trained, input, split):
+    ds = training_dataset(trained, trained.get("dataset") or "", None) if trained.get("dataset") else None
+    if ds is None:
         return None
-    table = pq.read_table(scores, columns=["split", "class_name"])
-    seen = pc.is_in(table["class_name"], value_set=pa.array(det.meta_.get("normal_classes") or [], pa.string()))
-    if trained.get("split") is not None:
-        seen = pc.and_(seen, pc.equal(table["split"], trained["split"]))
-    n = int(pc.sum(pc.fill_null(seen, False)).as_py() or 0)
-    return {"split": trained.get("split"), "n_items": n} if n else None
+    seen = training_hashes(ds, trained, det.meta_.get("normal_classes") or [])
+    n = sum(h in seen for h in pq.read_table(scores, columns=["sha256"])["sha256"].to_pylist())
+    return {"split": trained.get("split"), "scored_split": split, "n_items": n} if n else None
 
 
 def _first_rejects(path: Path) -> list[tuple[str, str]]:

@@ -135,7 +135,7 @@ WITHOUT_KEY = {
     "f'{where}.{key}: expected {name}, got {type(value).__name__} {value!r}'": "documented as `expected int, got str`",
     "f'{where}: {exc}'": "puts the file and table in front of a ConfigError that has its own row",
     "str(exc)": "passes on a Rejected reason that has its own row",
-    "facts.model_saw(run['model_saw'])": "documented as `N of the scored items of split train trained or ...`",
+    "facts.model_saw(run['model_saw'])": "documented as `N of the scored items are images that trained or ...`",
 }
 
 

@@ -59,9 +59,10 @@ def test_scoring_the_training_split_says_the_metrics_count_what_the_model_learne
     with caplog.at_level(logging.WARNING):
         steps.score(mnist_ds, mnist_model, tmp_path / "all")
     run = json.loads((tmp_path / "all" / "run.json").read_text())
-    assert run["model_saw"] == {"split": "train", "n_items": 350}  # the digit-0 training images, no other
-    assert "350 of the scored items of split train trained or calibrated the model" in caplog.text
-    assert "350 of the scored items of split train trained or calibrated" in (tmp_path / "all" / "report.html").read_text()
+    assert run["model_saw"] == {"split": "train", "scored_split": None, "n_items": 350}  # digit-0 training images
+    said = "350 of the scored items are images that trained or calibrated the model (its dataset's split train)"
+    assert said in caplog.text and "--split test" in caplog.text
+    assert said.replace("'", "&#x27;") in (tmp_path / "all" / "report.html").read_text()
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         steps.score(mnist_ds, mnist_model, tmp_path / "test", split="test", report=False)
@@ -92,10 +93,48 @@ def test_the_folder_a_model_was_ingested_from_counts_as_its_training_data(tmp_pa
     steps.train(tmp_path / "ds", tmp_path / "m", config=TINY)
     with caplog.at_level(logging.WARNING):
         steps.score(folder, tmp_path / "m", tmp_path / "all", report=False)
-    assert json.loads((tmp_path / "all" / "run.json").read_text())["model_saw"] == {"split": "train", "n_items": 24}
-    assert "24 of the scored items of split train trained or calibrated the model" in caplog.text
+    saw = json.loads((tmp_path / "all" / "run.json").read_text())["model_saw"]
+    assert saw == {"split": "train", "scored_split": None, "n_items": 24}
+    assert "24 of the scored items are images that trained or calibrated the model" in caplog.text
     steps.score(folder, tmp_path / "m", tmp_path / "test", split="test", report=False)
     assert json.loads((tmp_path / "test" / "run.json").read_text())["model_saw"] is None
     with pytest.raises(DataError, match="is the dataset the model was trained on"):
         steps.calibrate(tmp_path / "m", data=folder)
-    assert steps.calibrate(tmp_path / "m", data=folder, split="test")["source"].endswith("(split test)")
+    s = steps.calibrate(tmp_path / "m", data=folder, split="test")
+    assert s["source"].endswith("(split test)") and s["n_calibration"] == 6  # test/good only, not test/bright
+
+
+def test_a_folder_split_at_ingest_is_matched_by_content(tmp_path, caplog):
+    """A flat folder split by --test-fraction has no split folders: its training images are found by
+    their content (sha256), and a damaged training dataset never breaks scoring another folder."""
+    import json
+    import logging
+
+    import numpy as np
+
+    from anomaly_ae.config import IngestConfig
+    from anomaly_ae.dataset import Dataset
+    from tests.conftest import TINY, write_png
+
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "flat"
+    for k in range(20):
+        write_png(folder / "good" / f"{k:02d}.png", rng.integers(0, 120, (16, 16), dtype=np.uint8))
+    for k in range(4):
+        write_png(folder / "bright" / f"{k:02d}.png", rng.integers(135, 255, (16, 16), dtype=np.uint8))
+    steps.ingest(str(folder), tmp_path / "ds", IngestConfig(test_fraction=0.25))
+    steps.train(tmp_path / "ds", tmp_path / "m", normal=["good"], config=TINY)
+    index = Dataset(tmp_path / "ds").index().to_pylist()
+    learned = sum(r["split"] == "train" and r["class_name"] == "good" for r in index)
+    assert 0 < learned < 20
+    with caplog.at_level(logging.WARNING):
+        steps.score(folder, tmp_path / "m", tmp_path / "run", report=False)
+    saw = json.loads((tmp_path / "run" / "run.json").read_text())["model_saw"]
+    assert saw == {"split": "train", "scored_split": None, "n_items": learned}
+    assert f"{learned} of the scored items are images that trained or calibrated the model" in caplog.text
+    (tmp_path / "ds" / "images.parquet").write_bytes(b"not parquet")
+    other = tmp_path / "other"
+    for k in range(3):
+        write_png(other / f"{k}.png", rng.integers(0, 120, (16, 16), dtype=np.uint8))
+    steps.score(other, tmp_path / "m", tmp_path / "run2", report=False)
+    assert json.loads((tmp_path / "run2" / "run.json").read_text())["model_saw"] is None

@@ -72,9 +72,11 @@ def _datasets(root: Path, tv_root: Path | None) -> dict:
     return out
 
 
-def _load_task(source: str, options: dict, normal: str, with_classes: bool = False):
+def _load_task(source: str, options: dict, normal: str, with_classes: bool = False,
+               with_copies: bool = False):
     """(fit, held-out, test images, test is-anomaly, test masks or None) for one task; with
-    `with_classes`, the test images' class names follow."""
+    `with_classes`, the test images' class names follow; with `with_copies`, then whether each test
+    image is byte-identical to a training image of the task."""
     from anomaly_ae import steps
     from anomaly_ae.dataset import Dataset
 
@@ -90,7 +92,8 @@ def _load_task(source: str, options: dict, normal: str, with_classes: bool = Fal
     classes = np.array(ds.index()["class_name"].take(test).to_pylist())
     masks = ds.load(test, column="mask") if ds.meta["counts"].get("masks") else None
     out = (ds.load(np.sort(perm[n_cal:])), ds.load(np.sort(perm[:n_cal])), ds.load(test), classes != normal, masks)
-    return (*out, classes) if with_classes else out
+    sha = np.array(ds.index()["sha256"].to_pylist())
+    return (*out, *([classes] if with_classes else []), *([np.isin(sha[test], sha[train])] if with_copies else []))
 
 
 def is_tiled_spec(spec: str) -> bool:

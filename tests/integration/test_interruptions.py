@@ -171,7 +171,8 @@ def test_killed_scoring_leaves_no_run_and_rerun_matches(many_pngs, mnist_model, 
     out = tmp_path / "run"
     started, _ = kill_when(["score", many_pngs, "--model", mnist_model, "--out", out, "--no-report"],
                            lambda pid: any(tmp_path.glob(".run.tmp-*/.parts/*/scores.parquet")))
-    assert started, "scoring finished before it could be interrupted"
+    # Killed once a partition's output exists: its decode workers may have ended by then (an empty set).
+    assert started is not None, "scoring finished before it could be interrupted"
     assert all_gone(started), "decode workers outlived the killed scoring run"
     assert visible(tmp_path) == []
     run("score", many_pngs, "--model", mnist_model, "--out", out, "--no-report")

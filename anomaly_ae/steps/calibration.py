@@ -52,6 +52,8 @@ def calibrate(model: str | Path, *, target_fpr: float | None = None, data: str |
         if base is not None and data is None and not held_out:
             scores, source = np.asarray(base["scores"], dtype=np.float64), base["source"]
         else:
+            if data is not None or held_out:  # recorded again below for the images that set the threshold now
+                det.meta_.pop("calibration_hashes", None)
             scores, source = _calibration_set(det, data, normal, split, held_out)
         if reviews:
             taken_before = _reviewed_items(det)
@@ -156,7 +158,8 @@ def _calibration_set(det, data, normal, split, held_out: bool):
         return np.asarray(det.meta_["held_out_scores"], dtype=np.float64), HELD_OUT_SOURCE
     if data is None:
         return det.calibration_scores_, current
-    scores = _normal_scores(det, data, normal, split)
+    scores, hashes = _normal_scores(det, data, normal, split)
+    det.meta_["calibration_hashes"] = sorted(set(hashes))
     source = f"normal images of {data}" + (f" (split {split})" if split else "")
     log.info("%d calibration scores of %s replace those of %s; the held-out scores of training stay in the model",
              len(scores), source, current)
@@ -164,8 +167,8 @@ def _calibration_set(det, data, normal, split, held_out: bool):
 
 
 def _normal_scores(det, data, normal, split):
-    """Scores of held-out normal images: a dataset's normal classes, or a folder's (every image of
-    a folder without class folders of those names)."""
+    """(scores, sha256 of each image) of held-out normal images: a dataset's normal classes, or a
+    folder's (every image of a folder without class folders of those names)."""
     import numpy as np
 
     from anomaly_ae.dataset import Dataset, training_dataset
@@ -187,8 +190,11 @@ def _normal_scores(det, data, normal, split):
         present = {i.class_name for i in FolderSource(Path(data)).list().items if split is None or i.split == split}
         classes = [c for c in wanted if c in present] or None
     rejects: list = []
-    scores = [det.score_samples(px) for part in plan(data, policy, split=split, classes=classes)
-              for _, px, _ in iter_batches(part, policy, 256, None, rejects)]
+    scores, hashes = [], []
+    for part in plan(data, policy, split=split, classes=classes):
+        for meta, px, _ in iter_batches(part, policy, 256, None, rejects):
+            scores.append(det.score_samples(px))
+            hashes += meta["sha256"]
     if rejects:
         log.warning("%d files could not be read and were skipped", len(rejects))
-    return np.concatenate(scores) if scores else np.zeros(0)
+    return (np.concatenate(scores) if scores else np.zeros(0)), hashes

@@ -92,21 +92,29 @@ def score(input: str | Path, model: str | Path, out: str | Path, config=None, *,
 
 
 def _items_the_model_saw(det, split: str | None, scores: Path) -> dict | None:
-    """{"split", "scored_split", "n_items"}: how many scored items are images that trained or
-    calibrated the model (the normal classes of the split it trained on, in its dataset, matched by
-    content: the dataset itself, the folder it came from, or copies elsewhere); None when there are
-    none, or when the model's dataset is gone or has changed."""
+    """{"split", "scored_split", "n_items"[, "recalibration"]}: how many scored items are images that
+    trained or calibrated the model, matched by content: the normal classes of the split it trained
+    on, in its dataset (the dataset itself, the folder it came from, or copies elsewhere; not counted
+    when the dataset is gone or has changed), and the images of its last ``calibrate --data``
+    ("recalibration" counts those). None when there are none."""
     import pyarrow.parquet as pq
 
     from anomaly_ae.dataset import training_dataset, training_hashes
 
     trained = det.meta_.get("data") or {}
     ds = training_dataset(trained, trained.get("dataset") or "", None) if trained.get("dataset") else None
-    if ds is None:
+    learned = training_hashes(ds, trained, det.meta_.get("normal_classes") or []) if ds is not None else set()
+    recalibrated = set(det.meta_.get("calibration_hashes") or ())
+    if not learned and not recalibrated:
         return None
-    seen = training_hashes(ds, trained, det.meta_.get("normal_classes") or [])
-    n = sum(h in seen for h in pq.read_table(scores, columns=["sha256"])["sha256"].to_pylist())
-    return {"split": trained.get("split"), "scored_split": split, "n_items": n} if n else None
+    hashes = pq.read_table(scores, columns=["sha256"])["sha256"].to_pylist()
+    n = sum(h in learned or h in recalibrated for h in hashes)
+    if not n:
+        return None
+    saw = {"split": trained.get("split") if any(h in learned for h in hashes) else None, "scored_split": split,
+           "n_items": n}
+    again = sum(h in recalibrated for h in hashes)
+    return {**saw, "recalibration": again} if again else saw
 
 
 def _first_rejects(path: Path) -> list[tuple[str, str]]:

@@ -102,6 +102,16 @@ def test_the_folder_a_model_was_ingested_from_counts_as_its_training_data(tmp_pa
         steps.calibrate(tmp_path / "m", data=folder)
     s = steps.calibrate(tmp_path / "m", data=folder, split="test")
     assert s["source"].endswith("(split test)") and s["n_calibration"] == 6  # test/good only, not test/bright
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # test/good now set the threshold: a run over them says so
+        steps.score(folder, tmp_path / "m", tmp_path / "test2", split="test", report=False)
+    saw = json.loads((tmp_path / "test2" / "run.json").read_text())["model_saw"]
+    assert saw == {"split": None, "scored_split": "test", "n_items": 6, "recalibration": 6}
+    assert "6 of the scored items are images that trained or calibrated the model (6 of them the images its " \
+           "threshold was last calibrated on)" in caplog.text and "--split test" not in caplog.text
+    steps.calibrate(tmp_path / "m", held_out=True)  # the held-out scores back: test/good is unseen again
+    steps.score(folder, tmp_path / "m", tmp_path / "test3", split="test", report=False)
+    assert json.loads((tmp_path / "test3" / "run.json").read_text())["model_saw"] is None
 
 
 def test_a_folder_split_at_ingest_is_matched_by_content(tmp_path, caplog):

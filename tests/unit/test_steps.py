@@ -107,6 +107,7 @@ def test_the_folder_a_model_was_ingested_from_counts_as_its_training_data(tmp_pa
         steps.score(folder, tmp_path / "m", tmp_path / "test2", split="test", report=False)
     saw = json.loads((tmp_path / "test2" / "run.json").read_text())["model_saw"]
     assert saw == {"split": None, "scored_split": "test", "n_items": 6, "recalibration": 6}
+    assert "calibration_hashes" not in json.loads((tmp_path / "m" / "model.json").read_text())  # model.pt only
     assert "6 of the scored items are images that trained or calibrated the model (6 of them the images its " \
            "threshold was last calibrated on)" in caplog.text and "--split test" not in caplog.text
     steps.calibrate(tmp_path / "m", held_out=True)  # the held-out scores back: test/good is unseen again

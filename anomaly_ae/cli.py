@@ -170,9 +170,11 @@ def train(
                                                         "repeat for several. Default: 'good' when present.")] = None,
     out: Annotated[Path | None, typer.Option(help="Model folder \\[default: data/models/<dataset>-<normal>].")] = None,
     kind: Annotated[str | None, typer.Option("--model", help="ae (classic), denoising, vae, draem (learns to outline "
-                                              "simulated defects: for subtle defects on textured surfaces) or auto "
-                                              "(trains ae and draem, keeps the one that best finds simulated defects "
-                                              "in held-back training images) \\[default: ae].")] = None,
+                                              "simulated defects: for subtle defects on textured surfaces), geometric "
+                                              "(also learns which way images are turned: for natural images, where "
+                                              "the anomaly is what the whole image shows) or auto (trains ae and draem, "
+                                              "keeps the one that best finds simulated defects in held-back training "
+                                              "images) \\[default: ae].")] = None,
     latent_dim: Annotated[int | None, typer.Option(min=1, help="Size of the bottleneck "
                                                    f"\\[default: {_MODEL.latent_dim}].")] = None,
     tile: Annotated[int | None, typer.Option(min=0, help="Work on square tiles of this side (pixels) at full "

@@ -20,14 +20,16 @@ def require(ok: bool, key: str, message: str) -> None:
 
 
 # "auto" trains the candidates and keeps the one that best finds simulated defects (selection.py).
-MODEL_KINDS = ("ae", "denoising", "vae", "draem", "auto")
+MODEL_KINDS = ("ae", "denoising", "vae", "draem", "geometric", "auto")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Which autoencoder and how big."""
 
-    kind: str = "ae"  # ae | denoising | vae | draem (discriminative, trained on simulated defects) | auto
+    # ae | denoising | vae | draem (discriminative, trained on simulated defects) | geometric (also
+    # learns which way images are turned: for natural images, where the anomaly is the whole image) | auto
+    kind: str = "ae"
     latent_dim: int = 32
     # Channels of the first stage and the most of any stage; 0: sized from the input (32 / 256, and
     # narrower for the reconstruction kinds on inputs of 256 pixels a side or more: see
@@ -51,6 +53,8 @@ class ModelConfig:
         require(self.kl_weight >= 0.0, "model.kl_weight", f"must be >= 0, got {self.kl_weight}")
         require(self.tile == 0 or 8 <= self.tile <= 8192, "model.tile",
                 f"must be 0 (whole image) or 8..8192 pixels, got {self.tile}")
+        require(self.tile == 0 or self.kind != "geometric", "model.tile",
+                "must be 0 for the geometric kind (it learns which way whole images are turned)")
 
     def resolved(self, height: int, width: int) -> ModelConfig:
         """This configuration with the widths left at 0 sized for inputs (images, or tiles) of

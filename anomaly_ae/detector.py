@@ -100,6 +100,12 @@ class AutoencoderDetector:
         self.history_ = train(self.model_, data, val, m, cfg.train, progress=progress,
                               state_path=state_path, resume=resume, tile=tile,
                               crops_per_image=DRAEM_CROPS_PER_IMAGE if self._segments else TILES_PER_IMAGE).to_dict()
+        if self._orients:  # its score's standardisation, from the held-back images (never calibration's)
+            held = val if val is not None else data
+            self.model_.eval()
+            with torch.no_grad(), autocast(self.device_):
+                self.model_.fit_score_stats(as_float(held[i: i + SCORE_BATCH])
+                                            for i in range(0, len(held), SCORE_BATCH))
         # The weights' training time, kept by later saves (runs scored before stay the model's own).
         self.created_ = utc_now()
         train_mean = images.mean(axis=0, dtype=np.float64).astype(np.float32) / 255.0
@@ -108,7 +114,9 @@ class AutoencoderDetector:
         self.collapse_ = (collapse.not_checked() if self._segments else
                           self._collapse_check(validation if validation is not None else images, train_mean))
         collapse.judge(self.collapse_, cfg.train.allow_collapsed)
-        if cfg.score.method == "auto":
+        if cfg.score.method == "auto" and self._orients:  # its own score; the map is the mean error
+            self.config = dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, method="mse"))
+        elif cfg.score.method == "auto":
             from anomaly_ae import scorechoice
 
             scorechoice.resolve(self, validation)
@@ -121,6 +129,10 @@ class AutoencoderDetector:
 
     def _build_model(self):
         """The network for this configuration and image shape (tile-sized for tiled models)."""
+        if self._orients:
+            from anomaly_ae.geometric import GeometricAutoencoder
+
+            return build_model(self.config.model, self._model_input(), GeometricAutoencoder)
         return build_model(self.config.model, self._model_input())
 
     def layer_summary(self) -> dict:
@@ -135,7 +147,7 @@ class AutoencoderDetector:
     def _scoring_tile(self) -> tuple[int, int] | None:
         """(height, width) of the tiles the model reconstructs images from, or None for whole images
         (the discriminative kind, being fully convolutional, always scores whole images)."""
-        if self._segments or not is_tiled(self.shape_, self.config.model.tile):
+        if self._segments or self._orients or not is_tiled(self.shape_, self.config.model.tile):
             return None
         return tile_shape(self.shape_, self.config.model.tile)
 
@@ -144,6 +156,11 @@ class AutoencoderDetector:
         """True for the discriminative kind: its anomaly map is a defect probability, and being
         fully convolutional it trains on crops but scores whole images at once."""
         return self.config.model.kind == "draem"
+
+    @property
+    def _orients(self) -> bool:
+        """True for the geometric kind: its image score is its own (`GeometricAutoencoder.image_scores`)."""
+        return self.config.model.kind == "geometric"
 
     def _training_tile(self) -> tuple[int, int] | None:
         """(height, width) of the random crops training draws, or None for whole images."""
@@ -195,7 +212,11 @@ class AutoencoderDetector:
                 maps = blur(maps.float().unsqueeze(1), s.sigma).squeeze(1)
             else:
                 maps = anomaly_map(x, recon, s.method, s.sigma)
-            scores = image_scores(maps, s.method, s.top_fraction, area).double().cpu().numpy()
+            if self._orients:
+                with torch.inference_mode(), autocast(self.device_):
+                    scores = self.model_.image_scores(x, recon).double().cpu().numpy()
+            else:
+                scores = image_scores(maps, s.method, s.top_fraction, area).double().cpu().numpy()
             if details:
                 yield scores, recon.permute(0, 2, 3, 1).cpu().numpy(), maps.cpu().numpy()
             else:

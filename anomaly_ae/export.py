@@ -37,7 +37,7 @@ class ScoringGraph(nn.Module):
     def __init__(self, det):
         super().__init__()
         self.model = det.model_
-        self.segments = det._segments
+        self.segments, self.orients = det._segments, det._orients
         self.tile = det.tile_ or det.shape_[:2]
         self.score = det.config.score
         self.area = det._score_area()
@@ -53,7 +53,10 @@ class ScoringGraph(nn.Module):
         else:
             recon = _reconstruct_sliced(self.model, x, *self.tile)
             maps = anomaly_map(x, recon, s.method, s.sigma)
-        scores = image_scores(maps, s.method, s.top_fraction, self.area)
+        if self.orients:
+            scores = self.model.image_scores(x, recon)
+        else:
+            scores = image_scores(maps, s.method, s.top_fraction, self.area)
         return scores, maps, recon.permute(0, 2, 3, 1)
 
 

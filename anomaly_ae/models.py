@@ -36,7 +36,7 @@ def auto_stages(height: int, width: int) -> int:
 DEFAULT_BASE, DEFAULT_CAP = 32, 256
 FULL_WIDTH_STAGES = 5
 BASE_SHIFT = 2
-RECONSTRUCTION_KINDS = ("ae", "denoising", "vae")
+RECONSTRUCTION_KINDS = ("ae", "denoising", "vae", "geometric")
 
 
 def default_widths(kind: str, height: int, width: int) -> tuple[int, int]:
@@ -317,13 +317,14 @@ MODELS = {"ae": ConvAutoencoder, "denoising": DenoisingAutoencoder, "vae": Varia
           "draem": DiscriminativeAutoencoder}
 
 
-def build_model(config, shape: tuple[int, int, int]) -> nn.Module:
+def build_model(config, shape: tuple[int, int, int], cls: type[nn.Module] | None = None) -> nn.Module:
     """The network of a `ModelConfig` for images (or tiles) of `shape` (height, width, channels), with
     the settings of its kind's training objective (``OBJECTIVE_SETTINGS``: noise, KL weight) taken
-    from the configuration too; widths left at 0 are sized from the shape (`default_widths`)."""
+    from the configuration too; widths left at 0 are sized from the shape (`default_widths`). `cls`:
+    the network class when the kind's is not one of MODELS (the geometric kind's, in its module)."""
     h, w, c = shape
     config = config.resolved(h, w)
-    cls = MODELS[config.kind]
+    cls = cls or MODELS[config.kind]
     model = cls(c, h, w, latent_dim=config.latent_dim, base_channels=config.base_channels,
                 max_channels=config.max_channels)
     for name in cls.OBJECTIVE_SETTINGS:

@@ -37,6 +37,8 @@ def summary(data: RunData) -> str:
     kind, method = escape(str(model.get("kind"))), escape(str(model.get("score_method")))
     if model.get("kind") == "draem":
         kind, method = "draem (discriminative)", "smoothed top-k of the defect probability map"
+    elif model.get("kind") == "geometric":
+        kind, method = "geometric", "how badly it tells which way the image is turned, or its reconstruction error"
     tiles = f", in {int(model['tile'])}-pixel tiles" if model.get("tile") else ""
     facts = [("Model", f"{kind} autoencoder, score: {method}, images {shape} (height&times;width&times;channels)"
                        f"{tiles}"),

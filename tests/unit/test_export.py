@@ -28,6 +28,8 @@ CASES = [  # (kind, image shape, tile, score method)
     ("ae", (40, 40, 3), 16, "ssim"),
     ("draem", (48, 48, 1), 0, "topk"),
     ("draem", (32, 32, 3), 0, "topk"),
+    ("geometric", (32, 32, 3), 0, "mse"),  # 8 turns and flips
+    ("geometric", (24, 40, 1), 0, "mse"),  # not square: 4
 ]
 
 

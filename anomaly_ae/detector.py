@@ -100,8 +100,10 @@ class AutoencoderDetector:
         self.history_ = train(self.model_, data, val, m, cfg.train, progress=progress,
                               state_path=state_path, resume=resume, tile=tile,
                               crops_per_image=DRAEM_CROPS_PER_IMAGE if self._segments else TILES_PER_IMAGE).to_dict()
-        if self._orients:  # its score's standardisation, from the held-back images (never calibration's)
-            held = val if val is not None else data
+        if self._orients:  # its score's standardisation: the held-back images (never calibration's), if enough
+            from anomaly_ae.geometric import MIN_STATS_IMAGES
+
+            held = val if val is not None and len(val) >= MIN_STATS_IMAGES else data
             self.model_.eval()
             with torch.no_grad(), autocast(self.device_):
                 self.model_.fit_score_stats(as_float(held[i: i + SCORE_BATCH])
@@ -196,6 +198,8 @@ class AutoencoderDetector:
         pixels = self.shape_[0] * self.shape_[1]
         if self._segments:
             batch_size = max(1, min(batch_size, SEGMENT_BATCH_PIXELS // pixels))
+        elif self._orients:  # its encoder sees each image 8 ways
+            batch_size = max(1, batch_size // 8)
         elif self.tile_:
             # About 4 overlapping tiles per tile of image: fewer images per batch.
             batch_size = max(1, min(batch_size, SCORE_BATCH * area // (4 * pixels)))

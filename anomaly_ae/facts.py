@@ -68,9 +68,8 @@ def model_saw(saw: dict) -> str:
     parts = ([f"its dataset's split {saw['split']}"] if saw.get("split") else []) + (
         [f"{again} of them the images its threshold was last calibrated on"] if again else [])
     where = f" ({'; '.join(parts)})" if parts else ""
-    learned = saw["n_items"] > again  # some of them trained it
     also = (" Score --split with a split it never saw (e.g. --split test) to measure it."
-            if saw.get("split") and learned and not saw.get("scored_split") else "")
+            if saw.get("split") and not saw.get("scored_split") else "")  # "split": some of them trained it
     return (f"{saw['n_items']} of the scored items are images that trained or calibrated the model{where}: "
             "the metrics count them, so they overstate how well the model does." + also)
 

@@ -18,6 +18,13 @@ from anomaly_ae.models import ConvAutoencoder
 # The least spread (of a log error) the standardisation divides by: errors that barely vary across
 # normal images (a head that has learned nothing yet) would otherwise turn float rounding into score.
 MIN_SPREAD = 0.1
+# The least head error counted: below it a float32 log-softmax of a sure head is rounding (exactly 0,
+# or steps of about 1e-7), and its log would jump by several spreads between two equal images.
+MIN_NLL = 1e-3
+MIN_MSE = 1e-10
+# Fewer held-back images than this standardise on the training images instead (a spread of 1 or 2
+# values says nothing).
+MIN_STATS_IMAGES = 8
 
 
 class GeometricAutoencoder(ConvAutoencoder):
@@ -66,7 +73,7 @@ class GeometricAutoencoder(ConvAutoencoder):
 
     def loss(self, x: torch.Tensor, train: bool, gen: torch.Generator | None = None) -> torch.Tensor:
         """The squared reconstruction error plus the head's cross-entropy over every transformation;
-        held out (early stopping), its share of wrong guesses instead of the cross-entropy, which
+        held out (early stopping), the same error plus its share of wrong guesses instead of the cross-entropy, which
         grows as the head grows sure of itself even while it guesses better (on CIFAR-10 classes
         early stopping on it kept the first epoch)."""
         error = F.mse_loss(self(x).float(), x)
@@ -78,17 +85,16 @@ class GeometricAutoencoder(ConvAutoencoder):
         return error + (guesses != right).float().mean()
 
     def _log_errors(self, x: torch.Tensor, recon: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        eps = 1e-12
-        return (self.transform_nll(x).clamp_min(eps).log(),
-                (x - recon.float()).pow(2).flatten(1).mean(dim=1).clamp_min(eps).log())
+        return (self.transform_nll(x).clamp_min(MIN_NLL).log(),
+                (x - recon.float()).pow(2).flatten(1).mean(dim=1).clamp_min(MIN_MSE).log())
 
     @torch.no_grad()
     def fit_score_stats(self, batches) -> None:
-        """Set the standardisation of `image_scores` from batches of held-back normal images."""
+        """Set the standardisation of `image_scores` from batches of normal images (held back from
+        training: see MIN_STATS_IMAGES)."""
         parts = [torch.stack(self._log_errors(x, self(x))) for x in batches]
         errors = torch.cat(parts, dim=1).double()
-        spread = errors.std(dim=1) if errors.shape[1] > 1 else torch.ones(2, dtype=errors.dtype)
-        spread = spread.clamp_min(MIN_SPREAD)
+        spread = (errors.std(dim=1) if errors.shape[1] > 1 else torch.ones_like(errors[:, 0])).clamp_min(MIN_SPREAD)
         self.score_stats.copy_(torch.stack([errors[0].mean(), spread[0], errors[1].mean(), spread[1]]).float())
 
     def image_scores(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:

@@ -336,7 +336,8 @@ def layer_table(module: nn.Module, shape: tuple[int, int, int]) -> list[dict]:
     """The layers a forward pass of one image of `shape` (h, w, c) goes through, in order: name,
     type, output shape (without the batch) and parameters (each layer's own), as torchsummary
     prints them. Layers holding others are left out; a layer run twice appears twice. The pass is
-    the one scoring makes (for the discriminative kind: reconstruction, then segmentation)."""
+    the one scoring makes (for the discriminative kind: reconstruction, then segmentation; for the
+    geometric kind: reconstruction, then its head)."""
     rows: list[dict] = []
     hooks = []
 
@@ -358,6 +359,10 @@ def layer_table(module: nn.Module, shape: tuple[int, int, int]) -> list[dict]:
         x = torch.zeros(1, shape[2], shape[0], shape[1], device=p.device if p is not None else "cpu")
         with torch.no_grad():
             getattr(module, "reconstruct_and_segment", module)(x)
+            if hasattr(module, "transform_logits"):  # the geometric kind's head, on the encoder listed above
+                seen, before = {r["layer"] for r in rows}, len(rows)
+                module.transform_logits(x)
+                rows[before:] = [r for r in rows[before:] if r["layer"] not in seen]
     finally:
         for h in hooks:
             h.remove()

@@ -116,7 +116,17 @@ def _add_reviews(det, runs: list[str | Path]) -> None:
                 log.warning("%d of the %d false alarms reviewed in %s could not be read again and are left out",
                             len(marked) - len(found), len(marked), run_dir)
         taken[run.get("run_id") or run_dir.name] = {k: float(v) for k, v in found.items()}
+        det.meta_.setdefault("reviewed_hashes", {})[run.get("run_id") or run_dir.name] = _item_hashes(run_dir, found)
         log.info("%s: %d reviewed false alarms join the calibration normals", run_dir, len(found))
+
+
+def _item_hashes(run_dir: Path, items) -> list[str]:
+    """The sha256 of `items` (image ids) of a run, from its scores.parquet (for a later run's `model_saw`)."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(run_dir / "scores.parquet", columns=["image_id", "sha256"])
+    wanted = set(items)
+    return sorted({h for i, h in zip(t["image_id"].to_pylist(), t["sha256"].to_pylist()) if i in wanted and h})
 
 
 def _calibration_summary(folder: Path, det, source: str, cached: bool, before: float | None = None) -> dict:

@@ -95,8 +95,8 @@ def _items_the_model_saw(det, split: str | None, scores: Path) -> dict | None:
     """{"split", "scored_split", "n_items"[, "recalibration"]}: how many scored items are images that
     trained or calibrated the model, matched by content: the normal classes of the split it trained
     on, in its dataset (the dataset itself, the folder it came from, or copies elsewhere; not counted
-    when the dataset is gone or has changed), and the images of its last ``calibrate --data``
-    ("recalibration" counts those). None when there are none."""
+    when the dataset is gone or has changed), and the images of its last ``calibrate --data`` and
+    the reviewed false alarms calibration took ("recalibration" counts those). None when there are none."""
     import pyarrow.parquet as pq
 
     from anomaly_ae.dataset import training_dataset, training_hashes
@@ -104,7 +104,8 @@ def _items_the_model_saw(det, split: str | None, scores: Path) -> dict | None:
     trained = det.meta_.get("data") or {}
     ds = training_dataset(trained, trained.get("dataset") or "", None) if trained.get("dataset") else None
     learned = training_hashes(ds, trained, det.meta_.get("normal_classes") or []) if ds is not None else set()
-    recalibrated = set(det.meta_.get("calibration_hashes") or ())
+    recalibrated = set(det.meta_.get("calibration_hashes") or ()).union(
+        *(det.meta_.get("reviewed_hashes") or {}).values())  # calibrate --data, and --reviews
     if not learned and not recalibrated:
         return None
     hashes = pq.read_table(scores, columns=["sha256"])["sha256"].to_pylist()

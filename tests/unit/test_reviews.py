@@ -116,6 +116,19 @@ def test_calibrating_with_reviewed_false_alarms(loose):
     # A new target keeps them: the base scores plus the reviewed ones, at the new rate.
     retarget = steps.calibrate(model, target_fpr=0.05)
     assert retarget["n_calibration"] == s["n_calibration"]
+    # They calibrate the model now: a labelled run over them counts them among the images it saw.
+    saw = _ds_and_rerun(fresh_run, model)
+    assert saw == {"split": None, "scored_split": "test", "n_items": 3, "recalibration": 3}
+
+
+def _ds_and_rerun(run_dir, model):
+    """`model_saw` of scoring the run's input (its test split) again with `model`."""
+    import json
+
+    run = json.loads((run_dir / "run.json").read_text())
+    again = run_dir.parent / "rerun"
+    steps.score(run["input"], model, again, split="test", report=False)
+    return json.loads((again / "run.json").read_text())["model_saw"]
 
 
 def test_calibrating_with_a_run_another_model_scored_scores_the_images_again(loose):

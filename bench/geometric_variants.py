@@ -49,6 +49,22 @@ class Net(nn.Module):
         return self.head(self.f(x).mean((2, 3)))
 
 
+BATCH = 64
+
+
+def _optimiser(net, n, epochs):
+    """AdamW with a one-cycle rate over `epochs` of `n` images in batches of BATCH."""
+    opt = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=5e-4)
+    return opt, torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=epochs * -(-n // BATCH))
+
+
+def _shuffled(x):
+    """One epoch of `x` in shuffled batches of BATCH."""
+    perm = torch.randperm(len(x))
+    for i in range(0, len(x), BATCH):
+        yield x[perm[i:i + BATCH]]
+
+
 def prep(a, size):
     x = torch.from_numpy(a).float().permute(0, 3, 1, 2) / 255.0
     if x.shape[-1] != size:
@@ -75,16 +91,11 @@ def run(fit, test, y, size, epochs, seed=0, w=32, shift=True):
     x = prep(fit, size)
     xt = prep(test, size)
     net = Net(x.shape[1], w=w)
-    opt = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=5e-4)
-    bs = 64
-    steps = epochs * ((len(x) + bs - 1) // bs)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps)
+    opt, sched = _optimiser(net, len(x), epochs)
     t0 = time.time()
     for ep in range(epochs):
         net.train()
-        perm = torch.randperm(len(x))
-        for i in range(0, len(x), bs):
-            xb = x[perm[i:i + bs]]
+        for xb in _shuffled(x):
             if shift:  # random translation (reflect pad + crop) so the net does not read the border
                 p = size // 8
                 xp = F.pad(xb, (p, p, p, p), mode="reflect")
@@ -139,15 +150,11 @@ def run_geo(fit, test, y, size, epochs, extra=False, recon_w=1.0, seed=0, held=N
     torch.manual_seed(seed)
     x, xt = prep(fit, size), prep(test, size)
     net = GeoAE(x.shape[1], size, extra, recon_w)
-    opt = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=5e-4)
-    bs = 64
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=epochs * ((len(x) + bs - 1) // bs))
+    opt, sched = _optimiser(net, len(x), epochs)
     t0 = time.time()
     for ep in range(epochs):
         net.train()
-        perm = torch.randperm(len(x))
-        for i in range(0, len(x), bs):
-            xb = x[perm[i:i + bs]]
+        for xb in _shuffled(x):
             ts = transforms(xb)
             lab = torch.arange(len(ts)).repeat_interleave(len(xb))
             loss = F.cross_entropy(net(torch.cat(ts)), lab)

@@ -164,6 +164,12 @@ class AutoencoderDetector:
         """True for the geometric kind: its image score is its own (`GeometricAutoencoder.image_scores`)."""
         return self.config.model.kind == "geometric"
 
+    @property
+    def score_method(self) -> str:
+        """The image score's name, as run.json and an export record it: the geometric kind's own, or
+        ``score.method``."""
+        return "geometric" if self._orients else self.config.score.method
+
     def _training_tile(self) -> tuple[int, int] | None:
         """(height, width) of the random crops training draws, or None for whole images."""
         if not self._segments:

@@ -201,7 +201,7 @@ def metadata(det, graph: bytes, gap: float) -> dict:
         "calibration_scores": cal.tolist(),
         "calibration_sha256": hashlib.sha256(cal.tobytes()).hexdigest(),
         "preprocess": det.meta_["preprocess"], "kind": det.config.model.kind,
-        "score": {"method": "geometric" if det._orients else det.config.score.method,
+        "score": {"method": det.score_method,
                   "top_fraction": det.config.score.top_fraction,
                   "sigma": det.config.score.sigma},
         "tile": list(det.tile_) if det.tile_ else None, "normal_classes": det.meta_.get("normal_classes"),

@@ -107,7 +107,7 @@ def run_record(det, model, input, split, th, parts, results, merged, timings, no
         "run_id": run_id, "created": utc_now(),
         "input": str(Path(input).resolve()), "input_kind": parts[0].kind, "split": split,
         "model": {"path": str(model_file(model).resolve()), "kind": det.config.model.kind,
-                  "score_method": "geometric" if det._orients else det.config.score.method,
+                  "score_method": det.score_method,
                   "normal_classes": m.get("normal_classes"),
                   "tile": det.config.model.tile if is_tiled(det.shape_, det.config.model.tile) else 0,
                   "classes": m.get("classes"), "image_shape": list(det.shape_),

@@ -324,6 +324,9 @@ def build_model(config, shape: tuple[int, int, int], cls: type[nn.Module] | None
     the network class when the kind's is not one of MODELS (the geometric kind's, in its module)."""
     h, w, c = shape
     config = config.resolved(h, w)
+    if cls is None and config.kind not in MODELS:
+        raise ValueError(f"build_model: model kind {config.kind!r} has no network here; pass its class as "
+                         f"cls= (the detector does: {config.kind} networks live in their own module)")
     cls = cls or MODELS[config.kind]
     model = cls(c, h, w, latent_dim=config.latent_dim, base_channels=config.base_channels,
                 max_channels=config.max_channels)

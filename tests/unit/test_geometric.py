@@ -94,6 +94,10 @@ def test_its_score_is_positive_kept_by_a_checkpoint_and_whole_images_only(tmp_pa
     np.testing.assert_allclose(again.score_samples(images), scores, rtol=1e-6)
     with pytest.raises(ConfigError, match="geometric"):
         ModelConfig(kind="geometric", tile=16)
+    from anomaly_ae.models import build_model
+
+    with pytest.raises(ValueError, match="cls="):  # its network is not in models.MODELS: a clear error
+        build_model(cfg.model, (32, 32, 1))
 
 
 def test_images_that_are_not_square_get_four_ways_and_few_held_back_images_fall_back_to_training():

@@ -173,8 +173,9 @@ def train(
                                               "simulated defects: for subtle defects on textured surfaces), geometric "
                                               "(also learns which way images are turned: for natural images, where "
                                               "the anomaly is what the whole image shows) or auto (trains ae and draem, "
-                                              "keeps the one that best finds simulated defects in held-back training "
-                                              "images) \\[default: ae].")] = None,
+                                              "and geometric on images up to 64 pixels a side; keeps the one that best "
+                                              "finds made-up anomalies in held-back training images) "
+                                              "\\[default: ae].")] = None,
     latent_dim: Annotated[int | None, typer.Option(min=1, help="Size of the bottleneck "
                                                    f"\\[default: {_MODEL.latent_dim}].")] = None,
     tile: Annotated[int | None, typer.Option(min=0, help="Work on square tiles of this side (pixels) at full "

@@ -24,22 +24,6 @@ SEED = 515_151  # of the shuffles and the simulated defects (training draws from
 MIN_IMAGES = 4  # fewer held-back images than this cannot judge: topk is kept
 
 
-def shuffled_patches(images: np.ndarray, grid: int = GRID, seed: int = SEED) -> np.ndarray:
-    """Each image (n, h, w, c) with its grid x grid patches in a random order (the rest, when a side
-    does not divide, stays in place)."""
-    rng = np.random.default_rng(seed)
-    n, h, w, _ = images.shape
-    ph, pw = h // grid, w // grid
-    out = images.copy()
-    cells = [(i, j) for i in range(grid) for j in range(grid)]
-    for k in range(n):
-        order = rng.permutation(len(cells))
-        for (i, j), src in zip(cells, order):
-            si, sj = cells[src]
-            out[k, i * ph:(i + 1) * ph, j * pw:(j + 1) * pw] = images[k, si * ph:(si + 1) * ph, sj * pw:(sj + 1) * pw]
-    return out
-
-
 def resolve(det, validation: np.ndarray | None) -> None:
     """Set a fitted detector's ``score.method = "auto"`` to the method `choose` measures on the
     held-back `validation` images (``topk`` for the discriminative kind, whose map marks defects,
@@ -66,8 +50,9 @@ def choose(det, images: np.ndarray) -> dict:
     from anomaly_ae.config import ScoreConfig
     from anomaly_ae.metrics import auroc
     from anomaly_ae.selection import synthetic_auroc
+    from anomaly_ae.simulate import shuffled_patches
 
-    shuffled = shuffled_patches(images)
+    shuffled = shuffled_patches(images, GRID, SEED)
     labels = np.r_[np.zeros(len(images)), np.ones(len(images))]
     original = det.config
     judge = {}

@@ -6,12 +6,15 @@ gathered around one spot so that small defects are common. They are filled with 
 image of the batch, a procedural texture or a local change of the image itself, blended at a random
 opacity; a fill that barely changes the image is replaced, because a mask over unchanged pixels
 would teach the segmentation head noise. Every random number comes from the caller's CPU generator.
+
+Whole-image anomalies are made up too (`shuffled_patches`): the parts right, the whole wrong.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -297,3 +300,19 @@ def _make_visible(x: torch.Tensor, aug: torch.Tensor, mask: torch.Tensor, gen: t
         away = torch.where((mask[weak] * x[weak]).sum((1, 2, 3)) / area[weak] > 0.5, -1.0, 1.0)
         aug[weak] = (x[weak] + (step[weak] * away).view(-1, 1, 1, 1)).clamp_(0, 1)
     return aug
+
+
+def shuffled_patches(images: np.ndarray, grid: int, seed: int) -> np.ndarray:
+    """Each image (n, h, w, c) with its grid x grid patches in a random order (the rest, when a side
+    does not divide, stays in place): an anomaly of the whole image whose every part looks normal."""
+    rng = np.random.default_rng(seed)
+    n, h, w, _ = images.shape
+    ph, pw = h // grid, w // grid
+    out = images.copy()
+    cells = [(i, j) for i in range(grid) for j in range(grid)]
+    for k in range(n):
+        order = rng.permutation(len(cells))
+        for (i, j), src in zip(cells, order):
+            si, sj = cells[src]
+            out[k, i * ph:(i + 1) * ph, j * pw:(j + 1) * pw] = images[k, si * ph:(si + 1) * ph, sj * pw:(sj + 1) * pw]
+    return out

@@ -134,7 +134,8 @@ def _our_method(spec: str):
         def chosen(self):
             """The kind `auto` chose and every candidate's AUROC on simulated defects (None otherwise)."""
             sel = self.det.meta_.get("selection") if hasattr(self.det, "meta_") else None
-            return sel and {"kind": sel["chosen"], **{c["kind"]: c["synthetic_auroc"] and round(c["synthetic_auroc"], 3) for c in sel["candidates"]}}
+            return sel and {"kind": sel["chosen"], **{c["kind"]: c["synthetic_auroc"] and round(c.get("judged", c["synthetic_auroc"]), 3)
+                                                      for c in sel["candidates"]}}
 
         def pixel_auroc(self, images, masks, y):
             """Pixel AUROC of the anomaly maps: defect pixels of anomalous images against the

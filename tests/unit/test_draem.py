@@ -126,7 +126,9 @@ def test_auto_trains_each_candidate_and_records_why_it_chose(surface_sets, tmp_p
     det = AutoencoderDetector(_fast("auto", epochs=2)).fit(train[:64])
     record = det.meta_["selection"]
     kinds = [c["kind"] for c in record["candidates"]]
-    assert sorted(kinds) == ["ae", "draem"] and record["chosen"] in kinds
+    assert sorted(kinds) == ["ae", "draem", "geometric"] and record["chosen"] in kinds  # whole 64x64 images
+    for c in (c for c in record["candidates"] if c["synthetic_auroc"] is not None):  # (2 epochs: one may collapse)
+        assert c["judged"] == pytest.approx((c["synthetic_auroc"] + c["shuffled_auroc"]) / 2)
     assert det.config.model.kind == record["chosen"]  # the detector became the chosen candidate
     assert all(c["synthetic_auroc"] is None or 0.0 <= c["synthetic_auroc"] <= 1.0 for c in record["candidates"])
     assert next(c for c in record["candidates"] if c["kind"] == record["chosen"])["synthetic_auroc"] is not None
@@ -136,19 +138,34 @@ def test_auto_trains_each_candidate_and_records_why_it_chose(surface_sets, tmp_p
 
 
 def test_auto_prefers_the_reconstruction_kind_unless_clearly_beaten():
-    from anomaly_ae.selection import AE_PREFERENCE, _preference
+    from anomaly_ae.selection import AE_PREFERENCE, _preference, describe, judged_on
 
-    ae = {"kind": "ae", "synthetic_auroc": 0.90}
+    ae = {"kind": "ae", "synthetic_auroc": 0.90}  # recorded before shuffled patches were judged
     assert _preference(ae) > _preference({"kind": "draem", "synthetic_auroc": 0.90 + AE_PREFERENCE / 2})
     assert _preference(ae) < _preference({"kind": "draem", "synthetic_auroc": 0.90 + 2 * AE_PREFERENCE})
+    geometric = {"kind": "geometric", "synthetic_auroc": 0.6, "shuffled_auroc": 0.9, "judged": 0.75, "seconds": 30}
+    assert _preference(geometric) == pytest.approx(0.75 + AE_PREFERENCE)  # a reconstruction kind too
+    assert describe(geometric) == "geometric 0.750 (defects 0.600, shuffled 0.900; 30 s)"
+    assert describe(ae) == "ae 0.900"
+    assert judged_on({"n_images": 40, "candidates": [ae]}) == "AUROC on simulated defects in 40 held-back images"
+    assert judged_on({"n_images": 40, "candidates": [ae, geometric]}) == \
+        "AUROC on simulated defects and shuffled patches (mean) in 40 held-back images"
+    from anomaly_ae.report.sections import _selection_fact
+
+    [(name, text)] = _selection_fact({"chosen": "geometric", "n_images": 40, "candidates": [geometric]})
+    assert name == "Model choice" and text == ("auto chose geometric: AUROC on simulated defects and shuffled "
+                                               "patches (mean) in 40 held-back images: geometric 0.750 (defects "
+                                               "0.600, shuffled 0.900; 30 s)")
 
 
 def test_auto_tiles_the_reconstruction_candidate_on_large_images():
     from anomaly_ae.selection import candidates
 
     small, large = candidates((28, 28, 1), ModelConfig()), candidates((300, 300, 1), ModelConfig())
-    assert [m.kind for m in small] == [m.kind for m in large] == ["ae", "draem"]
+    assert [m.kind for m in small] == ["ae", "draem", "geometric"]  # whole images: whole-image anomalies too
+    assert [m.kind for m in large] == ["ae", "draem"]
     assert small[0].tile == 0 and large[0].tile > 0 and large[1].tile == 0
+    assert [m.kind for m in candidates((28, 28, 1), ModelConfig(tile=16))] == ["ae", "draem"]  # geometric: whole only
 
 
 def test_synthetic_auroc_tells_a_defect_finder_from_a_blind_one(surface_sets):
@@ -166,6 +183,27 @@ def test_synthetic_auroc_tells_a_defect_finder_from_a_blind_one(surface_sets):
     _, ok, _ = surface_sets
     assert synthetic_auroc(Blind(), ok) == 0.5
     assert synthetic_auroc(Contrast(), ok) > 0.6
+
+
+def test_shuffled_patches_judge_a_whole_image_scorer():
+    """Images whose left half is bright: a scorer of the left half's brightness tells them from their
+    shuffled copies, a scorer of the whole image's brightness (unchanged by shuffling) cannot."""
+    from anomaly_ae.selection import shuffled_auroc
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 60, (40, 32, 32, 1)).astype(np.uint8)
+    images[:, :, :16] += 150
+
+    class Left:
+        def score_samples(self, x):
+            return -x[:, :, :16].astype(float).mean(axis=(1, 2, 3))
+
+    class Mean:
+        def score_samples(self, x):
+            return x.astype(float).mean(axis=(1, 2, 3))
+
+    assert shuffled_auroc(Left(), images) > 0.95
+    assert shuffled_auroc(Mean(), images) == 0.5
 
 
 def test_time_budget_stops_training_and_plans_the_decay(surface_sets):

@@ -3,6 +3,7 @@ else, seeding, and any size, colour, dtype, memory format and device."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -217,3 +218,22 @@ def test_cuda_batches_follow_the_same_contract():
     check(x, out, masks, torch.ones(32, dtype=torch.bool))
     again = synthesize(x.half().to(memory_format=torch.channels_last), torch.Generator().manual_seed(0), p=0.5)
     check(x.half(), *again, again[1].flatten(1).amax(1).cpu() > 0)
+
+
+def test_shuffled_patches_keep_every_patch_and_move_them_seeded():
+    from anomaly_ae.simulate import shuffled_patches
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (3, 34, 33, 2)).astype(np.uint8)  # sides not divisible by 4
+    out = shuffled_patches(images, 4, 7)
+    assert out.shape == images.shape and out.dtype == images.dtype
+    np.testing.assert_array_equal(out[:, 32:], images[:, 32:])  # the rest stays in place
+    np.testing.assert_array_equal(out[:, :, 32:], images[:, :, 32:])
+
+    def patches(a):
+        return sorted(a[i * 8:(i + 1) * 8, j * 8:(j + 1) * 8].tobytes() for i in range(4) for j in range(4))
+
+    for k in range(3):
+        assert patches(out[k]) == patches(images[k]) and not np.array_equal(out[k], images[k])
+    np.testing.assert_array_equal(shuffled_patches(images, 4, 7), out)
+    assert not np.array_equal(shuffled_patches(images, 4, 8), out)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import numpy as np
 
 CANDIDATES = ("mse", "topk")
-GRID = 4  # patches a side of the shuffled images
 SEED = 515_151  # of the shuffles and the simulated defects (training draws from other seeds)
 MIN_IMAGES = 4  # fewer held-back images than this cannot judge: topk is kept
 
@@ -48,20 +47,16 @@ def choose(det, images: np.ndarray) -> dict:
     import dataclasses
 
     from anomaly_ae.config import ScoreConfig
-    from anomaly_ae.metrics import auroc
-    from anomaly_ae.selection import synthetic_auroc
-    from anomaly_ae.simulate import shuffled_patches
+    from anomaly_ae.selection import shuffled_auroc, synthetic_auroc
 
-    shuffled = shuffled_patches(images, GRID, SEED)
-    labels = np.r_[np.zeros(len(images)), np.ones(len(images))]
     original = det.config
     judge = {}
     try:
         for method in CANDIDATES:
             det.config = dataclasses.replace(original, score=dataclasses.replace(
                 original.score if original.score.method != "auto" else ScoreConfig(), method=method))
-            a = float(auroc(labels, np.r_[det.score_samples(images), det.score_samples(shuffled)]))
-            b = float(synthetic_auroc(det, images, seed=SEED))
+            a = shuffled_auroc(det, images, seed=SEED)
+            b = synthetic_auroc(det, images, seed=SEED)
             judge[method] = {"shuffled": a, "defects": b, "mean": (a + b) / 2}
     finally:
         det.config = original

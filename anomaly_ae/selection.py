@@ -38,7 +38,6 @@ SELECTION_SEED = 424_242
 # geometric kind is a candidate too; larger ones are tiled (full resolution, as for small defects in
 # large images).
 WHOLE_IMAGE_SIDE = 64
-GRID = 4  # patches a side of the shuffled images
 TILE, TILED_LATENT = 32, 128
 # Fewer held-back images than this make a weak judge; the choice is then said to be uncertain.
 FEW_IMAGES = 20
@@ -83,7 +82,7 @@ def shuffled_auroc(det, images: np.ndarray, seed: int = SELECTION_SEED) -> float
     from anomaly_ae.metrics import auroc
     from anomaly_ae.simulate import shuffled_patches
 
-    scores = np.concatenate([det.score_samples(images), det.score_samples(shuffled_patches(images, GRID, seed))])
+    scores = np.concatenate([det.score_samples(images), det.score_samples(shuffled_patches(images, seed))])
     return float(auroc(np.r_[np.zeros(len(images)), np.ones(len(images))], scores))
 
 

@@ -36,6 +36,7 @@ BETA_MAX = 0.8  # largest opacity of the original image inside the mask
 MIN_CHANGE = 0.1  # smallest mean absolute change inside a mask; a weaker fill is replaced
 # What fills a defect: a piece of another image, a procedural texture, a change of the image itself.
 FILLS = ("paste", "texture", "change")
+SHUFFLE_GRID = 4  # patches a side of the shuffled images (`shuffled_patches`)
 
 
 def synthesize(x: torch.Tensor, gen: torch.Generator, p: float = 0.5,
@@ -302,7 +303,7 @@ def _make_visible(x: torch.Tensor, aug: torch.Tensor, mask: torch.Tensor, gen: t
     return aug
 
 
-def shuffled_patches(images: np.ndarray, grid: int, seed: int) -> np.ndarray:
+def shuffled_patches(images: np.ndarray, seed: int, grid: int = SHUFFLE_GRID) -> np.ndarray:
     """Each image (n, h, w, c) with its grid x grid patches in a random order (the rest, when a side
     does not divide, stays in place): an anomaly of the whole image whose every part looks normal."""
     rng = np.random.default_rng(seed)

@@ -115,8 +115,9 @@ def _add_reviews(det, runs: list[str | Path]) -> None:
             if len(found) < len(marked):
                 log.warning("%d of the %d false alarms reviewed in %s could not be read again and are left out",
                             len(marked) - len(found), len(marked), run_dir)
-        taken[run.get("run_id") or run_dir.name] = {k: float(v) for k, v in found.items()}
-        det.meta_.setdefault("reviewed_hashes", {})[run.get("run_id") or run_dir.name] = _item_hashes(run_dir, found)
+        key = run.get("run_id") or run_dir.name
+        taken[key] = {k: float(v) for k, v in found.items()}
+        det.meta_.setdefault("reviewed_hashes", {})[key] = _item_hashes(run_dir, found)
         log.info("%s: %d reviewed false alarms join the calibration normals", run_dir, len(found))
 
 

@@ -225,7 +225,7 @@ def test_shuffled_patches_keep_every_patch_and_move_them_seeded():
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (3, 34, 33, 2)).astype(np.uint8)  # sides not divisible by 4
-    out = shuffled_patches(images, 4, 7)
+    out = shuffled_patches(images, 7, grid=4)
     assert out.shape == images.shape and out.dtype == images.dtype
     np.testing.assert_array_equal(out[:, 32:], images[:, 32:])  # the rest stays in place
     np.testing.assert_array_equal(out[:, :, 32:], images[:, :, 32:])
@@ -235,5 +235,5 @@ def test_shuffled_patches_keep_every_patch_and_move_them_seeded():
 
     for k in range(3):
         assert patches(out[k]) == patches(images[k]) and not np.array_equal(out[k], images[k])
-    np.testing.assert_array_equal(shuffled_patches(images, 4, 7), out)
-    assert not np.array_equal(shuffled_patches(images, 4, 8), out)
+    np.testing.assert_array_equal(shuffled_patches(images, 7, grid=4), out)
+    assert not np.array_equal(shuffled_patches(images, 8, grid=4), out)

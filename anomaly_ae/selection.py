@@ -85,13 +85,19 @@ def candidates(shape: tuple[int, ...], model: ModelConfig) -> list[ModelConfig]:
     return out
 
 
+def auroc_against(det, images: np.ndarray, anomalous: np.ndarray) -> float:
+    """AUROC of `det` on `images` (label 0) against `anomalous` (1), e.g. made-up anomalies of them."""
+    from anomaly_ae.metrics import auroc
+
+    scores = np.concatenate([det.score_samples(images), det.score_samples(anomalous)])
+    return float(auroc(np.r_[np.zeros(len(images)), np.ones(len(anomalous))], scores))
+
+
 def shuffled_auroc(det, images: np.ndarray, seed: int = SELECTION_SEED) -> float:
     """AUROC of `det` on `images` (label 0) against the same images with their patches shuffled (1)."""
-    from anomaly_ae.metrics import auroc
     from anomaly_ae.simulate import shuffled_patches
 
-    scores = np.concatenate([det.score_samples(images), det.score_samples(shuffled_patches(images, seed))])
-    return float(auroc(np.r_[np.zeros(len(images)), np.ones(len(images))], scores))
+    return auroc_against(det, images, shuffled_patches(images, seed))
 
 
 def synthetic_auroc(det, images: np.ndarray, seed: int = SELECTION_SEED, strength: float = 1.0,
@@ -101,16 +107,13 @@ def synthetic_auroc(det, images: np.ndarray, seed: int = SELECTION_SEED, strengt
     filled with the given kinds of `anomaly_ae.simulate.FILLS` (None: all)."""
     import torch
 
-    from anomaly_ae.metrics import auroc
     from anomaly_ae.simulate import FILLS, synthesize
 
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(255.0)
     faulty, _ = synthesize(x, torch.Generator().manual_seed(seed), p=1.0, fills=FILLS if fills is None else fills)
     faulty = torch.lerp(x, faulty, strength)
     faulty = (faulty * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    scores = np.concatenate([det.score_samples(images), det.score_samples(faulty)])
-    labels = np.r_[np.zeros(len(images)), np.ones(len(faulty))]
-    return float(auroc(labels, scores))
+    return auroc_against(det, images, faulty)
 
 
 def choose(detector_class, config: DetectorConfig, images: np.ndarray, validation: np.ndarray, *,
@@ -122,7 +125,7 @@ def choose(detector_class, config: DetectorConfig, images: np.ndarray, validatio
                     "model.kind to pick a kind, or add images", len(validation))
     tried = []
     models = candidates(images.shape[1:], config.model)
-    whole = any(m.kind == "geometric" for m in models)  # anomalies of the whole image are judged too
+    whole = any(m.kind == "geometric" for m in models)  # judged on anomalies of the whole image
     # A time budget is shared out: every candidate gets its part.
     train = dataclasses.replace(config.train, max_minutes=config.train.max_minutes / len(models))
     failed = []

@@ -28,7 +28,8 @@ import numpy as np
 from bench.quality import SHARED, _datasets, _load_task
 
 STRENGTHS = (1.0, 0.5, 0.25, 0.125)
-# Made-up anomalies of the whole image (`--whole-judges`): none of them is what a candidate trains on.
+# Made-up anomalies of the whole image (`--whole-judges`): no candidate's training draws them (the
+# averaged images look like the discriminative kind's pasted fills, though).
 WHOLE_JUDGES = ("shuffle2", "shuffle4", "shuffle8", "swap4", "blend")
 
 
@@ -58,12 +59,9 @@ def whole_anomaly(name: str, images: np.ndarray, seed: int) -> np.ndarray:
 
 def whole_aurocs(det, images: np.ndarray, seed: int) -> dict:
     """AUROC of `det` on `images` against each of `WHOLE_JUDGES`' made-up anomalies of them."""
-    from anomaly_ae.metrics import auroc
+    from anomaly_ae.selection import auroc_against
 
-    clean = det.score_samples(images)
-    labels = np.r_[np.zeros(len(images)), np.ones(len(images))]
-    return {name: round(float(auroc(labels, np.r_[clean, det.score_samples(whole_anomaly(name, images, seed))])), 4)
-            for name in WHOLE_JUDGES}
+    return {name: round(auroc_against(det, images, whole_anomaly(name, images, seed)), 4) for name in WHOLE_JUDGES}
 
 
 def judge_task(task: str, source: str, options: dict, normal: str, whole: bool = False,

@@ -138,7 +138,7 @@ def _our_method(spec: str):
 
         @property
         def chosen(self):
-            """The kind `auto` chose and every candidate's AUROC on simulated defects (None otherwise)."""
+            """The kind `auto` chose and every candidate's judged AUROC (None otherwise)."""
             sel = self.det.meta_.get("selection") if hasattr(self.det, "meta_") else None
             return sel and {"kind": sel["chosen"], **{c["kind"]: c["synthetic_auroc"] and round(c.get("judged", c["synthetic_auroc"]), 3)
                                                       for c in sel["candidates"]}}

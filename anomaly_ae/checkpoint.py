@@ -195,7 +195,8 @@ def _json_kind(value) -> str:
 def summary(out: Path, ckpt: dict, cached: bool) -> dict:
     """What `train` and `info` say of a model: kind, training, threshold, and how it was chosen."""
     h, t = ckpt["history"], ckpt["threshold"]
-    return {"model": str(out), "cached": cached, "kind": ckpt["config"]["model"]["kind"],
+    kind = "ensemble" if "members" in ckpt else ckpt["config"]["model"]["kind"]
+    return {"model": str(out), "cached": cached, "kind": kind,
             "score": ckpt["config"]["score"]["method"], "normal_classes": ckpt.get("normal_classes"),
             "n_train": ckpt.get("data", {}).get("n_train"), "n_calibration": t["n_calibration"],
             "epochs": len(h["train_loss"]), "best_epoch": h["best_epoch"] + 1,

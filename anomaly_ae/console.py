@@ -79,12 +79,10 @@ def print_json(obj) -> None:
 
 def print_model_summary(s: dict, verb: str) -> None:
     """A model summary (from `train` or `info`) in one line, after how `auto` chose it, if it did."""
-    from anomaly_ae.selection import describe, judged_on
+    from anomaly_ae.selection import explain
 
-    chosen = s.get("selection")
-    if chosen:
-        out_console.print(f"auto chose {chosen['chosen']} ({judged_on(chosen)}: "
-                          + ", ".join(describe(c) for c in chosen["candidates"]) + ")")
+    if s.get("selection"):
+        out_console.print(explain(s["selection"]))
     if s.get("score_choice"):
         from anomaly_ae.scorechoice import describe as describe_score
 

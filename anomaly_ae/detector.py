@@ -5,7 +5,9 @@
     det.score_samples(images)                   # higher = more anomalous
     det.predict(images)                         # 1 = anomaly, 0 = normal
 
-Images are uint8 arrays (n, height, width, channels). Fitted attributes end in ``_``.
+Images are uint8 arrays (n, height, width, channels). Fitted attributes end in ``_``. The threshold,
+flags, p-values and saving are `anomaly_ae.calibrated.Calibrated`'s, shared with the ensembles that
+``model.kind = "auto"`` may return (`anomaly_ae.ensemble`).
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ import torch
 
 from anomaly_ae import collapse
 from anomaly_ae.arrays import check_images, split_validation
+from anomaly_ae.calibrated import Calibrated
 from anomaly_ae.config import DetectorConfig
 from anomaly_ae.device import as_float, autocast, resolve_device, to_device_uint8
-from anomaly_ae.errors import ConfigError, DataError, ModelError
+from anomaly_ae.errors import ConfigError, ModelError
 from anomaly_ae.measures import anomaly_map, blur, image_scores
 from anomaly_ae.models import build_model
 from anomaly_ae.runid import utc_now
-from anomaly_ae.threshold import check_fpr, conformal_threshold, p_values
 from anomaly_ae.tiles import TILES_PER_IMAGE, grid_tiles, is_tiled, reconstruct, tile_shape
 from anomaly_ae.train import train
 
@@ -48,14 +50,11 @@ MIN_VAL_DEFECTS = 128
 DRAEM_SCORE_AREA = 256
 
 
-# Checkpoint keys the detector writes itself; everything else is caller metadata kept in meta_.
-DETECTOR_KEYS = {"format", "format_version", "state_dict", "config", "image_shape", "normalisation",
-                 "threshold", "calibration_scores", "history", "collapse", "versions", "created"}
 
 
-
-class AutoencoderDetector:
+class AutoencoderDetector(Calibrated):
     """A convolutional autoencoder with a calibrated reconstruction-error threshold."""
+
 
     def __init__(self, config: DetectorConfig | None = None):
         self.config = config or DetectorConfig()
@@ -165,6 +164,11 @@ class AutoencoderDetector:
         return self.config.model.kind == "geometric"
 
     @property
+    def kind(self) -> str:
+        """The model kind, as run.json and an export record it."""
+        return self.config.model.kind
+
+    @property
     def score_method(self) -> str:
         """The image score's name, as run.json and an export record it: the geometric kind's own, or
         ``score.method``."""
@@ -263,75 +267,7 @@ class AutoencoderDetector:
             return np.zeros(0), np.zeros((0, h, w, c), np.float32), np.zeros((0, h, w), np.float32)
         return tuple(np.concatenate(part) for part in zip(*out))
 
-    # -- threshold -----------------------------------------------------------------------
-    def calibrate(self, images: np.ndarray, target_fpr: float | None = None) -> AutoencoderDetector:
-        """Set `threshold_` from held-out normal images (never the training images)."""
-        scores = self.score_samples(images)
-        return self.calibrate_scores(scores, target_fpr)
-
-    def calibrate_scores(self, scores: np.ndarray, target_fpr: float | None = None) -> AutoencoderDetector:
-        """Set `threshold_` from scores of held-out normal images."""
-        fpr = check_fpr(target_fpr if target_fpr is not None else self.config.threshold.target_fpr)
-        # The configuration says the rate the threshold holds: a model saved now, and a retrain from
-        # its config.toml, keep the new target.
-        self.config = dataclasses.replace(self.config, threshold=dataclasses.replace(self.config.threshold,
-                                                                                      target_fpr=fpr))
-        self.calibration_scores_ = np.asarray(scores, dtype=np.float64)
-        self.threshold_info_ = conformal_threshold(self.calibration_scores_, fpr)
-        self.threshold_ = self.threshold_info_["threshold"]
-        if self.threshold_info_["limited"]:
-            log.warning("only %d calibration images: the smallest false-positive rate that can be "
-                        "guaranteed is %.3g, above the target %.3g", self.threshold_info_["n_calibration"],
-                        1 / (self.threshold_info_["n_calibration"] + 1), fpr)
-        return self
-
-    def operating_point(self, threshold: float | None = None, target_fpr: float | None = None) -> dict:
-        """The threshold a scoring run flags at, without changing the detector: the calibrated one,
-        a fixed `threshold` (with the share of calibration scores above it), or the conformal
-        threshold of another `target_fpr` over the same calibration scores."""
-        if not hasattr(self, "calibration_scores_"):
-            raise ModelError("The detector is not calibrated: call calibrate() first.")
-        if threshold is not None and target_fpr is not None:
-            raise DataError("Give either a fixed threshold or a target false-positive rate, not both.")
-        if threshold is not None:
-            if not np.isfinite(threshold):
-                raise DataError(f"The threshold must be a finite number, got {threshold}.")
-            return {"threshold": float(threshold), "method": "fixed", "target_fpr": None,
-                    "calibration_fpr": float((self.calibration_scores_ > threshold).mean()),
-                    "n_calibration": len(self.calibration_scores_)}
-        if target_fpr is not None:
-            return conformal_threshold(self.calibration_scores_, check_fpr(target_fpr))
-        return dict(self.threshold_info_)
-
-    def p_values(self, scores: np.ndarray) -> np.ndarray:
-        """Conformal p-values of scores against the calibration scores."""
-        if not hasattr(self, "calibration_scores_"):
-            raise ModelError("The detector is not calibrated: call calibrate() first.")
-        return p_values(scores, self.calibration_scores_)
-
-    def predict(self, images: np.ndarray, threshold: float | None = None) -> np.ndarray:
-        """1 where the score exceeds the threshold (anomaly), else 0."""
-        t = self.threshold_ if threshold is None else threshold
-        return (self.score_samples(images) > t).astype(np.int64)
-
-    # -- persistence ---------------------------------------------------------------------
-    def save(self, folder, **meta):
-        """Write the model folder (model.pt + model.json); `meta` adds classes, data facts..."""
-        from pathlib import Path
-
-        from anomaly_ae import checkpoint
-
-        self._require_fitted()
-        if not hasattr(self, "threshold_"):
-            raise ModelError("Calibrate the detector before saving it: a model without a threshold cannot flag.")
-        clash = sorted(set(meta) & DETECTOR_KEYS)
-        if clash:
-            raise ModelError(f"save() sets {', '.join(clash)} itself; pass other metadata only.")
-        h, w, c = self.shape_
-        default = {"preprocess": {"height": h, "width": w, "channels": "L" if c == 1 else "RGB", "resize": "bilinear"}}
-        self.meta_ = {**default, **getattr(self, "meta_", {}), **meta}
-        return checkpoint.write(Path(folder), self.to_checkpoint())
-
+    # -- persistence (calibrate, predict, save: `calibrated.Calibrated`) -------------------
     def to_checkpoint(self) -> dict:
         """The checkpoint dict of this fitted, calibrated detector and its metadata (`meta_`)."""
         from anomaly_ae.checkpoint import FORMAT, FORMAT_VERSION, plain, versions
@@ -356,28 +292,37 @@ class AutoencoderDetector:
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, device: str = "auto") -> AutoencoderDetector:
-        """A ready detector from a checkpoint dict (as `anomaly_ae.checkpoint.read` returns it)."""
+        """A ready detector from a checkpoint dict (as `anomaly_ae.checkpoint.read` returns it): an
+        `anomaly_ae.ensemble.Ensemble` of detectors of this class where the checkpoint holds several."""
+        if "members" in ckpt:
+            from anomaly_ae.ensemble import Ensemble
+
+            return Ensemble.from_checkpoint(ckpt, cls, device)
+        det = cls.restore(ckpt["config"], ckpt["image_shape"], ckpt["state_dict"], device)
+        det.restore_calibration(ckpt)
+        return det
+
+    @classmethod
+    def restore(cls, config: dict, image_shape, state_dict: dict, device: str = "auto") -> AutoencoderDetector:
+        """A detector that scores with the trained network of `config` and `state_dict` (not calibrated).
+
+        Raises:
+            ModelError: the configuration is invalid, or the weights do not fit its network.
+        """
         try:
-            cfg = DetectorConfig.from_dict(ckpt["config"])
+            cfg = DetectorConfig.from_dict(config)
         except (ConfigError, TypeError) as exc:
             raise ModelError(f"The checkpoint's configuration is invalid: {exc}") from None
         det = cls(cfg)
         det.device_ = resolve_device(device)
-        det.shape_ = tuple(int(v) for v in ckpt["image_shape"])
+        det.shape_ = tuple(int(v) for v in image_shape)
         det.tile_ = det._scoring_tile()
         det.model_ = det._build_model()
         try:
-            det.model_.load_state_dict(ckpt["state_dict"])
+            det.model_.load_state_dict(state_dict)
         except (RuntimeError, KeyError) as exc:
             raise ModelError(f"The checkpoint's weights do not fit its model: {str(exc).splitlines()[0]}") from None
         det.model_.to(det.device_, memory_format=torch.channels_last).eval()
-        det.history_ = ckpt["history"]
-        det.collapse_ = ckpt.get("collapse", {})
-        det.calibration_scores_ = ckpt["calibration_scores"].numpy().astype(np.float64)
-        det.threshold_info_ = dict(ckpt["threshold"])
-        det.threshold_ = float(det.threshold_info_["threshold"])
-        det.meta_ = {k: v for k, v in ckpt.items() if k not in DETECTOR_KEYS}
-        det.created_ = ckpt.get("created")
         return det
 
     def _require_fitted(self) -> None:

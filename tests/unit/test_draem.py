@@ -119,31 +119,43 @@ def test_draem_checkpoint_round_trips(draem_on_surfaces, surface_sets, tmp_path)
     assert back.threshold_ == pytest.approx(det.threshold_)
 
 
-def test_auto_trains_each_candidate_and_records_why_it_chose(surface_sets, tmp_path):
+def test_auto_keeps_every_candidate_of_small_images_and_records_why(surface_sets, tmp_path):
     from anomaly_ae import checkpoint
+    from anomaly_ae.ensemble import Ensemble
 
     train, ok, _ = surface_sets
     det = AutoencoderDetector(_fast("auto", epochs=2)).fit(train[:64])
     record = det.meta_["selection"]
     kinds = [c["kind"] for c in record["candidates"]]
-    assert sorted(kinds) == ["ae", "draem", "geometric"] and record["chosen"] in kinds  # whole 64x64 images
-    for c in (c for c in record["candidates"] if c["synthetic_auroc"] is not None):  # (2 epochs: one may collapse)
+    assert sorted(kinds) == ["ae", "draem", "geometric"]  # whole 64x64 images
+    trained = [c for c in record["candidates"] if c["synthetic_auroc"] is not None]  # (2 epochs: one may collapse)
+    for c in trained:
         assert c["judged"] == c["shuffled_auroc"]  # small images: judged on shuffled patches, defects beside
-    assert record["judge"] == "shuffled" and "shuffled patches" in record["rule"]
-    from anomaly_ae.selection import _preference
-
-    trained = [c for c in record["candidates"] if c["synthetic_auroc"] is not None]
-    assert record["chosen"] == max(trained, key=_preference)["kind"]
-    assert det.config.model.kind == record["chosen"]  # the detector became the chosen candidate
-    assert all(c["synthetic_auroc"] is None or 0.0 <= c["synthetic_auroc"] <= 1.0 for c in record["candidates"])
-    assert next(c for c in record["candidates"] if c["kind"] == record["chosen"])["synthetic_auroc"] is not None
+        assert 0.0 <= c["synthetic_auroc"] <= 1.0
+    assert record["judge"] == "shuffled" and len(trained) > 1
+    assert record["chosen"] == "ensemble" and isinstance(det, Ensemble) and "every candidate kept" in record["rule"]
+    assert record["members"] == det.kinds == [c["kind"] for c in trained]
+    assert 0.0 <= record["ensemble"]["shuffled_auroc"] <= 1.0 and 0.0 <= record["ensemble"]["synthetic_auroc"] <= 1.0
     det.calibrate(ok[:20]).save(tmp_path / "m")
     assert checkpoint.read(tmp_path / "m")["selection"] == record
     assert AutoencoderDetector.load(tmp_path / "m").meta_["selection"] == record
 
 
+def test_auto_chooses_one_candidate_of_large_images(surface_sets):
+    train, _, _ = surface_sets
+    large = np.pad(train[:48], ((0, 0), (4, 4), (4, 4), (0, 0)), mode="reflect")  # 72x72: tiled
+    det = AutoencoderDetector(_fast("auto", epochs=1)).fit(large)
+    record = det.meta_["selection"]
+    from anomaly_ae.selection import _preference
+
+    trained = [c for c in record["candidates"] if c["synthetic_auroc"] is not None]
+    assert [c["kind"] for c in record["candidates"]] == ["ae", "draem"] and record["judge"] == "defects"
+    assert record["chosen"] == max(trained, key=_preference)["kind"] == det.config.model.kind
+    assert all(c["judged"] == c["synthetic_auroc"] for c in trained) and "members" not in record
+
+
 def test_auto_prefers_the_reconstruction_kind_unless_clearly_beaten():
-    from anomaly_ae.selection import AE_PREFERENCE, _preference, describe, judged_on
+    from anomaly_ae.selection import AE_PREFERENCE, _preference, describe, explain, judged_on
 
     ae = {"kind": "ae", "synthetic_auroc": 0.90}  # recorded before shuffled patches were judged
     assert _preference(ae) > _preference({"kind": "draem", "synthetic_auroc": 0.90 + AE_PREFERENCE / 2})
@@ -162,9 +174,15 @@ def test_auto_prefers_the_reconstruction_kind_unless_clearly_beaten():
     from anomaly_ae.report.sections import _selection_fact
 
     [(name, text)] = _selection_fact({"chosen": "geometric", "n_images": 40, "candidates": [geometric]})
-    assert name == "Model choice" and text == ("auto chose geometric: AUROC on simulated defects and shuffled "
+    assert name == "Model choice" and text == ("auto chose geometric (AUROC on simulated defects and shuffled "
                                                "patches (mean) in 40 held-back images: geometric 0.750 (defects "
-                                               "0.600, shuffled 0.900; 30 s)")
+                                               "0.600, shuffled 0.900; 30 s))")
+    ensemble = {"chosen": "ensemble", "members": ["ae", "geometric"], "n_images": 40, "judge": "shuffled",
+                "candidates": [ae, geometric], "ensemble": {"shuffled_auroc": 0.95, "synthetic_auroc": 0.7}}
+    assert explain(ensemble) == ("auto chose ae + geometric together (AUROC on shuffled patches (simulated defects "
+                                 "beside, not judged) in 40 held-back images: ae 0.900, geometric 0.750 (defects "
+                                 "0.600, shuffled 0.900; 30 s); together 0.950: their scores, each standardised "
+                                 "on the held-back images, averaged)")
 
 
 def test_auto_tiles_the_reconstruction_candidate_on_large_images():

@@ -1,0 +1,163 @@
+"""Several trained detectors scored as one: what ``model.kind = "auto"`` keeps on small images.
+
+Each member scores an image its own way, on its own scale. The ensemble's score is the mean of the
+members' scores, each standardised by its mean and spread on held-back normal images (never the
+calibration images: the ensemble's conformal threshold holds as any detector's does), through a
+softplus (the order kept, every score positive: exported scores are checked relatively). Its
+anomaly map is the mean of the members' maps, each divided by its typical peak on the same
+held-back images; its reconstruction is the first member's (the reconstruction kind's).
+
+Why not keep the best candidate alone: on small images no made-up anomaly measured tells which
+candidate will find the real anomalies best, and the mean of all three did better than every
+choice rule measured (bench/README.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from anomaly_ae.calibrated import DETECTOR_KEYS, Calibrated
+from anomaly_ae.errors import ModelError
+
+# Smallest spread a member's score is divided by (a member that scores every held-back image alike).
+MIN_SPREAD = 1e-12
+# The checkpoint keys an ensemble writes itself (the rest of a checkpoint is metadata).
+ENSEMBLE_KEYS = DETECTOR_KEYS | {"members", "standardisation"}
+
+
+def softplus(x: np.ndarray) -> np.ndarray:
+    return np.logaddexp(0.0, x)
+
+
+class Ensemble(Calibrated):
+    """Fitted detectors (`members_`) whose standardised scores are averaged; the same contract as
+    `AutoencoderDetector` (calibrate, score_samples, score_with_maps, predict, save, load)."""
+
+    CHECKPOINT_KEYS = ENSEMBLE_KEYS
+
+    def __init__(self, config, members: list, centres, scales, map_scales):
+        if not members:
+            raise ModelError("An ensemble needs at least one member.")
+        self.config = config
+        self.members_ = list(members)
+        self.centres_, self.scales_, self.map_scales_ = (np.asarray(v, dtype=np.float64).reshape(len(members))
+                                                         for v in (centres, scales, map_scales))
+        first = self.members_[0]
+        self.shape_, self.device_, self.tile_ = first.shape_, first.device_, None
+        self.history_ = {**first.history_, "seconds": float(sum(m.history_.get("seconds", 0.0) for m in members))}
+        self.collapse_ = dict(first.collapse_)
+        self.created_ = getattr(first, "created_", None)
+
+    @classmethod
+    def standardised_on(cls, config, members: list, held_back: np.ndarray) -> Ensemble:
+        """The ensemble of `members` standardised on `held_back` normal images (not calibration's)."""
+        centres, scales, peaks = [], [], []
+        for m in members:
+            scores, peak = _scores_and_peaks(m, held_back)
+            centres.append(scores.mean())
+            scales.append(max(scores.std(), MIN_SPREAD))
+            peaks.append(max(float(peak.mean()), MIN_SPREAD))
+        return cls(config, members, centres, scales, peaks)
+
+    @property
+    def kinds(self) -> list[str]:
+        return [m.config.model.kind for m in self.members_]
+
+    @property
+    def kind(self) -> str:
+        return "ensemble"
+
+    @property
+    def score_method(self) -> str:
+        return "ensemble"
+
+    # The scoring head's switches, as export reads them: an ensemble is neither kind.
+    _segments = _orients = False
+
+    def _combine(self, member_scores: list[np.ndarray]) -> np.ndarray:
+        z = [(s - c) / d for s, c, d in zip(member_scores, self.centres_, self.scales_)]
+        return softplus(np.mean(z, axis=0))
+
+    def score_samples(self, images: np.ndarray) -> np.ndarray:
+        """Anomaly score per image (higher = more anomalous)."""
+        return self._combine([m.score_samples(images) for m in self.members_])
+
+    def score_with_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(scores, the first member's reconstructions (n,h,w,c), the members' mean map (n,h,w))."""
+        parts = [m.score_with_maps(images) for m in self.members_]
+        maps = np.mean([p[2] / s for p, s in zip(parts, self.map_scales_)], axis=0).astype(np.float32)
+        return self._combine([p[0] for p in parts]), parts[0][1], maps
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        raise ModelError("This model is an ensemble of several kinds: it has no single code per image.")
+
+    def layer_summary(self) -> dict:
+        """Every member's layer table, one after the other (each layer named after its member's kind)."""
+        parts = [m.layer_summary() for m in self.members_]
+        layers = [{**row, "layer": f"{kind}.{row['layer']}"} for kind, p in zip(self.kinds, parts) for row in p["layers"]]
+        return {"layers": layers, "input": list(self.shape_), "parameters": sum(p["parameters"] for p in parts)}
+
+    # -- persistence ---------------------------------------------------------------------
+    def to_checkpoint(self) -> dict:
+        """One checkpoint: every member's weights (``state_dict`` keys prefixed by its index), the
+        members' configurations and the standardisation, the ensemble's threshold and metadata."""
+        import torch
+
+        from anomaly_ae.checkpoint import FORMAT, FORMAT_VERSION, plain, versions
+
+        weights = {f"{i}.{k}": v.detach().cpu() for i, m in enumerate(self.members_)
+                   for k, v in m.model_.state_dict().items()}
+        return plain({
+            "format": FORMAT, "format_version": FORMAT_VERSION, "state_dict": weights,
+            "config": self.config.to_dict(), "image_shape": list(self.shape_),
+            "normalisation": {"input_scale": 1.0 / 255.0, "input_offset": 0.0, "output": "sigmoid"},
+            "threshold": dict(self.threshold_info_),
+            "calibration_scores": torch.from_numpy(np.asarray(self.calibration_scores_, dtype=np.float64)),
+            "history": self.history_, "collapse": self.collapse_, "versions": versions(), "created": self.created_,
+            "members": [{"config": m.config.to_dict(), "history": m.history_, "collapse": dict(m.collapse_)}
+                        for m in self.members_],
+            "standardisation": {"centres": self.centres_.tolist(), "scales": self.scales_.tolist(),
+                                "map_scales": self.map_scales_.tolist()},
+            **self.meta_,
+        })
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, member_class, device: str = "auto") -> Ensemble:
+        """The ensemble a checkpoint holds, its members restored as `member_class` detectors.
+
+        Raises:
+            ModelError: the checkpoint's members, weights or standardisation do not fit together.
+        """
+        from anomaly_ae.config import DetectorConfig
+        from anomaly_ae.errors import ConfigError
+
+        try:
+            config = DetectorConfig.from_dict(ckpt["config"])
+            std = ckpt["standardisation"]
+            members = []
+            for i, entry in enumerate(ckpt["members"]):
+                prefix = f"{i}."
+                weights = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+                m = member_class.restore(entry["config"], ckpt["image_shape"], weights, device)
+                m.history_, m.collapse_ = entry["history"], entry.get("collapse", {})
+                members.append(m)
+            det = cls(config, members, std["centres"], std["scales"], std["map_scales"])
+        except (KeyError, TypeError, ValueError, ConfigError) as exc:
+            raise ModelError(f"The checkpoint's ensemble is damaged ({type(exc).__name__}: {exc}). "
+                             "Retrain the model.") from None
+        det.restore_calibration(ckpt)
+        return det
+
+    def _require_fitted(self) -> None:
+        for m in self.members_:
+            m._require_fitted()
+
+
+def _scores_and_peaks(det, images: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, each map's largest value) of `images` by `det`, a batch at a time."""
+    scores, peaks = [], []
+    for i in range(0, len(images), batch):
+        s, _, m = det.score_with_maps(images[i: i + batch])
+        scores.append(s)
+        peaks.append(m.reshape(len(m), -1).max(axis=1))
+    return np.concatenate(scores), np.concatenate(peaks)

@@ -205,4 +205,7 @@ def summary(out: Path, ckpt: dict, cached: bool) -> dict:
             "stopped": "early" if h.get("stopped_early") else "time" if h.get("stopped_by_time") else None,
             "target_fpr": t["target_fpr"], "guaranteed_fpr": t.get("guaranteed_fpr"),
             "collapse": ckpt.get("collapse"), "selection": ckpt.get("selection"),
+            # An ensemble's members trained apart: each one's epochs (its training record above is the first's).
+            "member_epochs": {m["config"]["model"]["kind"]: len(m["history"]["train_loss"])
+                              for m in ckpt["members"]} if "members" in ckpt else None,
             "score_choice": ckpt.get("score_choice")}

@@ -36,9 +36,19 @@ def train(s: dict) -> str:
         return f"skipped training: {s['model']} was trained from the same data and settings ({s['kind']})"
     stop = {"early": "stopped early", "time": "stopped by the time budget"}.get(s.get("stopped"), "all epochs")
     chosen = f" (auto chose it: {chosen_text(s['selection'])})" if s.get("selection") else ""
+    if s.get("member_epochs"):  # several models, each trained to its own best epoch
+        return (f"trained {s['kind']}{chosen} on {s['n_train']} images: {epochs(s)}, {s['seconds']:.0f} s on "
+                f"{s['device']}; {threshold(s)}")
     return (f"trained {s['kind']}{chosen} on {s['n_train']} images: {s['epochs']} epochs ({stop}), best epoch "
             f"{s['best_epoch']} with loss {s['train_loss']:.4g} / held-out {s['held_out_loss']:.4g}, "
             f"{s['seconds']:.0f} s on {s['device']}; {threshold(s)}")
+
+
+def epochs(s: dict) -> str:
+    """``12 epochs``, or for an ensemble each member's: ``epochs ae 26, draem 30, geometric 18``."""
+    if s.get("member_epochs"):
+        return "epochs " + ", ".join(f"{kind} {n}" for kind, n in s["member_epochs"].items())
+    return f"{s['epochs']} epochs"
 
 
 def threshold(s: dict) -> str:

@@ -25,3 +25,15 @@ def test_lines_say_done_or_skipped_with_their_numbers():
     assert facts.run_message(run) == "4/9 flagged, 1 unreadable, drift: none"
     assert facts.score(run, [("y.png", "truncated")]).endswith("AUROC 0.875; unreadable: y.png (truncated)")
     assert facts.calibrate({**model, "cached": True}).startswith("skipped calibration: m already holds")
+
+
+def test_an_ensemble_says_each_members_epochs():
+    selection = {"chosen": "ensemble", "members": ["ae", "draem", "geometric"], "candidates": []}
+    model = {"model": "m", "cached": False, "kind": "ensemble", "n_train": 280, "epochs": 26, "stopped": "early",
+             "best_epoch": 20, "train_loss": 0.5, "held_out_loss": 0.25, "seconds": 105.0, "device": "cpu",
+             "threshold": 2.4, "target_fpr": 0.01, "guaranteed_fpr": 0.014, "n_calibration": 70,
+             "selection": selection, "member_epochs": {"ae": 26, "draem": 30, "geometric": 18}}
+    line = facts.train(model)
+    assert line.startswith("trained ensemble (auto chose it: ae + draem + geometric together) on 280 images: "
+                           "epochs ae 26, draem 30, geometric 18, 105 s on cpu; threshold")
+    assert "best epoch" not in line and facts.epochs({**model, "member_epochs": None}) == "26 epochs"

@@ -1,5 +1,6 @@
 """What every detector does once it scores images: calibrate a threshold on held-out normal images,
-flag, give p-values, and save itself. A detector class adds `score_samples`, `to_checkpoint`,
+flag, give p-values, and save itself. A detector class adds `score_samples`, `to_checkpoint` (with
+`checkpoint_with`),
 ``shape_`` (its images' (h, w, c)) and ``CHECKPOINT_KEYS`` (the checkpoint keys it writes itself).
 """
 
@@ -85,6 +86,24 @@ class Calibrated:
         self.threshold_ = float(self.threshold_info_["threshold"])
         self.meta_ = {k: v for k, v in ckpt.items() if k not in self.CHECKPOINT_KEYS}
         self.created_ = ckpt.get("created")
+
+    def checkpoint_with(self, state_dict: dict, **extra) -> dict:
+        """The checkpoint dict of this fitted, calibrated detector: `state_dict` (its weights), the
+        keys every detector writes, `extra` (a kind's own keys) and its metadata (`meta_`)."""
+        import torch
+
+        from anomaly_ae.checkpoint import FORMAT, FORMAT_VERSION, plain, versions
+        from anomaly_ae.runid import utc_now
+
+        return plain({
+            "format": FORMAT, "format_version": FORMAT_VERSION, "state_dict": state_dict,
+            "config": self.config.to_dict(), "image_shape": list(self.shape_),
+            "normalisation": {"input_scale": 1.0 / 255.0, "input_offset": 0.0, "output": "sigmoid"},
+            "threshold": dict(self.threshold_info_),
+            "calibration_scores": torch.from_numpy(np.asarray(self.calibration_scores_, dtype=np.float64)),
+            "history": self.history_, "collapse": dict(self.collapse_), "versions": versions(),
+            "created": getattr(self, "created_", None) or utc_now(), **extra, **self.meta_,
+        })
 
     def save(self, folder, **meta):
         """Write the model folder (model.pt + model.json); `meta` adds classes, data facts..."""

@@ -270,18 +270,7 @@ class AutoencoderDetector(Calibrated):
     # -- persistence (calibrate, predict, save: `calibrated.Calibrated`) -------------------
     def to_checkpoint(self) -> dict:
         """The checkpoint dict of this fitted, calibrated detector and its metadata (`meta_`)."""
-        from anomaly_ae.checkpoint import FORMAT, FORMAT_VERSION, plain, versions
-
-        return plain({
-            "format": FORMAT, "format_version": FORMAT_VERSION,
-            "state_dict": {k: v.detach().cpu() for k, v in self.model_.state_dict().items()},
-            "config": self.config.to_dict(), "image_shape": list(self.shape_),
-            "normalisation": {"input_scale": 1.0 / 255.0, "input_offset": 0.0, "output": "sigmoid"},
-            "threshold": dict(self.threshold_info_),
-            "calibration_scores": torch.from_numpy(np.asarray(self.calibration_scores_, dtype=np.float64)),
-            "history": self.history_, "collapse": dict(self.collapse_), "versions": versions(),
-            "created": getattr(self, "created_", None) or utc_now(), **self.meta_,
-        })
+        return self.checkpoint_with({k: v.detach().cpu() for k, v in self.model_.state_dict().items()})
 
     @classmethod
     def load(cls, path, device: str = "auto") -> AutoencoderDetector:

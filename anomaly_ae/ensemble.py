@@ -71,9 +71,6 @@ class Ensemble(Calibrated):
     def score_method(self) -> str:
         return "ensemble"
 
-    # The scoring head's switches, as export reads them: an ensemble is neither kind.
-    _segments = _orients = False
-
     def _combine(self, member_scores: list[np.ndarray]) -> np.ndarray:
         z = [(s - c) / d for s, c, d in zip(member_scores, self.centres_, self.scales_)]
         return softplus(np.mean(z, axis=0))
@@ -101,25 +98,14 @@ class Ensemble(Calibrated):
     def to_checkpoint(self) -> dict:
         """One checkpoint: every member's weights (``state_dict`` keys prefixed by its index), the
         members' configurations and the standardisation, the ensemble's threshold and metadata."""
-        import torch
-
-        from anomaly_ae.checkpoint import FORMAT, FORMAT_VERSION, plain, versions
-
         weights = {f"{i}.{k}": v.detach().cpu() for i, m in enumerate(self.members_)
                    for k, v in m.model_.state_dict().items()}
-        return plain({
-            "format": FORMAT, "format_version": FORMAT_VERSION, "state_dict": weights,
-            "config": self.config.to_dict(), "image_shape": list(self.shape_),
-            "normalisation": {"input_scale": 1.0 / 255.0, "input_offset": 0.0, "output": "sigmoid"},
-            "threshold": dict(self.threshold_info_),
-            "calibration_scores": torch.from_numpy(np.asarray(self.calibration_scores_, dtype=np.float64)),
-            "history": self.history_, "collapse": self.collapse_, "versions": versions(), "created": self.created_,
-            "members": [{"config": m.config.to_dict(), "history": m.history_, "collapse": dict(m.collapse_)}
-                        for m in self.members_],
-            "standardisation": {"centres": self.centres_.tolist(), "scales": self.scales_.tolist(),
-                                "map_scales": self.map_scales_.tolist()},
-            **self.meta_,
-        })
+        return self.checkpoint_with(
+            weights,
+            members=[{"config": m.config.to_dict(), "history": m.history_, "collapse": dict(m.collapse_)}
+                     for m in self.members_],
+            standardisation={"centres": self.centres_.tolist(), "scales": self.scales_.tolist(),
+                             "map_scales": self.map_scales_.tolist()})
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, member_class, device: str = "auto") -> Ensemble:

@@ -172,10 +172,10 @@ def train(
     kind: Annotated[str | None, typer.Option("--model", help="ae (classic), denoising, vae, draem (learns to outline "
                                               "simulated defects: for subtle defects on textured surfaces), geometric "
                                               "(also learns which way images are turned: for natural images, where "
-                                              "the anomaly is what the whole image shows) or auto (trains ae and draem "
-                                              "and keeps the one that best finds made-up anomalies in held-back "
-                                              "training images; on images up to 64 pixels a side also geometric, and "
-                                              "keeps all three together) "
+                                              "the anomaly is what the whole image shows) or auto (trains ae, tiled "
+                                              "above 64 pixels a side, and draem, and on images up to 64 a side also "
+                                              "geometric, and keeps them all together: each one's score standardised "
+                                              "on held-back training images, averaged) "
                                               "\\[default: ae].")] = None,
     latent_dim: Annotated[int | None, typer.Option(min=1, help="Size of the bottleneck "
                                                    f"\\[default: {_MODEL.latent_dim}].")] = None,

@@ -19,8 +19,7 @@ def require(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
-# "auto" trains the candidates and keeps the one that best finds made-up anomalies, or on small
-# images all of them together (selection.py).
+# "auto" trains the candidates and keeps them all together (selection.py).
 MODEL_KINDS = ("ae", "denoising", "vae", "draem", "geometric", "auto")
 
 

@@ -99,7 +99,8 @@ def print_layer_table(s: dict) -> None:
     from rich.table import Table
 
     table = Table("layer", "type", "output shape", "parameters",
-                  title=f"Layers for one {'x'.join(map(str, s['input']))} input (h x w x channels)")
+                  title=f"Layers for one {'x'.join(map(str, s['input']))} input (h x w x channels)"
+                        + (f"; {s['input_note']}" if s.get("input_note") else ""))
     for r in s["layers"]:
         table.add_row(r["layer"], r["type"], " x ".join(map(str, r["output"])), f"{r['parameters']:,}")
     out_console.print(table)

@@ -1,4 +1,4 @@
-"""Several trained detectors scored as one: what ``model.kind = "auto"`` keeps on small images.
+"""Several trained detectors scored as one: what ``model.kind = "auto"`` keeps.
 
 Each member scores an image its own way, on its own scale. The ensemble's score is the mean of the
 members' scores, each standardised by its mean and spread on held-back normal images (never the
@@ -7,9 +7,9 @@ softplus (the order kept, every score positive: exported scores are checked rela
 anomaly map is the mean of the members' maps, each divided by its typical peak on the same
 held-back images; its reconstruction is the first member's (the reconstruction kind's).
 
-Why not keep the best candidate alone: on small images no made-up anomaly measured tells which
-candidate will find the real anomalies best, and the mean of all three did better than every
-choice rule measured (bench/README.md).
+Why not keep the best candidate alone: no made-up anomaly measured tells which candidate will find
+the real anomalies best, and the mean of all of them did better than every choice rule measured
+(bench/README.md).
 """
 
 from __future__ import annotations
@@ -89,10 +89,14 @@ class Ensemble(Calibrated):
         raise ModelError("This model is an ensemble of several kinds: it has no single code per image.")
 
     def layer_summary(self) -> dict:
-        """Every member's layer table, one after the other (each layer named after its member's kind)."""
+        """Every member's layer table, one after the other (each layer named after its member's kind);
+        ``input_note`` says which members' tables are for one tile of the image (None: none are)."""
         parts = [m.layer_summary() for m in self.members_]
         layers = [{**row, "layer": f"{kind}.{row['layer']}"} for kind, p in zip(self.kinds, parts) for row in p["layers"]]
-        return {"layers": layers, "input": list(self.shape_), "parameters": sum(p["parameters"] for p in parts)}
+        tiled = [f"{kind}'s for one {'x'.join(map(str, p['input']))} part of the image" for kind, p in zip(self.kinds, parts)
+                 if list(p["input"]) != list(self.shape_)]
+        return {"layers": layers, "input": list(self.shape_), "parameters": sum(p["parameters"] for p in parts),
+                "input_note": "; ".join(tiled) or None}
 
     # -- persistence ---------------------------------------------------------------------
     def to_checkpoint(self) -> dict:

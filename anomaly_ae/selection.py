@@ -5,21 +5,20 @@ are each trained on the same images; then every candidate scores the early-stopp
 as they are and with made-up anomalies (a seed no training run draws). The calibration images
 take no part, so the threshold's false-positive guarantee holds for what is kept.
 
-On large images the made-up anomalies are simulated local defects, the candidates are the
-reconstruction kind (tiled) and the discriminative one, and the one that tells the images apart
-best (AUROC) is kept. Simulated defects favour the discriminative kind, which trained on their
-like, so the reconstruction kind gets a head start (``AE_PREFERENCE``): the discriminative one is
-kept only when it is ahead by more than that.
+Every candidate that trains is kept, together (`anomaly_ae.ensemble.Ensemble`: their scores, each
+standardised on the early-stopping images, averaged). No made-up anomaly measured told which
+candidate would find the real anomalies best: the discriminative kind finds nearly every simulated
+defect, its own kind of training data, and on small images every kind found nearly all the shuffled
+patches of digits; on real defects the order was often the reverse. Together they did better than
+any rule that keeps one (measured in bench/README.md on digits, CIFAR-10, inspection images shrunk
+to 64 pixels, and the PIPED, ELPV and DeepPCB images at full size).
 
+On large images the candidates are the reconstruction kind (tiled) and the discriminative one.
 Images at most ``WHOLE_IMAGE_SIDE`` a side may hold anomalies of the whole content (another digit,
-another object), which local defects cannot show: there the geometric kind is a third candidate,
-and every candidate is kept, together (`anomaly_ae.ensemble.Ensemble`: their scores, each
-standardised on the early-stopping images, averaged). No made-up anomaly measured told which of
-them would find the real anomalies best: every kind found nearly all the shuffled patches of
-digits, and the discriminative kind finds nearly every simulated defect, its own kind of training
-data. Together they did better than any rule that keeps one (measured in bench/README.md on
-digits, CIFAR-10 and inspection images shrunk to 64 pixels). Each candidate's AUROC on shuffled
-patches and on simulated defects is still measured and recorded.
+another object), which local defects cannot show: there the reconstruction kind takes the whole
+image and the geometric kind is a third candidate. Each candidate's AUROC on simulated defects (and,
+on small images, on shuffled patches) is measured and recorded, to say how each sees made-up
+anomalies; a candidate that cannot be trained is left out and the others kept.
 """
 
 from __future__ import annotations
@@ -43,10 +42,8 @@ SELECTION_SEED = 424_242
 # large images).
 WHOLE_IMAGE_SIDE = 64
 TILE, TILED_LATENT = 32, 128
-# Fewer held-back images than this make a weak judge; the choice is then said to be uncertain.
+# Fewer held-back images than this give rough standardisations (and judgements): a warning says so.
 FEW_IMAGES = 20
-# Head start of the reconstruction kinds in the choice (see the module docstring).
-AE_PREFERENCE = 0.05
 # What a choice judged its candidates by ("mean": how earlier versions judged small images, as their
 # saved models record it).
 JUDGES = {"defects": "simulated defects", "shuffled": "shuffled patches (simulated defects beside, not judged)",
@@ -54,9 +51,8 @@ JUDGES = {"defects": "simulated defects", "shuffled": "shuffled patches (simulat
 
 
 def fit_auto(det, images: np.ndarray, validation: np.ndarray | None, **fit_options):
-    """Train every candidate kind; return `det` made the one that best finds made-up anomalies in
-    the early-stopping images or, on small images, an `Ensemble` of them all. Its
-    ``meta_["selection"]`` says why.
+    """Train every candidate kind; return an `Ensemble` of them all (or `det` made the only one
+    that could be trained). Its ``meta_["selection"]`` says why.
 
     Raises:
         ModelError: too few images to hold any back, or no candidate could be trained.
@@ -64,7 +60,7 @@ def fit_auto(det, images: np.ndarray, validation: np.ndarray | None, **fit_optio
     if validation is None:
         images, validation = split_validation(images, det.config.train.val_fraction, det.config.train.seed)
     if validation is None:
-        raise ModelError("model.kind auto chooses on held-back training images, but there are too few images "
+        raise ModelError("model.kind auto weighs its candidates on held-back training images, but there are too few images "
                          "(or train.val_fraction is 0) to hold any back. Choose a model kind, or add images.")
     validation = check_images(validation, images.shape[1:])
     chosen, record = choose(type(det), det.config, images, validation, **fit_options)
@@ -124,8 +120,8 @@ def choose(detector_class, config: DetectorConfig, images: np.ndarray, validatio
     """(the chosen fitted detector, a record of every candidate) for ``model.kind = "auto"``;
     each candidate is a `detector_class` (the detector passes its own class: no import back)."""
     if len(validation) < FEW_IMAGES:
-        log.warning("auto chooses on only %d held-back images: the choice may be down to chance; set "
-                    "model.kind to pick a kind, or add images", len(validation))
+        log.warning("auto weighs its candidates on only %d held-back images: each one's share of the score "
+                    "may be off; set model.kind to pick a kind, or add images", len(validation))
     tried = []
     models = candidates(images.shape[1:], config.model)
     whole = any(m.kind == "geometric" for m in models)  # judged on anomalies of the whole image
@@ -154,21 +150,18 @@ def choose(detector_class, config: DetectorConfig, images: np.ndarray, validatio
                          + "; ".join(f"{f['kind']}: {f['error']}" for f in failed))
     judge = "shuffled" if whole else "defects"
     record = {"candidates": [r for _, r in tried] + failed, "judge": judge, "n_images": len(validation)}
-    if whole and len(tried) > 1:
-        from anomaly_ae.ensemble import Ensemble
+    if len(tried) == 1:
+        record.update(chosen=tried[0][1]["kind"], rule="the only candidate that could be trained")
+        return tried[0][0], record
+    from anomaly_ae.ensemble import Ensemble
 
-        ensemble = Ensemble.standardised_on(config, [d for d, _ in tried], validation)
-        record.update(chosen="ensemble", members=[r["kind"] for _, r in tried],
-                      ensemble={"shuffled_auroc": shuffled_auroc(ensemble, validation),
-                                "synthetic_auroc": synthetic_auroc(ensemble, validation)},
-                      rule=f"every candidate kept: the mean of their scores, each standardised on the "
-                           f"{len(validation)} held-back images")
-        return ensemble, record
-    best = max(range(len(tried)), key=lambda i: _preference(tried[i][1]))
-    record.update(chosen=tried[best][1]["kind"],
-                  rule=f"highest AUROC on {JUDGES[judge]} in {len(validation)} held-back images; "
-                       f"reconstruction kinds get a {AE_PREFERENCE:g} head start")
-    return tried[best][0], record
+    ensemble = Ensemble.standardised_on(config, [d for d, _ in tried], validation)
+    record.update(chosen="ensemble", members=[r["kind"] for _, r in tried],
+                  ensemble={"shuffled_auroc": shuffled_auroc(ensemble, validation) if whole else None,
+                            "synthetic_auroc": synthetic_auroc(ensemble, validation)},
+                  rule=f"every candidate kept: the mean of their scores, each standardised on the "
+                       f"{len(validation)} held-back images")
+    return ensemble, record
 
 
 def chosen_text(selection: dict) -> str:
@@ -215,10 +208,6 @@ def describe(candidate: dict) -> str:
 
 def _judged(rec: dict) -> float:
     return rec.get("judged", rec["synthetic_auroc"])  # models chosen before shuffled patches: defects only
-
-
-def _preference(rec: dict) -> float:
-    return _judged(rec) + (AE_PREFERENCE if rec["kind"] != "draem" else 0.0)
 
 
 def _labelled(progress, kind: str):

@@ -141,8 +141,11 @@ def _our_method(spec: str):
             """The kind `auto` chose ("ensemble": all together) and every candidate's judged AUROC, and
             the ensemble's (None where `auto` did not choose)."""
             sel = self.det.meta_.get("selection") if hasattr(self.det, "meta_") else None
-            together = sel and sel.get("ensemble") and {"together": round(sel["ensemble"]["shuffled_auroc"], 3)}
-            return sel and {"kind": sel["chosen"], **{c["kind"]: c["synthetic_auroc"] and round(c.get("judged", c["synthetic_auroc"]), 3)
+            if not sel:
+                return None
+            judged = "shuffled_auroc" if sel.get("judge") == "shuffled" else "synthetic_auroc"
+            together = sel.get("ensemble") and {"together": round(sel["ensemble"][judged], 3)}
+            return {"kind": sel["chosen"], **{c["kind"]: c["synthetic_auroc"] and round(c.get("judged", c["synthetic_auroc"]), 3)
                                                       for c in sel["candidates"]}, **(together or {})}
 
         def pixel_auroc(self, images, masks, y):

@@ -141,27 +141,58 @@ def test_auto_keeps_every_candidate_of_small_images_and_records_why(surface_sets
     assert AutoencoderDetector.load(tmp_path / "m").meta_["selection"] == record
 
 
-def test_auto_chooses_one_candidate_of_large_images(surface_sets):
+def test_auto_keeps_the_candidates_of_large_images_together_judged_on_defects(surface_sets):
+    from anomaly_ae.ensemble import Ensemble
+
     train, _, _ = surface_sets
     large = np.pad(train[:48], ((0, 0), (4, 4), (4, 4), (0, 0)), mode="reflect")  # 72x72: tiled
-    det = AutoencoderDetector(_fast("auto", epochs=1)).fit(large)
+    det = AutoencoderDetector(_fast("auto", epochs=1, allow_collapsed=True)).fit(large)  # (1 epoch: kept however bad)
     record = det.meta_["selection"]
-    from anomaly_ae.selection import _preference
-
-    trained = [c for c in record["candidates"] if c["synthetic_auroc"] is not None]
     assert [c["kind"] for c in record["candidates"]] == ["ae", "draem"] and record["judge"] == "defects"
-    assert record["chosen"] == max(trained, key=_preference)["kind"] == det.config.model.kind
-    assert all(c["judged"] == c["synthetic_auroc"] for c in trained) and "members" not in record
+    assert all(c["judged"] == c["synthetic_auroc"] and c["shuffled_auroc"] is None for c in record["candidates"])
+    assert record["chosen"] == "ensemble" and isinstance(det, Ensemble) and record["members"] == ["ae", "draem"]
+    assert det.members_[0].tile_ and not det.members_[1].tile_  # the reconstruction member tiled
+    assert det.layer_summary()["input_note"].startswith("ae's for one 32x32x1 part of the image")  # info says so
+    assert record["ensemble"]["shuffled_auroc"] is None and 0.0 <= record["ensemble"]["synthetic_auroc"] <= 1.0
+    scores, recon, maps = det.score_with_maps(large[:4])
+    assert scores.shape == (4,) and maps.shape == (4, 72, 72)
+    pytest.importorskip("onnxruntime")
+    from anomaly_ae.export import PARITY_RTOL, run_onnx, to_onnx_bytes
+
+    exported, exported_maps, exported_recon = run_onnx(to_onnx_bytes(det), large[:4])  # tiles and all, one graph
+    np.testing.assert_allclose(exported, scores, rtol=PARITY_RTOL, atol=0)
+    np.testing.assert_allclose(exported_maps, maps, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(exported_recon, recon, rtol=1e-4, atol=1e-5)
 
 
-def test_auto_prefers_the_reconstruction_kind_unless_clearly_beaten():
-    from anomaly_ae.selection import AE_PREFERENCE, _preference, describe, explain, judged_on
+def test_auto_keeps_the_only_candidate_that_trains(surface_sets, monkeypatch):
+    from anomaly_ae import selection
+    from anomaly_ae.errors import ModelError
+
+    real_fit = AutoencoderDetector.fit
+
+    def fit(self, *args, **kwargs):
+        if self.config.model.kind == "draem":
+            raise ModelError("collapsed (made to, for the test)")
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(AutoencoderDetector, "fit", fit)
+    train, _, _ = surface_sets
+    large = np.pad(train[:48], ((0, 0), (4, 4), (4, 4), (0, 0)), mode="reflect")
+    cfg = _fast("auto", epochs=1, allow_collapsed=True)  # one epoch: what is kept need not be good here
+    det, record = selection.choose(AutoencoderDetector, cfg, large[:36], large[36:])
+    assert isinstance(det, AutoencoderDetector) and det.config.model.kind == "ae" and record["chosen"] == "ae"
+    assert record["rule"] == "the only candidate that could be trained" and "members" not in record
+    assert [c.get("error") for c in record["candidates"]] == [None, "collapsed (made to, for the test)"]
+    assert selection.explain(record).startswith("auto chose ae (AUROC on simulated defects in 12 held-back images: ae ")
+    assert selection.explain(record).endswith(", draem left out)")
+
+
+def test_auto_explains_what_it_chose_and_how_each_candidate_was_judged():
+    from anomaly_ae.selection import describe, explain, judged_on
 
     ae = {"kind": "ae", "synthetic_auroc": 0.90}  # recorded before shuffled patches were judged
-    assert _preference(ae) > _preference({"kind": "draem", "synthetic_auroc": 0.90 + AE_PREFERENCE / 2})
-    assert _preference(ae) < _preference({"kind": "draem", "synthetic_auroc": 0.90 + 2 * AE_PREFERENCE})
     geometric = {"kind": "geometric", "synthetic_auroc": 0.6, "shuffled_auroc": 0.9, "judged": 0.75, "seconds": 30}
-    assert _preference(geometric) == pytest.approx(0.75 + AE_PREFERENCE)  # a reconstruction kind too
     assert describe(geometric) == "geometric 0.750 (defects 0.600, shuffled 0.900; 30 s)"
     assert describe(ae) == "ae 0.900"
     assert judged_on({"n_images": 40, "candidates": [ae]}) == "AUROC on simulated defects in 40 held-back images"

@@ -117,6 +117,7 @@ def test_auto_on_small_images_keeps_every_candidate_together(auto_on_digits, tmp
     np.testing.assert_allclose(back.score_samples(test[:50]), det.score_samples(test[:50]), rtol=1e-6)
     assert back.threshold_ == det.threshold_ and back.predict(test[:50]).tolist() == det.predict(test[:50]).tolist()
     assert back.layer_summary()["parameters"] == sum(m.layer_summary()["parameters"] for m in det.members_)
+    assert back.layer_summary()["input_note"] is None  # every member takes the whole image
 
 
 def test_an_ensemble_exports_with_the_same_scores(auto_on_digits):

@@ -93,10 +93,10 @@ class Ensemble(Calibrated):
         ``input_note`` says which members' tables are for one tile of the image (None: none are)."""
         parts = [m.layer_summary() for m in self.members_]
         layers = [{**row, "layer": f"{kind}.{row['layer']}"} for kind, p in zip(self.kinds, parts) for row in p["layers"]]
-        tiled = [f"{kind}'s for one {'x'.join(map(str, p['input']))} part of the image" for kind, p in zip(self.kinds, parts)
-                 if list(p["input"]) != list(self.shape_)]
+        partial = [f"{kind}'s for one {'x'.join(map(str, p['input']))} part of the image" for kind, p in zip(self.kinds, parts)
+                   if list(p["input"]) != list(self.shape_)]
         return {"layers": layers, "input": list(self.shape_), "parameters": sum(p["parameters"] for p in parts),
-                "input_note": "; ".join(tiled) or None}
+                "input_note": "; ".join(partial) or None}
 
     # -- persistence ---------------------------------------------------------------------
     def to_checkpoint(self) -> dict:

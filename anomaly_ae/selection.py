@@ -175,11 +175,16 @@ def explain(selection: dict) -> str:
     """'auto chose ae (AUROC on simulated defects in 40 held-back images: ae 0.912 (85 s), draem
     ...)': what a recorded choice kept, and every candidate's figures (an ensemble's own beside)."""
     tried = ", ".join(describe(c) for c in selection["candidates"])
-    whole = selection.get("ensemble")
-    if whole:
-        tried += (f"; together {whole['shuffled_auroc' if selection['judge'] == 'shuffled' else 'synthetic_auroc']:.3f}"
-                  f": their scores, each standardised on the held-back images, averaged")
+    together = together_auroc(selection)
+    if together is not None:
+        tried += f"; together {together:.3f}: their scores, each standardised on the held-back images, averaged"
     return f"auto chose {chosen_text(selection)} ({judged_on(selection)}: {tried})"
+
+
+def together_auroc(selection: dict) -> float | None:
+    """The kept ensemble's AUROC on what the candidates were judged by (None: one candidate kept)."""
+    whole = selection.get("ensemble")
+    return whole and whole["shuffled_auroc" if selection.get("judge") == "shuffled" else "synthetic_auroc"]
 
 
 def judged_on(selection: dict) -> str:

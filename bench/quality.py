@@ -143,8 +143,9 @@ def _our_method(spec: str):
             sel = self.det.meta_.get("selection") if hasattr(self.det, "meta_") else None
             if not sel:
                 return None
-            judged = "shuffled_auroc" if sel.get("judge") == "shuffled" else "synthetic_auroc"
-            together = sel.get("ensemble") and {"together": round(sel["ensemble"][judged], 3)}
+            from anomaly_ae.selection import together_auroc
+
+            together = sel.get("ensemble") and {"together": round(together_auroc(sel), 3)}
             return {"kind": sel["chosen"], **{c["kind"]: c["synthetic_auroc"] and round(c.get("judged", c["synthetic_auroc"]), 3)
                                                       for c in sel["candidates"]}, **(together or {})}
 

@@ -59,6 +59,15 @@ def _default_name(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-").lower() or "dataset"
 
 
+def _start_decoders_early(source) -> None:
+    """For a folder of files: start the process decode workers come from before the imports and
+    the listing, so that its own start-up runs beside them."""
+    if Path(source).is_dir():
+        from anomaly_ae.parallel import start_workers_early
+
+        start_workers_early()
+
+
 @app.command()
 def ingest(
     source: Annotated[str, typer.Argument(help="A folder of images, torchvision:<Dataset> (MNIST, "
@@ -92,6 +101,7 @@ def ingest(
     Unreadable files are recorded in the dataset's rejects table with the reason and skipped.
     """
     console.setup_logging(verbose)
+    _start_decoders_early(source)
     from anomaly_ae import steps
     from anomaly_ae.config import IngestConfig
 

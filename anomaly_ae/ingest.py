@@ -19,6 +19,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -102,18 +103,25 @@ def ingest(
             assign_test_split(listing.items, config.test_fraction, config.seed)
         else:
             log.warning("test_fraction ignored: the source already has its own splits")
-    extra = {"fingerprint": fingerprint(listing, config), "options": dataclasses.asdict(config),
-             "anomaly_ae_version": __version__, "source": listing.description}
-    policy = _initial_policy(listing.items, request, max_pixels)
-    with atomic_dir(out, overwrite=overwrite, kind="dataset", protect=protect) as tmp:
-        for _ in range(3):  # at most a size and a channel revision
-            try:
-                meta = _write(tmp, listing, policy, request, max_pixels, workers, progress, extra)
-                break
-            except _Revise as rev:
-                log.info("images differ from the first one; restarting with %s", rev.policy)
-                policy = rev.policy
-        atomic_write_json(tmp / "dataset.json", meta)
+    # The fingerprint (a folder's file sizes and times: a system call per file) is gathered on a
+    # thread while the images decode, not before.
+    background = ThreadPoolExecutor(1, thread_name_prefix="fingerprint")
+    try:
+        fingerprint_job = background.submit(fingerprint, listing, config)
+        extra = {"options": dataclasses.asdict(config), "anomaly_ae_version": __version__,
+                 "source": listing.description}
+        policy = _initial_policy(listing.items, request, max_pixels)
+        with atomic_dir(out, overwrite=overwrite, kind="dataset", protect=protect) as tmp:
+            for _ in range(3):  # at most a size and a channel revision
+                try:
+                    meta = _write(tmp, listing, policy, request, max_pixels, workers, progress, extra, fingerprint_job)
+                    break
+                except _Revise as rev:
+                    log.info("images differ from the first one; restarting with %s", rev.policy)
+                    policy = rev.policy
+            atomic_write_json(tmp / "dataset.json", meta)
+    finally:
+        background.shutdown(wait=False, cancel_futures=True)
     return meta
 
 
@@ -204,7 +212,7 @@ def _revision(request: PolicyRequest, policy: Preprocess, chunk: Chunk) -> Prepr
 
 
 def _write(tmp: Path, listing: Listing, policy: Preprocess, request: PolicyRequest,
-           max_pixels: int, workers, progress, extra: dict) -> dict:
+           max_pixels: int, workers, progress, extra: dict, fingerprint_job: Future) -> dict:
     writer = TableWriter(tmp / "images.parquet", "images")
     try:
         counts, rejects, n_masks = _write_rows(writer, listing, policy, request, max_pixels, workers, progress)
@@ -212,7 +220,8 @@ def _write(tmp: Path, listing: Listing, policy: Preprocess, request: PolicyReque
             reasons = Counter(r for _, r in rejects).most_common(3)
             raise DataError(f"None of the {len(listing.items)} images could be used. Most common reasons: "
                             + "; ".join(f"{r} ({n})" for r, n in reasons))
-        meta = {**_metadata(listing, policy, counts, n_masks, rejects, rows_per_group(policy)), **extra}
+        meta = {**_metadata(listing, policy, counts, n_masks, rejects, rows_per_group(policy)), **extra,
+                "fingerprint": fingerprint_job.result()}
         writer.set_metadata(meta)
     finally:
         writer.close()

@@ -32,13 +32,15 @@ class Listing:
 
     The items may be given as a function that loads them: they are then loaded on first use, so
     that checking whether a dataset is up to date (which needs only the description and the
-    fingerprint parts) does not load a bundled sample.
+    fingerprint parts) does not load a bundled sample. The fingerprint parts may be a function
+    too (a folder's file sizes and times: a system call per file), gathered on first use, which
+    ingest makes while the images decode.
     """
 
     _items: list[Item] | Callable[[], list[Item]]
     classes: list[str]
     description: dict = field(default_factory=dict)  # kind, spec, root, layout... (JSON-able)
-    fingerprint_parts: list = field(default_factory=list)  # cheap facts that change with the data
+    _fingerprint_parts: list | Callable[[], list] = field(default_factory=list)  # cheap facts that change with the data
 
     @property
     def items(self) -> list[Item]:
@@ -46,6 +48,13 @@ class Listing:
         if callable(self._items):
             self._items = self._items()
         return self._items
+
+    @property
+    def fingerprint_parts(self) -> list:
+        """Facts that change when the data does (gathered now if they were given as a function)."""
+        if callable(self._fingerprint_parts):
+            self._fingerprint_parts = self._fingerprint_parts()
+        return self._fingerprint_parts
 
 
 class Source(Protocol):

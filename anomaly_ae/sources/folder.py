@@ -62,7 +62,7 @@ class FolderSource:
             "kind": "folder", "spec": str(root), "root": os.fsdecode(root.resolve()),
             "layout": layout, "ignored_files": walker.ignored,
         }
-        return Listing(items, classes, description, walker.stats)
+        return Listing(items, classes, description, walker.file_stats)
 
     def _layout_items(self, walker: _Walker) -> tuple[str, list[Item]]:
         children = walker.children(self.root)
@@ -115,7 +115,7 @@ class _Walker:
         self.prefix = os.path.join(str(root), "")
         self.real_root = os.path.realpath(root)
         self.ignored = 0
-        self.stats: list = []
+        self.files: list[tuple[str, str]] = []  # (key, path) of every image-named file, in order
 
     def children(self, top: Path) -> list[os.DirEntry]:
         try:
@@ -166,16 +166,30 @@ class _Walker:
             return []
         rel = self.relative(entry.path)
         item = Item(key=rel, path=entry.path)  # a plain string: listing 100k files stays quick
-        reason = self._link_problem(entry) if entry.is_symlink() else None
-        try:
-            st = entry.stat()
-            self.stats.append((rel, st.st_size, st.st_mtime_ns))
-            if reason is None and not stat.S_ISREG(st.st_mode):
-                reason = "not a regular file"
-        except OSError:
-            reason = reason or "broken symbolic link (its target does not exist)"
+        self.files.append((rel, entry.path))
+        reason = None
+        if entry.is_symlink():
+            reason = self._link_problem(entry)
+            try:
+                if reason is None and not stat.S_ISREG(entry.stat().st_mode):
+                    reason = "not a regular file"
+            except OSError:
+                reason = reason or "broken symbolic link (its target does not exist)"
+        elif not entry.is_file(follow_symlinks=False):  # the directory entry's type: no system call
+            reason = "not a regular file"
         item.reject_reason = reason
         return [item]
+
+    def file_stats(self) -> list[tuple[str, int, int]]:
+        """(key, size, modification time) of every listed file that can be looked up, in order."""
+        out = []
+        for rel, path in self.files:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            out.append((rel, st.st_size, st.st_mtime_ns))
+        return out
 
     def relative(self, path: str) -> str:
         """`path` relative to the root, as display text."""

@@ -11,7 +11,7 @@ from anomaly_ae import steps
 from anomaly_ae.config import IngestConfig
 from anomaly_ae.dataset import Dataset
 from anomaly_ae.errors import DataError
-from anomaly_ae.ingest import image_id, ingest
+from anomaly_ae.ingest import fingerprint, image_id, ingest
 from anomaly_ae.sources import open_source
 from tests.conftest import write_png
 
@@ -124,6 +124,17 @@ def test_existing_output_needs_overwrite_and_up_to_date_is_skipped(tmp_path):
     with pytest.raises(DataError, match="already exists"):
         steps.ingest(str(tmp_path / "src"), tmp_path / "ds")
     assert steps.ingest(str(tmp_path / "src"), tmp_path / "ds", overwrite=True)["counts"]["images"] == 7
+
+
+def test_a_file_rewritten_in_place_makes_the_dataset_out_of_date(tmp_path):
+    make_folder(tmp_path / "src")
+    first = steps.ingest(str(tmp_path / "src"), tmp_path / "ds")
+    # The fingerprint gathered while the images decoded is the one a later listing computes.
+    assert first["fingerprint"] == fingerprint(open_source(str(tmp_path / "src")).list(), IngestConfig())
+    victim = sorted((tmp_path / "src").rglob("*.png"))[0]
+    write_png(victim, np.full((12, 10), 200, np.uint8))  # same name, new size and time
+    with pytest.raises(DataError, match="already exists"):
+        steps.ingest(str(tmp_path / "src"), tmp_path / "ds")
 
 
 def test_empty_and_unusable_sources(tmp_path):

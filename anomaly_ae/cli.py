@@ -59,10 +59,11 @@ def _default_name(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-").lower() or "dataset"
 
 
-def _start_decoders_early(source) -> None:
-    """For a folder of files: start the process decode workers come from before the imports and
-    the listing, so that its own start-up runs beside them."""
-    if Path(source).is_dir():
+def _start_decoders_early(source, workers: int | None) -> None:
+    """For a folder of image files (not a dataset): start the process decode workers come from
+    before the imports and the listing, so that its own start-up runs beside them."""
+    folder = Path(source)
+    if workers != 1 and folder.is_dir() and not (folder / "images.parquet").exists():
         from anomaly_ae.parallel import start_workers_early
 
         start_workers_early()
@@ -101,7 +102,7 @@ def ingest(
     Unreadable files are recorded in the dataset's rejects table with the reason and skipped.
     """
     console.setup_logging(verbose)
-    _start_decoders_early(source)
+    _start_decoders_early(source, workers)
     from anomaly_ae import steps
     from anomaly_ae.config import IngestConfig
 
@@ -306,6 +307,7 @@ def score(
 ) -> None:
     """Score a folder or dataset: every item's score, the flagged items, metrics when labels are known."""
     console.setup_logging(verbose)
+    _start_decoders_early(input, workers)
     from anomaly_ae import steps
     from anomaly_ae.config import ScoreRunConfig
     from anomaly_ae.runid import new_run_id

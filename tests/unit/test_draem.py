@@ -18,30 +18,32 @@ SIDE = 64
 # Measured on 2 CPU cores after the 15 short epochs below (300 steps at the kind's learning rate):
 # AUROC 0.937 in 52 s (`python -m bench.surfaces draem:15`, 2026-12-06, Intel Xeon; the same code
 # gave 0.995 on an AMD EPYC); the plain AE reaches 0.904 after 10 epochs and 0.998 after 15 on these
-# surfaces, so this is not a case where the discriminative kind beats it. The floor says that the
+# surfaces, so this is not a case where the discriminative kind beats it (nor are the same surfaces at
+# 128 or 256 pixels a side: bench/README.md, `bench.surfaces --side`). The floor says that the
 # defect map, trained only on simulated defects, finds real-looking scratches and pits it never saw.
 DRAEM_SURFACE_FLOOR = 0.9
 
 
-def surfaces(n: int, seed: int, defect: bool = False) -> np.ndarray:
-    """Gray textured surfaces (a brushed grain at a random angle, fine noise, uneven lighting and
-    gain), each unlike the others; with `defect`, one small bright scratch or dark pit."""
+def surfaces(n: int, seed: int, defect: bool = False, side: int = SIDE) -> np.ndarray:
+    """Gray textured surfaces of side x side pixels (a brushed grain at a random angle, fine noise,
+    uneven lighting and gain), each unlike the others; with `defect`, one small bright scratch or
+    dark pit."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:SIDE, 0:SIDE].astype(np.float32)
-    out = np.empty((n, SIDE, SIDE, 1), np.uint8)
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
+    out = np.empty((n, side, side, 1), np.uint8)
     for i in range(n):
         a = rng.uniform(0, np.pi)
         u = xx * np.cos(a) + yy * np.sin(a)
         grain = sum(w * np.sin(u * f + rng.uniform(0, 2 * np.pi)) for f, w in ((0.9, 0.5), (2.1, 0.3), (0.35, 0.6)))
-        img = 0.5 + 0.06 * grain + 0.05 * rng.standard_normal((SIDE, SIDE)) + 0.1 * (xx / SIDE - 0.5) * rng.uniform(-1, 1)
+        img = 0.5 + 0.06 * grain + 0.05 * rng.standard_normal((side, side)) + 0.1 * (xx / side - 0.5) * rng.uniform(-1, 1)
         img *= rng.uniform(0.8, 1.2)
         if defect and rng.random() < 0.5:  # a thin scratch, 8-16 pixels long
-            r0, c0 = rng.integers(8, SIDE - 8, 2)
+            r0, c0 = rng.integers(8, side - 8, 2)
             angle, length = rng.uniform(0, np.pi), int(rng.integers(8, 16))
             t = np.linspace(0, length, 3 * length)
-            img[(r0 + t * np.sin(angle)).astype(int) % SIDE, (c0 + t * np.cos(angle)).astype(int) % SIDE] += 0.25
+            img[(r0 + t * np.sin(angle)).astype(int) % side, (c0 + t * np.cos(angle)).astype(int) % side] += 0.25
         elif defect:  # a pit of radius 1.5-3 pixels
-            r0, c0 = rng.integers(6, SIDE - 6, 2)
+            r0, c0 = rng.integers(6, side - 6, 2)
             img[(yy - r0) ** 2 + (xx - c0) ** 2 <= rng.uniform(1.5, 3) ** 2] -= 0.25
         out[i, :, :, 0] = np.clip(img * 255, 0, 255).astype(np.uint8)
     return out

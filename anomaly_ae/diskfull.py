@@ -1,4 +1,6 @@
-"""A full disk, told as such: which errors mean it, and which device it is."""
+"""Writes that fail for a reason the user can fix, told as such: a full disk (which errors mean
+it, and which device it is), and a place this user may not write (permissions, a read-only file
+system)."""
 
 from __future__ import annotations
 
@@ -7,13 +9,18 @@ import errno
 import os
 from pathlib import Path
 
-from anomaly_ae.errors import NoSpaceError
+from anomaly_ae.errors import NoSpaceError, NotWritableError
 
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 # torch.save writing to a file reports a failed write only as a RuntimeError with these words;
 # it is taken for a full disk when the disk is then (nearly) full.
 _TORCH_WRITE_FAILED = ("unexpected pos", "file write failed", "PytorchStreamWriter failed")
 _NEARLY_FULL_BYTES = 2**20
+_PERMISSIONS = "Fix its permissions, or write somewhere else (another --out)."
+_NOT_WRITABLE = {  # errno: (what the folder is, what to do)
+    errno.EROFS: ("is on a read-only file system", "Write somewhere else (another --out), or mount it read-write."),
+    errno.EACCES: ("is not writable by this user", _PERMISSIONS),
+    errno.EPERM: ("does not permit the change (an immutable or protected folder)", _PERMISSIONS)}
 
 
 def raise_if_no_space(exc: BaseException, path: Path | str, *, probe: Path | str | None = None) -> None:
@@ -26,6 +33,27 @@ def raise_if_no_space(exc: BaseException, path: Path | str, *, probe: Path | str
         full = False
     if full:
         raise no_space(Path(path)) from None
+
+
+def raise_if_not_writable(exc: BaseException, path: Path | str, what: str | None = None) -> None:
+    """Raise NotWritableError when `exc` says that this user may not write where `path` (the
+    output the user named: a folder, a file, or what `what` says it guards) was being written."""
+    if not (isinstance(exc, OSError) and exc.errno in _NOT_WRITABLE and isinstance(exc.filename, (str, os.PathLike))
+            and _is_output(Path(exc.filename), Path(path))):
+        return  # another error, or one about a file the command reads: not this
+    where = Path(exc.filename)
+    while not where.is_dir() and where != where.parent:  # the folder the write was refused in
+        where = where.parent
+    reason, fix = _NOT_WRITABLE[exc.errno]
+    raise NotWritableError(f"{what or 'Cannot write ' + str(path)}: {where} {reason}; nothing was written. {fix}") from None
+
+
+def _is_output(name: Path, output: Path) -> bool:
+    """Whether `name` is `output`, inside it, a folder above it, or a hidden file beside it that
+    belongs to it (its temporary, its lock)."""
+    name, output = Path(os.path.abspath(name)), Path(os.path.abspath(output))
+    return (output.is_relative_to(name) or name.is_relative_to(output)
+            or (name.parent == output.parent and name.name.startswith("." + output.name)))
 
 
 def no_space(path: Path) -> NoSpaceError:

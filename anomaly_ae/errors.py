@@ -32,3 +32,7 @@ class BusyError(AnomalyAEError):
 
 class NoSpaceError(DataError):
     """The disk filled up while writing; what was being written has been removed."""
+
+
+class NotWritableError(DataError):
+    """An output cannot be written where it was asked for (permissions, a read-only file system)."""

@@ -21,7 +21,7 @@ import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from anomaly_ae.diskfull import no_space, raise_if_no_space
+from anomaly_ae.diskfull import no_space, raise_if_no_space, raise_if_not_writable
 from anomaly_ae.errors import DataError, NoSpaceError
 
 _TMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[0-9a-f]+$")
@@ -71,6 +71,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         fsync_dir(path.parent)
     except BaseException as exc:
         raise_if_no_space(exc, path, probe=tmp)
+        raise_if_not_writable(exc, path)
         raise
     finally:
         if tmp.exists() or tmp.is_symlink():
@@ -152,6 +153,7 @@ def atomic_dir(final: Path | str, *, overwrite: bool = False, kind: str | None =
         raise no_space(final) from None  # name the folder, not a file inside its temporary
     except BaseException as exc:
         raise_if_no_space(exc, final, probe=tmp)
+        raise_if_not_writable(exc, final)
         raise
     finally:
         if tmp.exists():

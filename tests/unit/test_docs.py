@@ -16,9 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from anomaly_ae import errors
+
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = sorted([*(ROOT / "anomaly_ae").rglob("*.py"), *(ROOT / "flows").rglob("*.py")])
-ERRORS = {"AnomalyAEError", "DataError", "SchemaError", "ConfigError", "ModelError", "BusyError", "Rejected"}
+ERRORS = {name for name, c in vars(errors).items() if isinstance(c, type) and issubclass(c, errors.AnomalyAEError)} | {
+    "Rejected"}
 LOGGERS = {"log", "logger"}
 LOG_LEVELS = {"warning", "error", "exception", "critical"}
 REASON_NAMES = {"reason", "reject_reason"}

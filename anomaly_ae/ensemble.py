@@ -19,8 +19,11 @@ import numpy as np
 from anomaly_ae.calibrated import DETECTOR_KEYS, Calibrated
 from anomaly_ae.errors import ModelError
 
-# Smallest spread a member's score is divided by (a member that scores every held-back image alike).
+# Smallest spread a member's score (and map) is divided by, absolute and, for the score, as a share
+# of the member's typical score: a member that scores every held-back image (nearly) alike must
+# not turn its rounding into the ensemble's whole score.
 MIN_SPREAD = 1e-12
+MIN_RELATIVE_SPREAD = 1e-5  # about a hundred times float32 rounding
 # The checkpoint keys an ensemble writes itself (the rest of a checkpoint is metadata).
 ENSEMBLE_KEYS = DETECTOR_KEYS | {"members", "standardisation"}
 
@@ -55,7 +58,8 @@ class Ensemble(Calibrated):
         for m in members:
             scores, peak = _scores_and_peaks(m, held_back)
             centres.append(scores.mean())
-            scales.append(max(scores.std(), MIN_SPREAD))
+            spread = max(float(scores.std()), MIN_RELATIVE_SPREAD * abs(float(scores.mean())))
+            scales.append(spread if spread > MIN_SPREAD else 1.0)  # all zero: its scores as they are
             peaks.append(max(float(peak.mean()), MIN_SPREAD))
         return cls(config, members, centres, scales, peaks)
 

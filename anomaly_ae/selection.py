@@ -44,6 +44,9 @@ WHOLE_IMAGE_SIDE = 64
 TILE, TILED_LATENT = 32, 128
 # Fewer held-back images than this give rough standardisations (and judgements): a warning says so.
 FEW_IMAGES = 20
+# Fewest it can weigh on at all: a member's spread needs two scores (one gives none, and a score
+# divided by no spread is meaningless).
+MIN_HELD_BACK = 2
 # What a choice judged its candidates by ("mean": how earlier versions judged small images, as their
 # saved models record it).
 JUDGES = {"defects": "simulated defects", "shuffled": "shuffled patches (simulated defects beside, not judged)",
@@ -59,9 +62,10 @@ def fit_auto(det, images: np.ndarray, validation: np.ndarray | None, **fit_optio
     """
     if validation is None:
         images, validation = split_validation(images, det.config.train.val_fraction, det.config.train.seed)
-    if validation is None:
+    if validation is None or len(validation) < MIN_HELD_BACK:
         raise ModelError("model.kind auto weighs its candidates on held-back training images, but there are too few images "
-                         "(or train.val_fraction is 0) to hold any back. Choose a model kind, or add images.")
+                         f"(or train.val_fraction is too small) to hold back {MIN_HELD_BACK}: "
+                         f"{0 if validation is None else len(validation)} held back. Choose a model kind, or add images.")
     validation = check_images(validation, images.shape[1:])
     chosen, record = choose(type(det), det.config, images, validation, **fit_options)
     log.info("%s", explain(record))
@@ -121,7 +125,7 @@ def choose(detector_class, config: DetectorConfig, images: np.ndarray, validatio
     each candidate is a `detector_class` (the detector passes its own class: no import back)."""
     if len(validation) < FEW_IMAGES:
         log.warning("auto weighs its candidates on only %d held-back images: each one's share of the score "
-                    "may be off; set model.kind to pick a kind, or add images", len(validation))
+                    "may be off; pick a kind (model.kind, --model), or add images", len(validation))
     tried = []
     models = candidates(images.shape[1:], config.model)
     whole = any(m.kind == "geometric" for m in models)  # judged on anomalies of the whole image

@@ -91,6 +91,34 @@ def test_a_blind_member_costs_the_ensemble():
     assert _auroc(det, ok, bright) < _auroc(seer, ok, bright) - 0.02  # averaging is no free lunch
 
 
+def test_a_member_that_scores_every_normal_image_alike_does_not_take_over():
+    """Its spread on the held-back images is floored (a share of its typical score; 1 when it
+    scores them all 0), so a rounding-sized change on other images is not a huge standardised
+    score that outweighs every other member."""
+    normal, bright, _ = _cases(3)
+    held_back, ok = normal[:150], normal[150:]
+    seer = Seer("ae", _brightness, 1.0, 0.0)
+
+    def tiny_bump(x):  # 1e-9 more on the brightest images; none of the held-back ones
+        return 1e-9 * (x.reshape(len(x), -1).mean(1) > 104)
+
+    assert tiny_bump(held_back).max() == 0 and tiny_bump(bright).max() > 0
+    for flat, scale in ((Seer("draem", tiny_bump, 1.0, 0.25), 0.25e-5), (Seer("draem", tiny_bump, 1.0, 0.0), 1.0)):
+        det = Ensemble.standardised_on(AUTO, [seer, flat], held_back)
+        assert det.scales_[1] == pytest.approx(scale)
+        assert det.score_samples(bright).max() < 20
+        assert _auroc(det, ok, bright) == pytest.approx(_auroc(seer, ok, bright), abs=0.01)
+
+
+def test_auto_refuses_a_single_held_back_image():
+    from anomaly_ae.errors import ModelError
+    from anomaly_ae.selection import fit_auto
+
+    normal, _, _ = _cases(4)
+    with pytest.raises(ModelError, match="too few images .* to hold back 2: 1 held back"):
+        fit_auto(AutoencoderDetector(AUTO), normal[:8], normal[8:9])
+
+
 @pytest.fixture(scope="module")
 def auto_on_digits(mnist_images):
     # At the default settings (about 100 s on 2 CPU cores). With fewer epochs the discriminative

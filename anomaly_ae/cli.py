@@ -38,6 +38,12 @@ Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show progress me
 _MODEL, _TRAIN, _SCORE, _THRESHOLD = ModelConfig(), TrainConfig(), ScoreConfig(), ThresholdConfig()
 
 
+# After Ctrl-C, how long the interpreter's own exit (joining worker pools and threads) may take
+# before the process leaves without it.
+EXIT_GRACE_SECONDS = 10.0
+INTERRUPTED = 130  # the exit code of a command ended by Ctrl-C (typer's, and the shells')
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
@@ -45,6 +51,29 @@ def main() -> None:
     except AnomalyAEError as exc:
         print_error(exc)
         sys.exit(2)
+    except SystemExit as exc:
+        if exc.code == INTERRUPTED:
+            err_console.print("interrupted")
+            leave_within(EXIT_GRACE_SECONDS, INTERRUPTED)
+        raise
+
+
+def leave_within(seconds: float, code: int) -> None:
+    """End the process after `seconds` if it has not ended by then. The interpreter's exit joins
+    worker pools and threads, and a pool interrupted at the wrong instant can leave that join
+    waiting forever; the outputs are already safe by then (unfinished ones were removed as the
+    interruption unwound), so nothing is lost by leaving without it."""
+    import os
+    import threading
+    import time
+
+    def leave() -> None:
+        time.sleep(seconds)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(code)
+
+    threading.Thread(target=leave, name="exit-deadline", daemon=True).start()
 
 
 def print_error(exc: BaseException) -> None:

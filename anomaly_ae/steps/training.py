@@ -103,6 +103,11 @@ def train(dataset: str | Path, out: str | Path, *, normal: list[str] | None = No
         except NoSpaceError:
             state.unlink(missing_ok=True)  # "nothing was kept": the resume state neither
             raise
+        except KeyboardInterrupt:
+            if state.exists():
+                log.warning("training of %s interrupted; the last finished epoch is kept in %s: run the same "
+                            "command with --resume to go on from there", out, state)
+            raise
         state.unlink(missing_ok=True)
     return _told(checkpoint.summary(out, checkpoint.read(out), cached=False))
 

@@ -253,3 +253,44 @@ def test_killed_command_takes_its_prefect_server_with_it(command, server, tmp_pa
         for pid in found:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_ctrl_c_during_training_says_how_to_go_on(mnist_ds, tmp_path):
+    """Ctrl-C once an epoch is done: exit 130, and a line saying where the finished epochs are
+    kept and that --resume goes on from there."""
+    out = tmp_path / "m"
+    proc = subprocess.Popen([EXE, "train", mnist_ds, "--normal", "3", "--epochs", "30", "--out", out],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None and not any(tmp_path.glob(".m.train-*.pt")):
+        time.sleep(0.02)
+    assert proc.poll() is None, "training finished before it could be interrupted"
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert f"training of {out} interrupted" in err and "--resume" in err, err
+    assert visible(tmp_path) == [] and any(tmp_path.glob(".m.train-*.pt"))
+
+
+EXIT_BLOCKED = """
+import sys, threading
+import anomaly_ae.cli as cli
+cli.EXIT_GRACE_SECONDS = 1.0
+threading.Thread(target=threading.Event().wait, name="never-ends").start()  # what exit would join forever
+
+def interrupted():
+    raise SystemExit(cli.INTERRUPTED)
+
+cli.app = interrupted
+cli.main()
+"""
+
+
+def test_ctrl_c_ends_the_process_even_when_its_exit_would_wait_forever():
+    """After Ctrl-C the interpreter's exit joins threads and worker pools; one that never ends
+    (an interrupted pool's manager waiting for a result) must not keep the command alive."""
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", EXIT_BLOCKED], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 130 and "interrupted" in proc.stderr, proc.stderr
+    assert time.monotonic() - t0 < 60

@@ -128,6 +128,8 @@ def ingest(
 ) -> None:
     """Decode a folder, torchvision dataset or bundled sample into a Parquet dataset.
 
+    Folders: images in the folder itself, one sub-folder per class, or train/ + test/ of class folders.
+
     Unreadable files are recorded in the dataset's rejects table with the reason and skipped.
     """
     console.setup_logging(verbose)
@@ -153,8 +155,8 @@ def ingest(
 
 @app.command()
 def info(
-    dataset: Annotated[Path, typer.Argument(help="A dataset folder written by `anomaly-ae ingest`, or a model "
-                                            "folder written by `anomaly-ae train`.")],
+    dataset: Annotated[Path, typer.Argument(metavar="FOLDER", help="A dataset folder written by `anomaly-ae ingest`, "
+                                            "or a model folder written by `anomaly-ae train`.")],
     layers: Annotated[bool, typer.Option(help="For a model: its layer table (output shapes, parameters).")] = True,
     as_json: Json = False,
 ) -> None:

@@ -66,7 +66,8 @@ class Source(Protocol):
 def require_items(listing: Listing, where: str) -> Listing:
     """Raise a helpful error when a source lists nothing."""
     if not listing.items:
-        raise DataError(f"No images found in {where}. Check the path, or see `anomaly-ae ingest --help`.")
+        raise DataError(f"No images found in {where}. Check the path: images are read from the folder itself, from "
+                        "one sub-folder per class, or from train/ and test/ (`anomaly-ae ingest --help`).")
     return listing
 
 

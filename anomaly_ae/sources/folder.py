@@ -51,7 +51,8 @@ class FolderSource:
         if not root.exists():
             raise DataError(f"{root} does not exist. Check the path.")
         if not root.is_dir():
-            raise DataError(f"{root} is not a folder. Pass a folder of images, torchvision:<Name> or sample:<name>.")
+            raise DataError(f"{root} is not a folder. Pass a folder of images (to score a single image, put it in a "
+                            "folder of its own); ingest also takes torchvision:<Name> and sample:<name>.")
         walker = _Walker(root)
         layout, items = self._layout_items(walker)
         classes = sorted({i.class_name for i in items if i.class_name is not None})

@@ -44,6 +44,13 @@ def ingest(source: str, out: str | Path, config=None, *, root: str | None = None
         existing = Dataset(out).meta
         if existing.get("fingerprint") == fingerprint(listing, config):
             return _told(_dataset_summary(out, existing, cached=True), out)
+        if not overwrite:
+            was = existing.get("source", {}).get("spec")
+            why = (f"it was ingested from {was}" if was != listing.description.get("spec") else
+                   f"{source} or the ingest settings changed since it was made (files added, removed or "
+                   "rewritten; a copy that gives the files new times counts too)")
+            raise DataError(f"{out} already exists and is out of date: {why}. Pass --overwrite to ingest it again, "
+                            "or choose another --out.")
     protect = tuple(Path(p) for p in (source, root) if p and Path(p).exists())
     meta = run_ingest(listing, out, config, workers=workers, overwrite=overwrite or force, progress=progress,
                       protect=protect)

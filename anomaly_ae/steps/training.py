@@ -95,6 +95,10 @@ def train(dataset: str | Path, out: str | Path, *, normal: list[str] | None = No
         existing = None if force else _up_to_date_model(out, fp)
         if existing is not None:
             return _told(checkpoint.summary(out, existing, cached=True))
+        if (out / "model.pt").exists() and not (overwrite or force):
+            raise DataError(f"{out} already exists and is out of date: it was trained from other data or settings "
+                            f"({dataset} was ingested again, or the options differ). Pass --overwrite to train it "
+                            "again, or choose another --out.")
         state = out.parent / f".{out.name}.train-{fp[:12]}.pt"
         try:
             with atomic_dir(out, overwrite=overwrite or force, kind="model", protect=[ds.path]) as tmp:

@@ -121,9 +121,13 @@ def test_existing_output_needs_overwrite_and_up_to_date_is_skipped(tmp_path):
     again = steps.ingest(str(tmp_path / "src"), tmp_path / "ds")
     assert not first["cached"] and again["cached"]
     write_png(tmp_path / "src" / "a" / "new.png", np.zeros((12, 10), np.uint8))
-    with pytest.raises(DataError, match="already exists"):
+    with pytest.raises(DataError, match=f"already exists and is out of date: {tmp_path / 'src'} or the ingest "
+                                        "settings changed since it was made"):
         steps.ingest(str(tmp_path / "src"), tmp_path / "ds")
     assert steps.ingest(str(tmp_path / "src"), tmp_path / "ds", overwrite=True)["counts"]["images"] == 7
+    make_folder(tmp_path / "other")
+    with pytest.raises(DataError, match=f"already exists and is out of date: it was ingested from {tmp_path / 'src'}"):
+        steps.ingest(str(tmp_path / "other"), tmp_path / "ds")
 
 
 def test_a_file_rewritten_in_place_makes_the_dataset_out_of_date(tmp_path):
@@ -133,7 +137,7 @@ def test_a_file_rewritten_in_place_makes_the_dataset_out_of_date(tmp_path):
     assert first["fingerprint"] == fingerprint(open_source(str(tmp_path / "src")).list(), IngestConfig())
     victim = sorted((tmp_path / "src").rglob("*.png"))[0]
     write_png(victim, np.full((12, 10), 200, np.uint8))  # same name, new size and time
-    with pytest.raises(DataError, match="already exists"):
+    with pytest.raises(DataError, match="already exists and is out of date"):
         steps.ingest(str(tmp_path / "src"), tmp_path / "ds")
 
 

@@ -149,3 +149,22 @@ def test_a_folder_split_at_ingest_is_matched_by_content(tmp_path, caplog):
         write_png(other / f"{k}.png", rng.integers(0, 120, (16, 16), dtype=np.uint8))
     steps.score(other, tmp_path / "m", tmp_path / "run2", report=False)
     assert json.loads((tmp_path / "run2" / "run.json").read_text())["model_saw"] is None
+
+
+def test_training_again_with_other_settings_says_the_model_is_out_of_date(tmp_path):
+    """The same command is skipped as up to date; other settings into the same folder are refused
+    with the reason, and --overwrite trains again."""
+    import dataclasses
+
+    import pytest
+
+    from anomaly_ae.errors import DataError
+    from tests.conftest import TINY, noise_workspace
+
+    work = noise_workspace(tmp_path)
+    assert steps.train(work["dataset"], work["model"], config=TINY)["cached"]
+    other = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, latent_dim=8))
+    with pytest.raises(DataError, match=f"{work['model']} already exists and is out of date: it was trained from "
+                                        "other data or settings"):
+        steps.train(work["dataset"], work["model"], config=other)
+    assert not steps.train(work["dataset"], work["model"], config=other, overwrite=True)["cached"]

@@ -6,12 +6,15 @@ import contextlib
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from rich.console import Console
 
 # Output that is not a terminal (a pipe, a file) is not wrapped: a path stays on one line.
 PIPED_WIDTH = 100_000
+# Without a terminal, progress is a log line (shown with --verbose) at most this often, and at the end.
+PROGRESS_LINE_SECONDS = 30.0
 
 
 def _console(stderr: bool = False) -> Console:
@@ -58,7 +61,7 @@ def progress(label: str):
     )
 
     if not err_console.is_terminal:  # a bar cannot redraw in a pipe or file; it would leave blank lines
-        yield lambda done, total, **fields: None
+        yield progress_lines(label)
         return
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[note]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
@@ -66,11 +69,39 @@ def progress(label: str):
         task = bar.add_task(label, total=None, note="")
 
         def update(done: int, total: int | None, **fields) -> None:
-            note = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                             for k, v in fields.items())
-            bar.update(task, completed=done, total=total, note=note)
+            bar.update(task, completed=done, total=total, note=_fields(fields))
 
         yield update
+
+
+def _fields(fields: dict) -> str:
+    return "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items())
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def progress_lines(label: str, every: float = PROGRESS_LINE_SECONDS):
+    """Progress where no bar can be drawn (a log file, a scheduler's output): a callback like
+    `progress`'s that logs one INFO line at most every `every` seconds and one when done, with the
+    time so far and, when the total is known, about how long is left."""
+    log = logging.getLogger("anomaly_ae.progress")
+    start, last = time.monotonic(), [float("-inf")]
+
+    def update(done: int, total: int | None, **fields) -> None:
+        now = time.monotonic()
+        finished = bool(total) and done >= total
+        if now - last[0] < every and not finished:
+            return
+        last[0] = now
+        elapsed = now - start
+        left = f", about {_duration(elapsed * (total - done) / done)} left" if total and 0 < done < total else ""
+        note = f" ({_fields(fields)})" if fields else ""
+        log.info("%s: %s%s%s, %s so far%s", label, done, f" of {total}" if total else "", note, _duration(elapsed),
+                 left)
+
+    return update
 
 
 def print_json(obj) -> None:

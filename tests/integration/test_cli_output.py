@@ -110,3 +110,28 @@ def test_demo_rerun_says_the_model_was_up_to_date(monkeypatch, tmp_path):
     model["cached"] = False
     result = CliRunner().invoke(cli_module.app, ["demo", "--workdir", str(tmp_path)])
     assert "trained in 155.1 s" in result.output
+
+
+def test_piped_progress_is_a_line_now_and_then_with_verbose(tmp_path):
+    """Where no bar can be drawn (a log, a scheduler's output), --verbose still shows how far a
+    long command is: a line at most every 30 s and one at the end, with the time so far."""
+    quiet = cli("ingest", images(tmp_path / "imgs", 60), "--out", tmp_path / "ds")
+    assert "ingest:" not in quiet.stderr
+    loud = cli("ingest", tmp_path / "imgs", "--out", tmp_path / "ds2", "-v")
+    lines = [ln for ln in loud.stderr.splitlines() if ln.startswith("INFO: ingest: ")]
+    assert lines and lines[-1].startswith("INFO: ingest: 60 of 60") and "so far" in lines[-1], loud.stderr
+
+
+def test_progress_lines_are_spaced_out_and_say_what_is_left(caplog):
+    import logging
+
+    from anomaly_ae.console import progress_lines
+
+    with caplog.at_level(logging.INFO, logger="anomaly_ae.progress"):
+        update = progress_lines("train", every=3600)
+        for epoch in range(1, 6):
+            update(epoch, 5, loss=0.5 / epoch)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2, messages  # the first, then nothing for an hour but the last
+    assert messages[0].startswith("train: 1 of 5 (loss 0.5), ") and "left" in messages[0]
+    assert messages[1].startswith("train: 5 of 5 (loss 0.1), ") and "left" not in messages[1]

@@ -7,6 +7,8 @@ with ``skipped: busy``: the running one scores the files, and the next run what 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -41,6 +43,25 @@ def ensure_model(p: Pipeline) -> None:
         tasks.train(p)
 
 
+# How many of the latest committed runs a flow run checks for a report left unbuilt.
+REPORT_CATCH_UP = 5
+
+
+def _reports_left_behind(p: Pipeline, this_run: str | None) -> None:
+    """Build the report of a recent committed run that has none: a run interrupted (Ctrl-C, a
+    crash) between its commit and its report. Its files are in the ledger, so no later run would
+    score them again and build it."""
+    runs = p.inbox_state_dir / "runs"
+    if not runs.is_dir():
+        return
+    recent = sorted((d for d in runs.iterdir() if d.is_dir()), key=lambda d: d.name)[-REPORT_CATCH_UP:]
+    for run_dir in recent:
+        if (this_run is None or run_dir != Path(this_run)) and (run_dir / "scores.parquet").exists() \
+                and not (run_dir / "report.html").exists():
+            get_run_logger().info("building the report of %s, committed without one", run_dir)
+            tasks.report(run_dir)
+
+
 @flow(name="inbox-scoring", flow_run_name=run_name)
 def inbox_flow(pipeline: str, task_runner: str | None = None, dask_address: str | None = None) -> dict:
     """Score the files that arrived in the pipeline's inbox since the last run, exactly once."""
@@ -55,6 +76,8 @@ def inbox_flow(pipeline: str, task_runner: str | None = None, dask_address: str 
         logger.info("skipped: %s", exc)
         return artifacts.finish(p.name, {"inbox": p.inbox.folder, "skipped": "busy", "new_files": 0, "score": None},
                                 None, "skipped: another run holds the inbox")
+    if p.inbox.report:
+        _reports_left_behind(p, result.get("run_dir"))
     if not result["new_files"]:
         return artifacts.finish(p.name, result, None, f"no new files ({result['pending']} still settling)")
     if result["score"] is None:

@@ -42,14 +42,14 @@ def line(tmp_path_factory, mnist_images):
     return {"model": p.model_dir, "source": root / "line", "pixels": pixels[test, :, :, 0], "root": root}
 
 
-def make_line(line, tmp_path: Path, settle: float = 0.0, schedule: list | None = None):
+def make_line(line, tmp_path: Path, settle: float = 0.0, schedule: list | None = None, report: bool = False):
     """A pipeline over the shared model with its own inbox and outputs; returns (file, inbox, Pipeline)."""
     out, inbox = tmp_path / "out", tmp_path / "inbox"
     inbox.mkdir()
     shutil.copytree(line["model"], out / "model")
     doc = {"pipeline": {"name": "line-t"}, "data": {"source": str(line["source"]), "normal": ["good"]},
            "output": {"folder": str(out)},
-           "inbox": {"folder": str(inbox), "settle_seconds": settle, "report": False}}
+           "inbox": {"folder": str(inbox), "settle_seconds": settle, "report": report}}
     if schedule:
         doc["schedule"] = schedule
     path = write_pipeline(tmp_path / "line-t.toml", doc)
@@ -203,6 +203,22 @@ def test_failed_run_then_good_run_loses_nothing(line, tmp_path, monkeypatch):
     r = run_inbox(str(path))
     assert r["state"] == "Completed" and sorted(r["files"]) == sorted(names + more)
     assert sorted(ledger_paths(p)) == sorted(names + more)
+
+
+def test_a_report_left_unbuilt_is_built_by_the_next_run(line, tmp_path):
+    """A run interrupted between its commit and its report (Ctrl-C, a crash) has its files in the
+    ledger, so no later run scores them again: the next run builds the missing report."""
+    from flows.entry import inbox as run_inbox
+
+    path, inbox, p = make_line(line, tmp_path, report=True)
+    drop(line, inbox, ["r1.png", "r2.png"])
+    first = run_inbox(str(path))
+    report = Path(first["run_dir"]) / "report.html"
+    assert report.exists()
+    report.unlink()  # as if the run had been interrupted after its commit
+    again = run_inbox(str(path))
+    assert again["new_files"] == 0 and report.exists()
+    assert sorted(ledger_paths(p)) == ["r1.png", "r2.png"]
 
 
 def _wait_for(predicate, timeout: float) -> float:

@@ -236,6 +236,7 @@ def _write_rows(writer: TableWriter, listing: Listing, policy: Preprocess, reque
     rejects = [(i.key, i.reject_reason) for i in listing.items if i.reject_reason]
     usable = [i for i in listing.items if not i.reject_reason]
     rows, total, done, n_masks = _Rows(policy), len(listing.items), len(rejects), 0
+    depth = _BitDepth()
     stream = _chunk_stream(usable, policy, max_pixels, workers)
     with contextlib.closing(stream):
         for items, chunk in stream:
@@ -245,6 +246,7 @@ def _write_rows(writer: TableWriter, listing: Listing, policy: Preprocess, reque
             ok = [i for i, reason in zip(items, chunk.reasons) if reason is None]
             rejects += [(i.key, reason) for i, reason in zip(items, chunk.reasons) if reason is not None]
             rows.add(ok, chunk)
+            depth.add(chunk, policy)
             counts.update((i.split or UNSPLIT, i.class_name or UNLABELLED) for i in ok)
             n_masks += sum(chunk.has_mask)
             if len(rows) >= rows_per_group(policy):
@@ -255,7 +257,32 @@ def _write_rows(writer: TableWriter, listing: Listing, policy: Preprocess, reque
                 progress(done, total)
     if len(rows):
         writer.write(rows.table())
+    depth.tell()
     return counts, rejects, n_masks
+
+
+class _BitDepth:
+    """Whether the 16-bit images use only the low bits of their range (12-bit cameras write such
+    PNGs): scaled as 16-bit, as every 16-bit image is, they are stored nearly black."""
+
+    # The brightest stored value (of 255) at or below which they used 12 bits or fewer (4095 / 257).
+    LOW = 16
+
+    def __init__(self):
+        self.n, self.brightest = 0, 0
+
+    def add(self, chunk: Chunk, policy: Preprocess) -> None:
+        deep = [k for k, mode in enumerate(chunk.orig_mode) if mode.startswith("I;16")]
+        if deep:
+            self.n += len(deep)
+            self.brightest = max(self.brightest, int(chunk.pixel_array(policy.shape)[deep].max()))
+
+    def tell(self) -> None:
+        if self.n and self.brightest <= self.LOW:
+            log.warning("%d images are 16-bit but use at most 12 bits of it (the brightest pixel of all of them is "
+                        "stored as %d of 255): scaled from the 16-bit range, they are nearly black and keep about "
+                        "%d grey levels. Scale them to 8 bits from their own range (e.g. 12-bit: divide by 16) "
+                        "before ingesting", self.n, self.brightest, self.brightest + 1)
 
 
 def _metadata(listing: Listing, policy: Preprocess, counts: Counter, n_masks: int,

@@ -203,3 +203,21 @@ def test_crop_is_cut_before_resizing_recorded_and_cut_again_when_scoring(tmp_pat
     rejects: list = []
     scored = [px for part in parts for _, px, _ in scoring.iter_batches(part, policy, 64, None, rejects)]
     assert np.array_equal(np.concatenate(scored), pixels)  # the folder's files, cut and resized alike
+
+
+@pytest.mark.parametrize("top,warned", [(4095, True), (65535, False)])
+def test_16_bit_images_that_use_12_bits_are_pointed_out(tmp_path, caplog, top, warned):
+    """12-bit camera data in 16-bit PNGs is scaled like any 16-bit image (to 0..16 of 255): the
+    ingest says so; images that use the 16-bit range are ingested without a word."""
+    import logging
+
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        Image.fromarray((rng.random((20, 30)) * top).astype(np.uint16)).save(tmp_path / f"cam{k}.png")
+    with caplog.at_level(logging.WARNING):
+        steps.ingest(str(tmp_path), tmp_path / "ds")
+    said = [r.getMessage() for r in caplog.records if "use at most 12 bits" in r.getMessage()]
+    assert Dataset(tmp_path / "ds").meta["counts"]["images"] == 3
+    assert bool(said) == warned, said
+    if warned:
+        assert said[0].startswith("3 images are 16-bit") and "stored as 16 of 255" in said[0]

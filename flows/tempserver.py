@@ -58,12 +58,17 @@ def watched_command(args: list[str]) -> list[str]:
 
 class _WatchedSubprocess:
     """The `subprocess` module as Prefect's server module sees it while it starts a server:
-    the same, except that ``python -m ...`` children run under the parent watch."""
+    the same, except that ``python -m ...`` children run under the parent watch, in a session of
+    their own: Ctrl-C in a terminal signals the whole foreground group, and a server that died with
+    the command could not record the interrupted run (Prefect then prints its failed connections
+    and the command ends with 1, not 130). The server still stops with the command: Prefect stops
+    it at exit, and the watch when the command is killed."""
 
     def __init__(self, real):
         self._real = real
 
     def Popen(self, args, *rest, **kwargs):  # noqa: N802 (the name Prefect calls)
+        kwargs.setdefault("start_new_session", True)
         return self._real.Popen(watched_command(args), *rest, **kwargs)
 
     def __getattr__(self, name):

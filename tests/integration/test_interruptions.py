@@ -294,3 +294,45 @@ def test_ctrl_c_ends_the_process_even_when_its_exit_would_wait_forever():
     proc = subprocess.run([sys.executable, "-c", EXIT_BLOCKED], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 130 and "interrupted" in proc.stderr, proc.stderr
     assert time.monotonic() - t0 < 60
+
+
+def test_ctrl_c_of_a_prefect_command_is_one_line_and_130(tmp_path):
+    """Ctrl-C in a terminal signals the whole foreground group: the temporary Prefect server must
+    outlive it long enough to record the interrupted run (no failed-connection tracebacks, exit
+    130, not 1), and then stop with the command."""
+    from tests.integration.conftest import write_pipeline
+
+    (tmp_path / "inbox").mkdir()
+    pipeline = write_pipeline(tmp_path / "p.toml", {
+        "pipeline": {"name": "p"}, "data": {"source": "sample:digits", "normal": ["0"]},
+        "train": {"epochs": 200, "patience": 200},  # long enough to be interrupted while it trains
+        "output": {"folder": str(tmp_path / "out")}, "inbox": {"folder": str(tmp_path / "inbox")}})
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    proc = subprocess.Popen([EXE, "inbox", str(pipeline)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # its own group, as a terminal's foreground job
+    found: list[int] = []
+    try:
+        deadline = time.monotonic() + 600
+        while not found and time.monotonic() < deadline and proc.poll() is None:
+            found = [pid for pid, cmd in children_of(proc.pid).items() if b"uvicorn" in cmd]
+            time.sleep(0.2)
+        assert found, f"`anomaly-ae inbox` started no Prefect server (exit code {proc.poll()})"
+        while time.monotonic() < deadline and not any((tmp_path / "out").rglob(".*.train-*.pt")) \
+                and proc.poll() is None:
+            time.sleep(0.2)  # the flow is running: training has finished an epoch
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, err
+        assert "Traceback" not in err and "Connection refused" not in err and "interrupted" in err, err
+        deadline = time.monotonic() + 120
+        while alive(found[0]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not alive(found[0]), "the Prefect server outlived the interrupted command"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in found:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)

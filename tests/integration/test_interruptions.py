@@ -3,6 +3,7 @@ the same result as an uninterrupted run (training resumes from its last epoch wi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -220,32 +221,21 @@ def alive(pid: int) -> bool:
     return "Z" not in state
 
 
-@pytest.mark.parametrize("command,server", [("inbox", b"uvicorn"), ("serve", b"server\0start")])
-def test_killed_command_takes_its_prefect_server_with_it(command, server, tmp_path):
-    """SIGKILL of a command that started a Prefect server (none configured): the server stops too."""
-    from tests.integration.conftest import write_pipeline
-
-    (tmp_path / "inbox").mkdir()
-    pipeline = write_pipeline(tmp_path / "p.toml", {
-        "pipeline": {"name": "p"}, "data": {"source": "sample:digits", "normal": ["0"]},
-        "output": {"folder": str(tmp_path / "out")}, "inbox": {"folder": str(tmp_path / "inbox")}})
+@contextlib.contextmanager
+def with_prefect_server(args: list[str], tmp_path: Path, server: bytes = b"uvicorn", **popen):
+    """Run `anomaly-ae ARGS` with no Prefect server configured; yields (the process, the pid of the
+    temporary server it started) once that server runs; both are killed at the end if still alive."""
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
-    proc = subprocess.Popen([EXE, command, str(pipeline)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([EXE, *args], env=env, stdout=subprocess.DEVNULL, **popen)
     found: list[int] = []
     try:
         deadline = time.monotonic() + 600  # starting a server on a loaded machine takes a while
         while not found and time.monotonic() < deadline and proc.poll() is None:
             found = [pid for pid, cmd in children_of(proc.pid).items() if server in cmd]
             time.sleep(0.2)
-        assert found, f"`anomaly-ae {command}` started no Prefect server (exit code {proc.poll()})"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        deadline = time.monotonic() + 120  # a generous ceiling: it stops within a second when idle
-        while alive(found[0]) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not alive(found[0]), "the Prefect server outlived the killed command"
+        assert found, f"`anomaly-ae {args[0]}` started no Prefect server (exit code {proc.poll()})"
+        yield proc, found[0]
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -253,6 +243,33 @@ def test_killed_command_takes_its_prefect_server_with_it(command, server, tmp_pa
         for pid in found:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def stops_within(pid: int, seconds: float = 120.0) -> bool:
+    """Whether process `pid` is gone within `seconds` (a generous ceiling: an idle server stops in one)."""
+    deadline = time.monotonic() + seconds
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not alive(pid)
+
+
+def inbox_pipeline(tmp_path: Path, **tables) -> Path:
+    from tests.integration.conftest import write_pipeline
+
+    (tmp_path / "inbox").mkdir()
+    return write_pipeline(tmp_path / "p.toml", {
+        "pipeline": {"name": "p"}, "data": {"source": "sample:digits", "normal": ["0"]}, **tables,
+        "output": {"folder": str(tmp_path / "out")}, "inbox": {"folder": str(tmp_path / "inbox")}})
+
+
+@pytest.mark.parametrize("command,server", [("inbox", b"uvicorn"), ("serve", b"server\0start")])
+def test_killed_command_takes_its_prefect_server_with_it(command, server, tmp_path):
+    """SIGKILL of a command that started a Prefect server (none configured): the server stops too."""
+    pipeline = inbox_pipeline(tmp_path)
+    with with_prefect_server([command, str(pipeline)], tmp_path, server, stderr=subprocess.DEVNULL) as (proc, pid):
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert stops_within(pid), "the Prefect server outlived the killed command"
 
 
 def test_ctrl_c_during_training_says_how_to_go_on(mnist_ds, tmp_path):
@@ -300,24 +317,10 @@ def test_ctrl_c_of_a_prefect_command_is_one_line_and_130(tmp_path):
     """Ctrl-C in a terminal signals the whole foreground group: the temporary Prefect server must
     outlive it long enough to record the interrupted run (no failed-connection tracebacks, exit
     130, not 1), and then stop with the command."""
-    from tests.integration.conftest import write_pipeline
-
-    (tmp_path / "inbox").mkdir()
-    pipeline = write_pipeline(tmp_path / "p.toml", {
-        "pipeline": {"name": "p"}, "data": {"source": "sample:digits", "normal": ["0"]},
-        "train": {"epochs": 200, "patience": 200},  # long enough to be interrupted while it trains
-        "output": {"folder": str(tmp_path / "out")}, "inbox": {"folder": str(tmp_path / "inbox")}})
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
-    proc = subprocess.Popen([EXE, "inbox", str(pipeline)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)  # its own group, as a terminal's foreground job
-    found: list[int] = []
-    try:
+    pipeline = inbox_pipeline(tmp_path, train={"epochs": 200, "patience": 200})  # long enough to interrupt
+    with with_prefect_server(["inbox", str(pipeline)], tmp_path, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True) as (proc, pid):  # its own group, as a terminal's job
         deadline = time.monotonic() + 600
-        while not found and time.monotonic() < deadline and proc.poll() is None:
-            found = [pid for pid, cmd in children_of(proc.pid).items() if b"uvicorn" in cmd]
-            time.sleep(0.2)
-        assert found, f"`anomaly-ae inbox` started no Prefect server (exit code {proc.poll()})"
         while time.monotonic() < deadline and not any((tmp_path / "out").rglob(".*.train-*.pt")) \
                 and proc.poll() is None:
             time.sleep(0.2)  # the flow is running: training has finished an epoch
@@ -325,14 +328,4 @@ def test_ctrl_c_of_a_prefect_command_is_one_line_and_130(tmp_path):
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 130, err
         assert "Traceback" not in err and "Connection refused" not in err and "interrupted" in err, err
-        deadline = time.monotonic() + 120
-        while alive(found[0]) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not alive(found[0]), "the Prefect server outlived the interrupted command"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for pid in found:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        assert stops_within(pid), "the Prefect server outlived the interrupted command"

@@ -45,7 +45,8 @@ def raise_if_not_writable(exc: BaseException, path: Path | str, what: str | None
     while not where.is_dir() and where != where.parent:  # the folder the write was refused in
         where = where.parent
     reason, fix = _NOT_WRITABLE[exc.errno]
-    raise NotWritableError(f"{what or 'Cannot write ' + str(path)}: {where} {reason}; nothing was written. {fix}") from None
+    subject = what or f"Cannot write {path}"
+    raise NotWritableError(f"{subject}: {where} {reason}; nothing was written. {fix}") from None
 
 
 def _is_output(name: Path, output: Path) -> bool:
@@ -54,6 +55,14 @@ def _is_output(name: Path, output: Path) -> bool:
     name, output = Path(os.path.abspath(name)), Path(os.path.abspath(output))
     return (output.is_relative_to(name) or name.is_relative_to(output)
             or (name.parent == output.parent and name.name.startswith("." + output.name)))
+
+
+def raise_if_user_fixable(exc: BaseException, path: Path | str, *, probe: Path | str | None = None,
+                          what: str | None = None) -> None:
+    """Raise NoSpaceError or NotWritableError when a failed write of `path` was one of those (see
+    `raise_if_no_space` and `raise_if_not_writable`); otherwise return, for the caller to re-raise."""
+    raise_if_no_space(exc, path, probe=probe)
+    raise_if_not_writable(exc, path, what)
 
 
 def no_space(path: Path) -> NoSpaceError:

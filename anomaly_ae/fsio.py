@@ -21,7 +21,7 @@ import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from anomaly_ae.diskfull import no_space, raise_if_no_space, raise_if_not_writable
+from anomaly_ae.diskfull import no_space, raise_if_user_fixable
 from anomaly_ae.errors import DataError, NoSpaceError
 
 _TMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[0-9a-f]+$")
@@ -70,8 +70,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException as exc:
-        raise_if_no_space(exc, path, probe=tmp)
-        raise_if_not_writable(exc, path)
+        raise_if_user_fixable(exc, path, probe=tmp)
         raise
     finally:
         if tmp.exists() or tmp.is_symlink():
@@ -152,8 +151,7 @@ def atomic_dir(final: Path | str, *, overwrite: bool = False, kind: str | None =
     except NoSpaceError:
         raise no_space(final) from None  # name the folder, not a file inside its temporary
     except BaseException as exc:
-        raise_if_no_space(exc, final, probe=tmp)
-        raise_if_not_writable(exc, final)
+        raise_if_user_fixable(exc, final, probe=tmp)
         raise
     finally:
         if tmp.exists():

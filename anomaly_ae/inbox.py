@@ -61,7 +61,8 @@ def _empty_ledger() -> pa.Table:
     return schema.schema("ledger").empty_table()
 
 
-def _committed_runs(state_dir: Path) -> list[str]:
+def committed_runs(state_dir: Path) -> list[str]:
+    """The names of the committed runs under `state_dir`/runs, oldest first."""
     runs = state_dir / "runs"
     if not runs.is_dir():
         return []
@@ -81,7 +82,7 @@ def read_ledger(state_dir: str | Path, *, consolidate: bool = True) -> pa.Table:
     if cache_path.exists():
         covered = schema.read_meta(cache_path, "ledger").get("runs", [])
         table = schema.validate(pq.read_table(cache_path), "ledger")
-    missing = [r for r in _committed_runs(state_dir) if r not in set(covered)]
+    missing = [r for r in committed_runs(state_dir) if r not in set(covered)]
     if not missing:
         return table
     parts = [schema.validate(pq.read_table(state_dir / "runs" / r / LEDGER), "ledger") for r in missing]
@@ -253,7 +254,7 @@ def _add_rejects(run_dir: Path, rejects: list[tuple[str, str]]) -> None:
 def rejected_reasons(state_dir: str | Path) -> dict[str, str]:
     """{path: reason} of every file the committed inbox runs rejected (from their rejects tables)."""
     out: dict[str, str] = {}
-    for run in _committed_runs(Path(state_dir)):
+    for run in committed_runs(Path(state_dir)):
         path = Path(state_dir) / "runs" / run / "rejects.parquet"
         if path.exists():
             table = pq.read_table(path, columns=["source", "reason"])

@@ -8,7 +8,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from anomaly_ae.diskfull import raise_if_no_space, raise_if_not_writable
+from anomaly_ae.diskfull import raise_if_user_fixable
 from anomaly_ae.errors import BusyError
 
 # Tries to take a lock whose file its holder keeps replacing (each try is immediate).
@@ -47,8 +47,7 @@ class FileLock:
             # process report the folder busy.
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
-            raise_if_no_space(exc, self.path)
-            raise_if_not_writable(exc, self.path, f"{self.what}: cannot take its lock {self.path}")
+            raise_if_user_fixable(exc, self.path, what=f"{self.what}: cannot take its lock {self.path}")
             raise
         self._fd = fd
         return self
@@ -58,8 +57,7 @@ class FileLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise_if_no_space(exc, self.path)
-            raise_if_not_writable(exc, self.path, f"{self.what}: cannot take its lock {self.path}")
+            raise_if_user_fixable(exc, self.path, what=f"{self.what}: cannot take its lock {self.path}")
             raise
 
     def _still_at_path(self, fd: int) -> bool:

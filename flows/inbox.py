@@ -48,16 +48,10 @@ REPORT_CATCH_UP = 5
 
 
 def _reports_left_behind(p: Pipeline, this_run: str | None) -> None:
-    """Build the report of a recent committed run that has none: a run interrupted (Ctrl-C, a
-    crash) between its commit and its report. Its files are in the ledger, so no later run would
-    score them again and build it."""
-    runs = p.inbox_state_dir / "runs"
-    if not runs.is_dir():
-        return
-    recent = sorted((d for d in runs.iterdir() if d.is_dir()), key=lambda d: d.name)[-REPORT_CATCH_UP:]
-    for run_dir in recent:
-        if (this_run is None or run_dir != Path(this_run)) and (run_dir / "scores.parquet").exists() \
-                and not (run_dir / "report.html").exists():
+    """Build the report of a recent committed run that has none (see
+    `steps.inbox_runs_without_report`), other than this flow run's own, which it builds after."""
+    for run_dir in steps.inbox_runs_without_report(p.inbox_state_dir, REPORT_CATCH_UP):
+        if this_run is None or run_dir != Path(this_run):
             get_run_logger().info("building the report of %s, committed without one", run_dir)
             tasks.report(run_dir)
 

@@ -14,6 +14,16 @@ from anomaly_ae.steps.runs import score
 log = logging.getLogger(__name__)
 
 
+def inbox_runs_without_report(state_dir: str | Path, latest: int) -> list[Path]:
+    """The folders of the `latest` committed runs that hold scores but no report.html: runs
+    interrupted (Ctrl-C, a crash) between their commit and their report. Their files are in the
+    ledger, so no later run scores them again and builds it."""
+    from anomaly_ae.inbox import committed_runs
+
+    runs = [Path(state_dir) / "runs" / name for name in committed_runs(Path(state_dir))[-latest:]] if latest else []
+    return [r for r in runs if (r / "scores.parquet").exists() and not (r / "report.html").exists()]
+
+
 def inbox_has_new_files(folder: str | Path, state_dir: str | Path, settle_seconds: float = 5.0) -> bool:
     """Whether an inbox run would find settled files to score (see `anomaly_ae.inbox.has_new_files`)."""
     from anomaly_ae.inbox import has_new_files

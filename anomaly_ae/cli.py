@@ -84,7 +84,8 @@ def print_error(exc: BaseException) -> None:
 
 
 def _default_name(spec: str) -> str:
-    name = spec.split(":", 1)[1] if ":" in spec and not Path(spec).exists() else Path(spec).resolve().name
+    path = Path(spec).resolve()
+    name = spec.split(":", 1)[1] if ":" in spec and not Path(spec).exists() else path.stem if path.is_file() else path.name
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-").lower() or "dataset"
 
 
@@ -115,6 +116,9 @@ def ingest(
     crop: Annotated[str | None, typer.Option(metavar="TOP,LEFT,HEIGHT,WIDTH", help="Keep only this region of "
                                              "every image (source pixels, cut before resizing); scoring cuts "
                                              "the same region.")] = None,
+    bit_depth: Annotated[int | None, typer.Option(metavar="BITS", help="Bits that 16-bit gray images really hold "
+                                                  "(8..16; a 12-bit camera: 12): scaled to 8 bits from that range, "
+                                                  "not from 0..65535; scoring scales the same way.")] = None,
     test_fraction: Annotated[float | None, typer.Option(help="For data without splits: share of each class "
                                                                 "marked 'test' (seeded).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the --test-fraction split \\[default: 0].")] = None,
@@ -319,7 +323,8 @@ def calibrate(
 
 @app.command()
 def score(
-    input: Annotated[Path, typer.Argument(help="A folder of images or a dataset written by `anomaly-ae ingest`.")],
+    input: Annotated[Path, typer.Argument(help="A folder of images, one image file, or a dataset written by "
+                                                "`anomaly-ae ingest`.")],
     model: Annotated[Path, typer.Option("--model", "-m", help="A model folder written by `anomaly-ae train`.")],
     out: Annotated[Path | None, typer.Option(help="Run folder \\[default: data/runs/<input>-<time>].")] = None,
     threshold: Annotated[float | None, typer.Option(help="Flag scores above this value instead of the calibrated threshold.")] = None,

@@ -206,12 +206,15 @@ class IngestConfig:
     # A fixed region of interest, (top, left, height, width) in the source image's pixels, cut out
     # before resizing; "TOP,LEFT,HEIGHT,WIDTH" is accepted too. None: the whole image.
     crop: tuple[int, ...] | None = None
+    # Bits that 16-bit gray images really hold (a 12-bit camera's PNGs: 12): scaled to 8 bits from
+    # 0..2**bit_depth - 1 instead of 0..65535. None: the full 16-bit range. 8-bit images are unchanged.
+    bit_depth: int | None = None
     test_fraction: float | None = None  # share of each class marked 'test' (sources without splits)
     seed: int = 0  # seed of that split
     max_pixels: int = 64_000_000  # images with more pixels are rejected (decompression-bomb guard)
 
     def __post_init__(self):
-        from anomaly_ae.imaging import RESIZE_METHODS, is_crop, parse_size
+        from anomaly_ae.imaging import BIT_DEPTHS, RESIZE_METHODS, is_bit_depth, is_crop, parse_size
 
         if isinstance(self.crop, str):
             object.__setattr__(self, "crop", _parse_crop(self.crop))
@@ -223,6 +226,8 @@ class IngestConfig:
                 f"got {self.resize!r}")
         require(is_crop(self.crop), "crop", f"must be TOP,LEFT,HEIGHT,WIDTH (whole pixels; top and left >= 0, height and width "
                 f">= 1), got {self.crop!r}")
+        require(is_bit_depth(self.bit_depth), "bit_depth", f"must be a whole number of bits within "
+                f"{BIT_DEPTHS[0]}..{BIT_DEPTHS[-1]} (the bits a 16-bit image's camera writes), got {self.bit_depth!r}")
         require(self.test_fraction is None or 0.0 < self.test_fraction < 1.0, "test_fraction",
                 f"must be between 0 and 1 (exclusive), got {self.test_fraction}")
         require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")

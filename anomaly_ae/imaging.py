@@ -10,7 +10,7 @@ import hashlib
 import io
 import warnings
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -54,6 +54,9 @@ class Preprocess:
     channels: str = "L"
     resize: str = "bilinear"
     crop: tuple[int, int, int, int] | None = None  # (top, left, height, width) cut out before resizing
+    # Bits a high bit-depth gray image (16-bit PNG or TIFF) holds: scaled to 8 bits from 0..2**bit_depth - 1.
+    # None: from the full range of its type (0..65535).
+    bit_depth: int | None = None
 
     def __post_init__(self):
         if self.channels not in ("L", "RGB"):
@@ -66,6 +69,9 @@ class Preprocess:
             raise ConfigError(f"image size must be within 1..8192, got {self.height}x{self.width}.")
         if not is_crop(self.crop):
             raise ConfigError(f"crop must be (top, left, height, width) with height and width >= 1, got {self.crop}.")
+        if not is_bit_depth(self.bit_depth):
+            raise ConfigError(f"bit depth must be a whole number of bits within {BIT_DEPTHS[0]}..{BIT_DEPTHS[-1]}, "
+                              f"got {self.bit_depth!r}.")
 
     @property
     def n_channels(self) -> int:
@@ -78,16 +84,21 @@ class Preprocess:
         return (self.height, self.width, self.n_channels)
 
     def to_dict(self) -> dict:
-        """Plain dict for JSON metadata and checkpoints (``crop`` only when set)."""
+        """Plain dict for JSON metadata and checkpoints (``crop`` and ``bit_depth`` only when set)."""
         d = {"height": self.height, "width": self.width, "channels": self.channels,
              "resize": self.resize, "exif_orientation": True, "alpha": "composited on black"}
-        return {**d, "crop": list(self.crop)} if self.crop else d
+        if self.crop:
+            d["crop"] = list(self.crop)
+        if self.bit_depth:
+            d["bit_depth"] = self.bit_depth
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocess:
         """Inverse of `to_dict` (unknown informational keys are ignored)."""
         crop = tuple(int(v) for v in d["crop"]) if d.get("crop") else None
-        return cls(int(d["height"]), int(d["width"]), str(d["channels"]), str(d["resize"]), crop)
+        bits = int(d["bit_depth"]) if d.get("bit_depth") else None
+        return cls(int(d["height"]), int(d["width"]), str(d["channels"]), str(d["resize"]), crop, bits)
 
     def cut(self, img: Image.Image) -> Image.Image:
         """The crop region of a decoded image (the image itself without one).
@@ -113,6 +124,15 @@ def is_crop(crop) -> bool:
             and min(crop[:2]) >= 0 and min(crop[2:]) >= 1)
 
 
+# The bit depths a high bit-depth image may be declared to hold (8: 8-bit data in a 16-bit file).
+BIT_DEPTHS = tuple(range(8, 17))
+
+
+def is_bit_depth(bits) -> bool:
+    """True for None (the type's full range) or a whole number of bits in BIT_DEPTHS."""
+    return bits is None or (isinstance(bits, int) and not isinstance(bits, bool) and bits in BIT_DEPTHS)
+
+
 @dataclass(frozen=True)
 class PolicyRequest:
     """What the user asked for; parts left as None are inferred from the data."""
@@ -121,11 +141,12 @@ class PolicyRequest:
     channels: str | None = None
     resize: str = "bilinear"
     crop: tuple[int, int, int, int] | None = None
+    bit_depth: int | None = None
 
     @classmethod
     def of(cls, config) -> PolicyRequest:
         """The request an `IngestConfig` makes."""
-        return cls(parse_size(config.size), config.channels, config.resize, config.crop)
+        return cls(parse_size(config.size), config.channels, config.resize, config.crop, config.bit_depth)
 
     def resolve(self, height: int, width: int, gray: bool) -> Preprocess:
         """The policy for a dataset whose first image has this size (before any crop) and colour."""
@@ -133,16 +154,16 @@ class PolicyRequest:
             height, width = self.crop[2], self.crop[3]
         size = self.size or ((height, width) if max(height, width) <= MAX_KEPT_SIDE else DEFAULT_SIZE)
         channels = self.channels or ("L" if gray else "RGB")
-        return Preprocess(size[0], size[1], channels, self.resize, self.crop)
+        return Preprocess(size[0], size[1], channels, self.resize, self.crop, self.bit_depth)
 
     def revise(self, policy: Preprocess, height: int, width: int, gray: bool) -> Preprocess | None:
         """A corrected policy if an image contradicts an inferred part of `policy`, else None."""
         new = policy
         if self.size is None and not self.crop and (height, width) != (policy.height, policy.width):
             if (policy.height, policy.width) != DEFAULT_SIZE:
-                new = Preprocess(*DEFAULT_SIZE, new.channels, new.resize)
+                new = replace(new, height=DEFAULT_SIZE[0], width=DEFAULT_SIZE[1])
         if self.channels is None and not gray and policy.channels == "L":
-            new = Preprocess(new.height, new.width, "RGB", new.resize, new.crop)
+            new = replace(new, channels="RGB")
         return None if new == policy else new
 
 
@@ -249,21 +270,24 @@ def is_gray(img: Image.Image) -> bool:
     return False
 
 
-def _to_8bit_gray(img: Image.Image) -> Image.Image:
-    """High bit-depth and float gray images scaled (not clipped) to 8 bits."""
+def _to_8bit_gray(img: Image.Image, bit_depth: int | None = None) -> Image.Image:
+    """High bit-depth and float gray images scaled to 8 bits: integer images from 0..2**bit_depth - 1
+    (brighter values clipped), or from their type's full range without a bit depth."""
     a = np.asarray(img)
     if img.mode == "F":
         a = a * 255.0 if np.nanmax(a, initial=0) <= 1.0 else a
+    elif bit_depth is not None:
+        a = a * (255.0 / (2 ** bit_depth - 1))
     elif img.mode.startswith("I;16") or (img.mode == "I" and a.max(initial=0) > 255):
         a = a / 257.0
     a = np.nan_to_num(a, nan=0.0)
     return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
 
 
-def _flatten(img: Image.Image) -> Image.Image:
+def _flatten(img: Image.Image, bit_depth: int | None = None) -> Image.Image:
     """Any mode -> 'L' or 'RGB'; transparency composited on black."""
     if img.mode in ("I", "F") or img.mode.startswith("I;16"):
-        return _to_8bit_gray(img)
+        return _to_8bit_gray(img, bit_depth)
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("RGBA", "LA", "La", "RGBa", "PA"):
@@ -277,7 +301,7 @@ def _flatten(img: Image.Image) -> Image.Image:
 
 def to_pixels(img: Image.Image, policy: Preprocess) -> np.ndarray:
     """Apply the policy: crop, flatten, convert channels, resize. Returns (H, W, C) uint8."""
-    img = _flatten(policy.cut(img))
+    img = _flatten(policy.cut(img), policy.bit_depth)
     if img.mode != policy.channels:
         img = img.convert(policy.channels)
     if img.size != (policy.width, policy.height):

@@ -127,7 +127,7 @@ def ingest(
 
 def _initial_policy(items: list[Item], request: PolicyRequest, max_pixels: int) -> Preprocess:
     if request.size and request.channels:
-        return Preprocess(*request.size, request.channels, request.resize)
+        return request.resolve(*request.size, request.channels == "L")  # the image's own size and colour unused
     probe = Preprocess(1, 1, "L", request.resize)
     for item in items[:1000]:
         if item.reject_reason:
@@ -257,32 +257,40 @@ def _write_rows(writer: TableWriter, listing: Listing, policy: Preprocess, reque
                 progress(done, total)
     if len(rows):
         writer.write(rows.table())
-    depth.tell()
+    depth.tell(policy)
     return counts, rejects, n_masks
 
 
 class _BitDepth:
     """Whether the 16-bit images use only the low bits of their range (12-bit cameras write such
-    PNGs): scaled as 16-bit, as every 16-bit image is, they are stored nearly black."""
+    PNGs): scaled as 16-bit, as every 16-bit image is without a bit depth, they are stored nearly
+    black. With a bit depth: whether images are brighter than it holds (clipped to white)."""
 
     # The brightest stored value (of 255) at or below which they used 12 bits or fewer (4095 / 257).
     LOW = 16
 
     def __init__(self):
-        self.n, self.brightest = 0, 0
+        self.n, self.brightest, self.over = 0, 0, 0
 
     def add(self, chunk: Chunk, policy: Preprocess) -> None:
+        if policy.bit_depth is not None:
+            self.over += sum(chunk.over_range)
+            return
         deep = [k for k, mode in enumerate(chunk.orig_mode) if mode.startswith("I;16")]
         if deep:
             self.n += len(deep)
             self.brightest = max(self.brightest, int(chunk.pixel_array(policy.shape)[deep].max()))
 
-    def tell(self) -> None:
+    def tell(self, policy: Preprocess) -> None:
+        if self.over:
+            log.warning("%d images hold values above the %d-bit range of --bit-depth %d (up to %d): their brightest "
+                        "parts are stored as white. Ingest again with the bit depth their camera writes",
+                        self.over, policy.bit_depth, policy.bit_depth, 2 ** policy.bit_depth - 1)
         if self.n and self.brightest <= self.LOW:
             log.warning("%d images are 16-bit but use at most 12 bits of it (the brightest pixel of all of them is "
                         "stored as %d of 255): scaled from the 16-bit range, they are nearly black and keep about "
-                        "%d grey levels. Scale them to 8 bits from their own range (e.g. 12-bit: divide by 16) "
-                        "before ingesting", self.n, self.brightest, self.brightest + 1)
+                        "%d grey levels. Ingest them with the bit depth their camera writes (e.g. --bit-depth 12)",
+                        self.n, self.brightest, self.brightest + 1)
 
 
 def _metadata(listing: Listing, policy: Preprocess, counts: Counter, n_masks: int,

@@ -50,6 +50,7 @@ class Decoded(NamedTuple):
     sha256: str
     gray: bool
     reason: str | None = None
+    over_range: bool = False  # a high bit-depth image brighter than the policy's bit depth holds (clipped)
 
 
 @dataclass
@@ -70,6 +71,7 @@ class Chunk:
     orig_mode: list = field(default_factory=list)
     sha256: list = field(default_factory=list)
     gray: list = field(default_factory=list)
+    over_range: list = field(default_factory=list)
 
     @classmethod
     def pack(cls, decoded: list[Decoded], mask_size: int) -> Chunk:
@@ -78,7 +80,8 @@ class Chunk:
         return cls([d.reason for d in decoded], b"".join(d.pixels for d in ok),
                    b"".join(d.mask or bytes(mask_size) for d in ok) if any(d.mask for d in ok) else b"",
                    [d.mask is not None for d in ok], [d.orig_height for d in ok], [d.orig_width for d in ok],
-                   [d.orig_mode for d in ok], [d.sha256 for d in ok], [d.gray for d in ok])
+                   [d.orig_mode for d in ok], [d.sha256 for d in ok], [d.gray for d in ok],
+                   [d.over_range for d in ok])
 
     def pixel_array(self, shape: tuple) -> np.ndarray:
         """(decoded files, *shape) uint8 view of the pixels."""
@@ -112,8 +115,9 @@ def decode_one(path, mask_path, policy: Preprocess, max_pixels: int) -> Decoded:
             except Rejected as exc:
                 raise Rejected(f"its mask {os.fsdecode(mask_path)!r} is unusable: {exc}") from None
         pixels = to_pixels(img, policy)
+        over = policy.bit_depth is not None and img.mode[:1] == "I" and img.getextrema()[1] >= 2 ** policy.bit_depth
         return Decoded(pixels.tobytes(), mask, img.height, img.width, img.mode,
-                       sha256_hex(data), is_gray(img))
+                       sha256_hex(data), is_gray(img), over_range=over)
     except Rejected as exc:
         return Decoded(None, None, 0, 0, "", "", False, str(exc))
     except MemoryError:

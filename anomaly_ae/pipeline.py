@@ -52,7 +52,7 @@ class PipelineSection:
 @dataclass(frozen=True)
 class DataSection(IngestConfig):
     """[data]: where the training images come from, which are normal, and how they are ingested (every
-    `IngestConfig` setting: size, channels, resize, crop, test_fraction, seed, max_pixels)."""
+    `IngestConfig` setting: size, channels, resize, crop, bit_depth, test_fraction, seed, max_pixels)."""
 
     source: str = ""
     normal: tuple[str, ...] = ()  # normal class names (or labels); empty: the dataset's default

@@ -3,7 +3,8 @@
 - split layout: ``root/{train,test,val}/<class>/*`` with optional masks in
   ``root/ground_truth/<class>/<stem>_mask.png`` (the anomaly-benchmark layout);
 - class layout: ``root/<class>/**/*``;
-- flat layout: ``root/*`` (unlabelled).
+- flat layout: ``root/*`` (unlabelled);
+- one image file (unlabelled), for scoring a single image.
 
 Listing is deterministic (sorted names), never follows directory links (so link loops cannot
 trap it) and rejects file links that lead outside the folder.
@@ -51,8 +52,10 @@ class FolderSource:
         if not root.exists():
             raise DataError(f"{root} does not exist. Check the path.")
         if not root.is_dir():
-            raise DataError(f"{root} is not a folder. Pass a folder of images (to score a single image, put it in a "
-                            "folder of its own); ingest also takes torchvision:<Name> and sample:<name>.")
+            if is_image_name(root.name):
+                return self._one_file()
+            raise DataError(f"{root} is not a folder or an image file (named {', '.join(IMAGE_EXTENSIONS)}). Pass a "
+                            "folder of images or one image; ingest also takes torchvision:<Name> and sample:<name>.")
         walker = _Walker(root)
         layout, items = self._layout_items(walker)
         classes = sorted({i.class_name for i in items if i.class_name is not None})
@@ -64,6 +67,21 @@ class FolderSource:
             "layout": layout, "ignored_files": walker.ignored,
         }
         return Listing(items, classes, description, walker.file_stats)
+
+    def _one_file(self) -> Listing:
+        """The root is one image file: a flat listing of it alone (a link to it is followed: it was named)."""
+        path = self.root
+        item = Item(key=display_name(path.name), path=str(path))
+        try:
+            st = os.stat(path)
+            parts = [(item.key, st.st_size, st.st_mtime_ns)]
+            if not stat.S_ISREG(st.st_mode):
+                item.reject_reason = "not a regular file"
+        except OSError as exc:  # gone since the check above
+            parts, item.reject_reason = [], f"cannot be read: {exc.strerror}"
+        description = {"kind": "folder", "spec": str(path), "root": os.fsdecode(path.resolve()),
+                       "layout": "file", "ignored_files": 0}
+        return Listing([item], [], description, parts)
 
     def _layout_items(self, walker: _Walker) -> tuple[str, list[Item]]:
         children = walker.children(self.root)

@@ -90,6 +90,25 @@ def test_train_score_calibrate_report_end_to_end(mnist_ds, tmp_path):
     assert again.returncode == 2 and "already exists" in again.stderr
 
 
+def test_one_image_file_is_scored_as_in_its_folder(mnist_model, mnist_folder, tmp_path):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for digit in ("0", "8"):
+        shutil.copy(min((mnist_folder / digit).glob("*.png")), folder / f"digit{digit}.png")
+    cli("score", folder, "--model", mnist_model, "--out", tmp_path / "both", "--no-report")
+    both = dict(zip(*pq.read_table(tmp_path / "both" / "scores.parquet", columns=["path", "score"]).to_pydict().values()))
+    for name in ("digit0.png", "digit8.png"):
+        one = json.loads(cli("score", folder / name, "--model", mnist_model, "--out", tmp_path / name,
+                             "--no-report", "--json").stdout)
+        assert one["scored"] == 1 and one["flagged"] == int(name == "digit8.png")
+        alone = pq.read_table(tmp_path / name / "scores.parquet", columns=["path", "score"]).to_pydict()
+        assert alone["path"] == [name] and alone["score"][0] == pytest.approx(both[name], rel=1e-6)
+
+
 def test_demo_is_the_whole_pipeline(tmp_path):
     proc = cli("demo", "--workdir", tmp_path / "ws")
     assert "AUROC" in proc.stdout and "flagged" in proc.stdout

@@ -190,6 +190,9 @@ def test_crop_is_cut_before_resizing_recorded_and_cut_again_when_scoring(tmp_pat
     assert "too small for the crop region" in ds.rejects()["reason"][0].as_py()
     with pytest.raises(Exception, match="crop"):
         steps.ingest(str(src), tmp_path / "bad", crop="10,20,0,30")
+    # ...with the size and the channels both given too (nothing left to infer from the images)
+    both = steps.ingest(str(src), tmp_path / "given", crop="10,20,20,30", size="10x15", channels="L")
+    assert both["preprocess"]["crop"] == [10, 20, 20, 30] and np.array_equal(Dataset(tmp_path / "given").load(), pixels)
     # Without a crop the same files give another dataset: the setting is in the fingerprint.
     assert not steps.ingest(str(src), tmp_path / "ds", overwrite=True)["cached"]
     steps.ingest(str(src), tmp_path / "ds", crop=(10, 20, 20, 30), size="10x15", overwrite=True)
@@ -221,3 +224,48 @@ def test_16_bit_images_that_use_12_bits_are_pointed_out(tmp_path, caplog, top, w
     assert bool(said) == warned, said
     if warned:
         assert said[0].startswith("3 images are 16-bit") and "stored as 16 of 255" in said[0]
+
+
+def test_bit_depth_scales_16_bit_images_from_their_range_and_scoring_does_too(tmp_path, caplog):
+    """--bit-depth 12: 12-bit camera data in 16-bit PNGs keeps its 256 grey levels (4095 is white),
+    the policy records it, and a model trained on it scales new files alike; a bit depth below
+    the data's is pointed out (its brightest parts are clipped)."""
+    import logging
+
+    from anomaly_ae import scoring
+    from anomaly_ae.detector import AutoencoderDetector
+    from anomaly_ae.errors import ConfigError
+    from anomaly_ae.imaging import Preprocess
+    from tests.conftest import TINY
+
+    rng, src = np.random.default_rng(3), tmp_path / "src"
+    src.mkdir()
+    raw = {f"cam{k}.png": (rng.random((20, 30)) * 4095).astype(np.uint16) for k in range(6)}
+    raw["cam0.png"][0, :2] = (0, 4095)
+    for name, arr in raw.items():
+        Image.fromarray(arr).save(src / name)
+    with caplog.at_level(logging.WARNING):
+        summary = steps.ingest(str(src), tmp_path / "ds", bit_depth=12)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    ds = Dataset(tmp_path / "ds")
+    pixels, keys = ds.load(), ds.index()["source"].to_pylist()
+    assert summary["preprocess"]["bit_depth"] == 12 and pixels.max() == 255 and pixels.min() == 0
+    for k, key in enumerate(keys):
+        assert np.array_equal(pixels[k][..., 0], np.rint(raw[key] * (255 / 4095)).astype(np.uint8))
+    det = AutoencoderDetector.load(steps.train(tmp_path / "ds", tmp_path / "m", config=TINY)["model"])
+    policy = Preprocess.from_dict(det.meta_["preprocess"])
+    assert policy.bit_depth == 12
+    rejects: list = []
+    parts = scoring.plan(str(src), policy, files=sorted(raw))
+    scored = [px for part in parts for _, px, _ in scoring.iter_batches(part, policy, 64, None, rejects)]
+    assert np.array_equal(np.concatenate(scored), pixels)
+    # Another bit depth is another dataset; one below the data's is clipped, and said so.
+    with pytest.raises(DataError, match="out of date"):
+        steps.ingest(str(src), tmp_path / "ds", bit_depth=10)
+    with caplog.at_level(logging.WARNING):
+        steps.ingest(str(src), tmp_path / "ds10", bit_depth=10)
+    said = [r.getMessage() for r in caplog.records if "above the 10-bit range" in r.getMessage()]
+    assert said and said[0].startswith("6 images hold values above") and Dataset(tmp_path / "ds10").load().mean() > 200
+    for bad in (7, 17, 12.5, True):
+        with pytest.raises(ConfigError, match="bit_depth"):
+            IngestConfig(bit_depth=bad)

@@ -61,9 +61,23 @@ def test_flat_layout_and_links(tmp_path):
 def test_missing_and_not_a_folder(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         open_source(str(tmp_path / "nope")).list()
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError, match="not a folder or an image file"):
+        open_source(str(tmp_path / "notes.txt")).list()
+
+
+def test_one_image_file_is_listed_alone(tmp_path):
     f = write_png(tmp_path / "x.png", IMG)
-    with pytest.raises(DataError, match="not a folder"):
-        open_source(str(f)).list()
+    write_png(tmp_path / "other.png", IMG)
+    listing = open_source(str(f)).list()
+    assert [(i.key, i.reject_reason, i.class_name) for i in listing.items] == [("x.png", None, None)]
+    assert listing.description["layout"] == "file" and listing.classes == []
+    assert [p[0] for p in listing.fingerprint_parts] == ["x.png"]
+    os.symlink(f, tmp_path / "named.png")  # a link the user names is followed, wherever it leads
+    assert open_source(str(tmp_path / "named.png")).list().items[0].reject_reason is None
+    os.symlink(tmp_path / "nowhere.png", tmp_path / "broken.png")
+    with pytest.raises(DataError, match="does not exist"):
+        open_source(str(tmp_path / "broken.png")).list()
 
 
 def test_bundled_mnist5k():

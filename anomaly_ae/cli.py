@@ -179,9 +179,10 @@ def info(
     p = s["preprocess"]
     out_console.print(Text.assemble((s["dataset"], "bold"), f"  source {s['source']} ({s['layout']} layout), "
                                     f"schema v{s['schema_version']}"))
+    how = [p["channels"], f"resized {p['resize']}"] + (["crop " + ",".join(map(str, p["crop"]))] if p.get("crop") else [])
+    how += [f"16-bit images read as {p['bit_depth']}-bit"] if p.get("bit_depth") else []
     out_console.print(f"images {s['counts']['images']}, shape {'x'.join(map(str, s['image_shape']))} "
-                      f"({p['channels']}, resized {p['resize']}), masks {s['counts']['masks']}, "
-                      f"rejects {s['counts']['rejects']}")
+                      f"({', '.join(how)}), masks {s['counts']['masks']}, rejects {s['counts']['rejects']}")
     table = Table("split", "class", "images")
     for split, by_class in s["counts"]["by_split"].items():
         for cls, n in by_class.items():

@@ -161,7 +161,8 @@ def example_grid(data, kind: str) -> str:
         if not items:
             return "<p>No item was flagged.</p>"
         intro = (f"{tagged('top_flagged', str(n_flagged))} items were flagged; the {len(items)} with the highest "
-                 "scores are shown, most anomalous first.")
+                 "scores are shown, most anomalous first." if n_flagged != 1 else
+                 f"{tagged('top_flagged', '1')} item was flagged.")
     else:
         if not items:
             return ""

@@ -116,7 +116,7 @@ def histogram_figure(groups: dict[str, np.ndarray], calibration: np.ndarray, thr
         face, alpha, hatch, edge = _STYLES.get(name, _STYLES["all items"])
         counts, _ = np.histogram(scores, bins)
         ax.stairs(counts / len(scores), bins, fill=True, facecolor=to_rgba(face, alpha), edgecolor=edge,
-                  hatch=hatch, lw=1.5, label=f"{name} ({len(scores)} items)")
+                  hatch=hatch, lw=1.5, label=f"{name} ({len(scores)} item{'s' if len(scores) != 1 else ''})")
     if len(calibration):
         counts, _ = np.histogram(calibration, bins)
         ax.stairs(counts / len(calibration), bins, color="#222222", lw=2, ls="--",
@@ -140,9 +140,9 @@ def ecdf_figure(batch: np.ndarray, calibration: np.ndarray, normal_only: np.ndar
         series.insert(1, ("normal items of this batch", normal_only, ":", "#2e7d32"))
     for name, values, ls, colour in series:
         if len(values):
-            x = np.sort(values)
-            ax.step(x, np.arange(1, len(x) + 1) / len(x), where="post", ls=ls, lw=2, color=colour,
-                    label=f"{name} ({len(x)})")
+            x = np.sort(values)  # from 0 below the lowest score, so a batch of one item shows its step too
+            ax.step(np.r_[x[0], x], np.r_[0, np.arange(1, len(x) + 1)] / len(x), where="post", ls=ls, lw=2,
+                    color=colour, label=f"{name} ({len(x)})")
     ax.axvline(threshold, color="#000000", lw=1.5, ls="-.", label=f"threshold {threshold:.4g}")
     _, log = score_bins(batch, calibration)
     if log:

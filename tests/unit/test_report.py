@@ -283,3 +283,14 @@ def test_a_small_batch_shows_each_item_once_and_says_what_it_knows(pipeline, unl
     labelled_text, _ = page(pipeline / "run")
     assert "anomalous items: hatched" in labelled_text
     assert re.search(r"Classes of its training dataset</th><td>[^<]*\(normal: 0; the others were left out", labelled_text)
+
+
+def test_a_single_file_is_reported_as_one_item(pipeline, unlabelled):
+    """`score FILE`: one item, named as one, with its step drawn in the drift figure."""
+    one = sorted((pipeline / "flat").glob("img0*.png"))[0]
+    steps.score(one, pipeline / "model", pipeline / "one-run", threshold=0.0)  # flagged
+    import re
+
+    text, _ = page(pipeline / "one-run")
+    assert re.search(r">1</\w+> item was flagged\.", text) and "items were flagged" not in text
+    assert json.loads((pipeline / "one-run" / "run.json").read_text())["counts"]["scored"] == 1

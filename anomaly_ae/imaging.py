@@ -111,7 +111,7 @@ class Preprocess:
         top, left, h, w = self.crop
         if img.height < top + h or img.width < left + w:
             raise Rejected(f"image is {img.width}x{img.height} (width x height), too small for the crop region "
-                           f"of {h}x{w} at top {top}, left {left}")
+                           f"of {w}x{h} (width x height) at left {left}, top {top}")
         return img.crop((left, top, left + w, top + h))
 
 

@@ -270,11 +270,13 @@ class _BitDepth:
     LOW = 16
 
     def __init__(self):
-        self.n, self.brightest, self.over = 0, 0, 0
+        self.n, self.brightest, self.over, self.images, self.scaled = 0, 0, 0, 0, 0
 
     def add(self, chunk: Chunk, policy: Preprocess) -> None:
         if policy.bit_depth is not None:
             self.over += sum(chunk.over_range)
+            self.images += len(chunk.orig_mode)
+            self.scaled += sum(mode[:1] == "I" for mode in chunk.orig_mode)
             return
         deep = [k for k, mode in enumerate(chunk.orig_mode) if mode.startswith("I;16")]
         if deep:
@@ -282,6 +284,10 @@ class _BitDepth:
             self.brightest = max(self.brightest, int(chunk.pixel_array(policy.shape)[deep].max()))
 
     def tell(self, policy: Preprocess) -> None:
+        if policy.bit_depth is not None and self.images and not self.scaled:
+            log.warning("--bit-depth %d changed nothing: none of the %d images is a 16-bit gray image (8-bit and "
+                        "colour images are read as they are). Leave it out for these images", policy.bit_depth,
+                        self.images)
         if self.over:
             log.warning("%d images hold values above the %d-bit range of --bit-depth %d (up to %d): their brightest "
                         "parts are stored as white. Ingest again with the bit depth their camera writes",

@@ -22,9 +22,9 @@ def ingest(source: str, out: str | Path, config=None, *, root: str | None = None
     `config` (an `IngestConfig`; default its defaults) says how the images become the dataset;
     `settings` replace single fields of it (``size="256"``, ``crop=(0, 0, 200, 200)``...).
     An existing dataset made from the same files with the same settings is kept as it is
-    (``cached: True`` in the summary) unless `force`; one made from something else is
-    replaced only with `overwrite`, and only when it is a dataset (never the source itself or a
-    folder holding anything else).
+    (``cached: True`` in the summary) unless `force`; one made from something else (or with
+    other settings) is replaced only with `overwrite`, and only when it is a dataset (never the
+    source itself or a folder holding anything else). A damaged one is replaced by either.
     """
     from anomaly_ae.parallel import leave_if_importing_script
 
@@ -32,7 +32,6 @@ def ingest(source: str, out: str | Path, config=None, *, root: str | None = None
     import dataclasses
 
     from anomaly_ae.config import IngestConfig
-    from anomaly_ae.dataset import Dataset
     from anomaly_ae.ingest import fingerprint
     from anomaly_ae.ingest import ingest as run_ingest
     from anomaly_ae.sources import open_source
@@ -40,11 +39,12 @@ def ingest(source: str, out: str | Path, config=None, *, root: str | None = None
     config = dataclasses.replace(config or IngestConfig(), **settings)
     listing = open_source(source, root=root, download=download).list()
     out = Path(out)
-    if (out / "images.parquet").exists() and not force:
-        existing = Dataset(out).meta
-        if existing.get("fingerprint") == fingerprint(listing, config):
+    existing = _readable_meta(out, replace=force or overwrite)
+    if existing is not None:
+        same = existing.get("fingerprint") == fingerprint(listing, config)
+        if same and not force:
             return _told(_dataset_summary(out, existing, cached=True), out)
-        if not overwrite:
+        if not same and not overwrite:  # `force` redoes this dataset; only `overwrite` replaces another
             was = existing.get("source", {}).get("spec")
             why = (f"it was ingested from {was}" if was != listing.description.get("spec") else
                    f"{source} or the ingest settings changed since it was made (files added, removed or "
@@ -55,6 +55,21 @@ def ingest(source: str, out: str | Path, config=None, *, root: str | None = None
     meta = run_ingest(listing, out, config, workers=workers, overwrite=overwrite or force, progress=progress,
                       protect=protect)
     return _told(_dataset_summary(out, meta, cached=False), out)
+
+
+def _readable_meta(out: Path, replace: bool) -> dict | None:
+    """The metadata of the dataset at `out` (None when there is none, or when it is damaged and
+    is to be replaced anyway)."""
+    from anomaly_ae.dataset import Dataset
+
+    if not (out / "images.parquet").exists():
+        return None
+    try:
+        return Dataset(out).meta
+    except Exception:  # damaged: ingesting again with --force or --overwrite replaces it
+        if replace:
+            return None
+        raise
 
 
 def _told(summary: dict, out: Path) -> dict:

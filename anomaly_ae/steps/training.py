@@ -59,9 +59,9 @@ def train(dataset: str | Path, out: str | Path, *, normal: list[str] | None = No
     The held-out share (``train.calib_fraction``) is drawn with ``train.seed`` and used for the
     threshold only: early stopping watches a separate share of the training images
     (``train.val_fraction``). The dataset's test split is never used. A model folder trained from
-    the same data and settings is kept (``cached: True``) unless `force`; another is replaced
-    (`overwrite` or `force`) only when it is a model folder, never the dataset or a folder holding
-    anything else.
+    the same data and settings is kept (``cached: True``) unless `force`; one trained otherwise
+    is replaced only with `overwrite` (a damaged one with either), and only when it is a model
+    folder, never the dataset or a folder holding anything else.
 
     `reviews` (run folders) adds the images of the items reviewers marked as false alarms there
     to the training images (never to the calibration ones): normal images the model got wrong.
@@ -92,10 +92,10 @@ def train(dataset: str | Path, out: str | Path, *, normal: list[str] | None = No
     # One train per model folder at a time: a second would race the first for the folder and leave
     # its resume state behind.
     with FileLock(out.parent / f".{out.name}.lock", f"Model folder {out}"):
-        existing = None if force else _up_to_date_model(out, fp)
-        if existing is not None:
+        found, existing = _existing_model(out, fp)
+        if found == "same" and not force:
             return _told(checkpoint.summary(out, existing, cached=True))
-        if (out / "model.pt").exists() and not (overwrite or force):
+        if (found == "other" and not overwrite) or (found == "damaged" and not (overwrite or force)):
             raise DataError(f"{out} already exists and is out of date: it was trained from other data or settings "
                             f"({dataset} was ingested again, or the options differ). Pass --overwrite to train it "
                             "again, or choose another --out.")
@@ -105,15 +105,27 @@ def train(dataset: str | Path, out: str | Path, *, normal: list[str] | None = No
                 _fit_into(tmp, ds, config, (fit, cal), {"fingerprint": fp, "split": split}, classes,
                           state=state, resume=resume, progress=progress, extra=extra)
         except NoSpaceError:
-            state.unlink(missing_ok=True)  # "nothing was kept": the resume state neither
+            _drop(state)  # "nothing was kept": the resume state neither
             raise
         except KeyboardInterrupt:
-            if state.exists():
+            kept = _state_files(state)
+            if kept:
                 log.warning("training of %s interrupted; the last finished epoch is kept in %s: run the same "
-                            "command with --resume to go on from there", out, state)
+                            "command with --resume to go on from there", out, ", ".join(map(str, kept)))
             raise
-        state.unlink(missing_ok=True)
+        _drop(state)
     return _told(checkpoint.summary(out, checkpoint.read(out), cached=False))
+
+
+def _state_files(state: Path) -> list[Path]:
+    """The resume state files of a training: `state`, and with ``--model auto`` one per candidate
+    (``<state>-<kind>.pt``)."""
+    return sorted(p for p in [state, *state.parent.glob(f"{state.stem}-*{state.suffix}")] if p.exists())
+
+
+def _drop(state: Path) -> None:
+    for path in _state_files(state):
+        path.unlink(missing_ok=True)
 
 
 def _told(summary: dict) -> dict:
@@ -123,17 +135,19 @@ def _told(summary: dict) -> dict:
     return summary
 
 
-def _up_to_date_model(out: Path, fp: str) -> dict | None:
-    """The checkpoint at `out` when it was trained from the same data and settings (fingerprint `fp`)."""
+def _existing_model(out: Path, fp: str) -> tuple[str, dict | None]:
+    """What `out` holds: ("none", None); ("same", checkpoint) when trained from the same data and
+    settings (fingerprint `fp`); ("other", checkpoint) when trained otherwise, which only
+    `overwrite` replaces; ("damaged", None), which `force` replaces too."""
     from anomaly_ae import checkpoint
 
     if not (out / "model.pt").exists():
-        return None
+        return "none", None
     try:
         existing = checkpoint.read(out)
     except Exception:  # a damaged model is simply retrained
-        return None
-    return existing if existing.get("data", {}).get("fingerprint") == fp else None
+        return "damaged", None
+    return ("same" if existing.get("data", {}).get("fingerprint") == fp else "other"), existing
 
 
 def _fit_into(tmp: Path, ds, config, rows: tuple, data: dict, classes: list[str], *, state: Path,

@@ -124,10 +124,15 @@ def test_existing_output_needs_overwrite_and_up_to_date_is_skipped(tmp_path):
     with pytest.raises(DataError, match=f"already exists and is out of date: {tmp_path / 'src'} or the ingest "
                                         "settings changed since it was made"):
         steps.ingest(str(tmp_path / "src"), tmp_path / "ds")
+    with pytest.raises(DataError, match="out of date"):  # --force redoes the same dataset, never replaces another
+        steps.ingest(str(tmp_path / "src"), tmp_path / "ds", force=True)
     assert steps.ingest(str(tmp_path / "src"), tmp_path / "ds", overwrite=True)["counts"]["images"] == 7
+    assert not steps.ingest(str(tmp_path / "src"), tmp_path / "ds", force=True)["cached"]
     make_folder(tmp_path / "other")
-    with pytest.raises(DataError, match=f"already exists and is out of date: it was ingested from {tmp_path / 'src'}"):
-        steps.ingest(str(tmp_path / "other"), tmp_path / "ds")
+    for force in (False, True):
+        with pytest.raises(DataError, match=f"already exists and is out of date: it was ingested from {tmp_path / 'src'}"):
+            steps.ingest(str(tmp_path / "other"), tmp_path / "ds", force=force)
+    assert Dataset(tmp_path / "ds").meta["source"]["spec"] == str(tmp_path / "src")
 
 
 def test_a_file_rewritten_in_place_makes_the_dataset_out_of_date(tmp_path):
@@ -266,6 +271,13 @@ def test_bit_depth_scales_16_bit_images_from_their_range_and_scoring_does_too(tm
         steps.ingest(str(src), tmp_path / "ds10", bit_depth=10)
     said = [r.getMessage() for r in caplog.records if "above the 10-bit range" in r.getMessage()]
     assert said and said[0].startswith("6 images hold values above") and Dataset(tmp_path / "ds10").load().mean() > 200
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # on 8-bit images it has nothing to do, and says so
+        for k in range(3):
+            write_png(tmp_path / "eight" / f"{k}.png", rng.integers(0, 256, (20, 30), dtype=np.uint8))
+        steps.ingest(str(tmp_path / "eight"), tmp_path / "plain", bit_depth=12)
+        steps.ingest("sample:digits", tmp_path / "digits", bit_depth=12)
+    assert [r.getMessage()[:40] for r in caplog.records] == ["--bit-depth 12 changed nothing: none of "] * 2
     for bad in (7, 17, 12.5, True):
         with pytest.raises(ConfigError, match="bit_depth"):
             IngestConfig(bit_depth=bad)

@@ -105,7 +105,9 @@ def test_ingest_overwrite_onto_the_image_folder_is_refused(work):
     with pytest.raises(DataError, match="is not a dataset written by anomaly-ae: it holds a model folder"):
         steps.ingest(str(paths["input"]), paths["model"], force=True)
     assert snapshot(paths["input"]) == before
-    steps.ingest(str(paths["input"]), paths["dataset"], force=True)  # a dataset is replaced
+    with pytest.raises(DataError, match="out of date: it was ingested from"):  # another folder's dataset
+        steps.ingest(str(paths["input"]), paths["dataset"], force=True)
+    steps.ingest(str(paths["input"]), paths["dataset"], overwrite=True)  # a dataset is replaced
     assert folder_kind(paths["dataset"]) == "dataset"
 
 

@@ -167,4 +167,21 @@ def test_training_again_with_other_settings_says_the_model_is_out_of_date(tmp_pa
     with pytest.raises(DataError, match=f"{work['model']} already exists and is out of date: it was trained from "
                                         "other data or settings"):
         steps.train(work["dataset"], work["model"], config=other)
+    with pytest.raises(DataError, match="out of date"):  # --force redoes the same model, never replaces another
+        steps.train(work["dataset"], work["model"], config=other, force=True)
     assert not steps.train(work["dataset"], work["model"], config=other, overwrite=True)["cached"]
+    assert not steps.train(work["dataset"], work["model"], config=other, force=True)["cached"]
+
+
+def test_auto_training_leaves_no_resume_state_of_its_candidates(tmp_path):
+    """--model auto keeps a resume state per candidate while it trains; once the model is saved
+    none is left beside it (hidden files of megabytes each otherwise piled up)."""
+    import dataclasses
+
+    from tests.conftest import TINY, noise_workspace
+
+    work = noise_workspace(tmp_path)
+    auto = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, kind="auto"))
+    steps.train(work["dataset"], tmp_path / "auto", config=auto)
+    assert (tmp_path / "auto" / "model.pt").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

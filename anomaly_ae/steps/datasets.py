@@ -45,16 +45,36 @@ def ingest(source: str, out: str | Path, config=None, *, root: str | None = None
         if same and not force:
             return _told(_dataset_summary(out, existing, cached=True), out)
         if not same and not overwrite:  # `force` redoes this dataset; only `overwrite` replaces another
-            was = existing.get("source", {}).get("spec")
-            why = (f"it was ingested from {was}" if was != listing.description.get("spec") else
-                   f"{source} or the ingest settings changed since it was made (files added, removed or "
-                   "rewritten; a copy that gives the files new times counts too)")
-            raise DataError(f"{out} already exists and is out of date: {why}. Pass --overwrite to ingest it again, "
-                            "or choose another --out.")
+            raise DataError(f"{out} already exists and is out of date: {_why_changed(existing, listing, config)}. "
+                            "Pass --overwrite to ingest it again, or choose another --out.")
     protect = tuple(Path(p) for p in (source, root) if p and Path(p).exists())
     meta = run_ingest(listing, out, config, workers=workers, overwrite=overwrite or force, progress=progress,
                       protect=protect)
     return _told(_dataset_summary(out, meta, cached=False), out)
+
+
+def _why_changed(existing: dict, listing, config) -> str:
+    """What differs between a dataset's making and this ingest: the source, the settings (each
+    named, as it was and as it is now), or the files."""
+    import dataclasses
+
+    was, spec = existing.get("source", {}).get("spec"), listing.description.get("spec")
+    if was != spec:
+        return f"it was ingested from {was}"
+    then, now = existing.get("options") or {}, dataclasses.asdict(config)
+
+    def shown(v) -> str:
+        return "not set" if v is None else ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+    before = {f.name: then.get(f.name, f.default) for f in dataclasses.fields(config)} if then else now
+    changed = [f"{key} was {shown(before[key])}, now {shown(now[key])}" for key in now
+               if shown(before[key]) != shown(now[key])]
+    if changed:
+        return "other settings: " + "; ".join(changed)
+    n_then = existing.get("counts", {}).get("images", 0) + existing.get("counts", {}).get("rejects", 0)
+    count = f"{n_then} files then, {len(listing.items)} now; " if n_then != len(listing.items) else ""
+    return (f"files were added, removed or rewritten in {spec} since it was made ({count}a copy that gives the "
+            "files new times counts too)")
 
 
 def _readable_meta(out: Path, replace: bool) -> dict | None:

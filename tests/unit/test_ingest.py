@@ -121,8 +121,8 @@ def test_existing_output_needs_overwrite_and_up_to_date_is_skipped(tmp_path):
     again = steps.ingest(str(tmp_path / "src"), tmp_path / "ds")
     assert not first["cached"] and again["cached"]
     write_png(tmp_path / "src" / "a" / "new.png", np.zeros((12, 10), np.uint8))
-    with pytest.raises(DataError, match=f"already exists and is out of date: {tmp_path / 'src'} or the ingest "
-                                        "settings changed since it was made"):
+    with pytest.raises(DataError, match=f"already exists and is out of date: files were added, removed or rewritten "
+                                        rf"in {tmp_path / 'src'} since it was made \(6 files then, 7 now; "):
         steps.ingest(str(tmp_path / "src"), tmp_path / "ds")
     with pytest.raises(DataError, match="out of date"):  # --force redoes the same dataset, never replaces another
         steps.ingest(str(tmp_path / "src"), tmp_path / "ds", force=True)
@@ -265,7 +265,7 @@ def test_bit_depth_scales_16_bit_images_from_their_range_and_scoring_does_too(tm
     scored = [px for part in parts for _, px, _ in scoring.iter_batches(part, policy, 64, None, rejects)]
     assert np.array_equal(np.concatenate(scored), pixels)
     # Another bit depth is another dataset; one below the data's is clipped, and said so.
-    with pytest.raises(DataError, match="out of date"):
+    with pytest.raises(DataError, match="out of date: other settings: bit_depth was 12, now 10. Pass --overwrite"):
         steps.ingest(str(src), tmp_path / "ds", bit_depth=10)
     with caplog.at_level(logging.WARNING):
         steps.ingest(str(src), tmp_path / "ds10", bit_depth=10)

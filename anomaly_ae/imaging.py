@@ -100,6 +100,22 @@ class Preprocess:
         bits = int(d["bit_depth"]) if d.get("bit_depth") else None
         return cls(int(d["height"]), int(d["width"]), str(d["channels"]), str(d["resize"]), crop, bits)
 
+    def ingest_options(self) -> str:
+        """The `anomaly-ae ingest` options that make a dataset preprocessed by this policy."""
+        opts = [f"--size {self.height}x{self.width}", f"--channels {self.channels}", f"--resize {self.resize}"]
+        opts += [f"--crop {','.join(map(str, self.crop))}"] if self.crop else []
+        return " ".join(opts + ([f"--bit-depth {self.bit_depth}"] if self.bit_depth else []))
+
+    def differences(self, other: Preprocess) -> list[tuple[str, str, str]]:
+        """(setting, this policy's value, `other`'s) for each setting that makes other pixels."""
+        def shown(v) -> str:
+            return "none" if v is None else ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
+
+        pairs = [("size", f"{self.height}x{self.width}", f"{other.height}x{other.width}"),
+                 ("channels", self.channels, other.channels), ("resize", self.resize, other.resize),
+                 ("crop", shown(self.crop), shown(other.crop)), ("bit depth", shown(self.bit_depth), shown(other.bit_depth))]
+        return [(name, a, b) for name, a, b in pairs if a != b]
+
     def cut(self, img: Image.Image) -> Image.Image:
         """The crop region of a decoded image (the image itself without one).
 

@@ -74,11 +74,11 @@ def plan(path: Path | str, policy: Preprocess, n_partitions: int = 1, split: str
         return [Partition("files", files=chunk) for chunk in _split(listed, n_partitions)]
     if is_dataset(path):
         ds = Dataset(path)
-        if ds.policy.shape != policy.shape:
-            raise DataError(
-                f"{path} holds {'x'.join(map(str, ds.shape))} images but the model expects "
-                f"{'x'.join(map(str, policy.shape))} (height x width x channels). Ingest the images again with "
-                f"--size {policy.height}x{policy.width} --channels {policy.channels}, or score the image folder itself.")
+        differ = policy.differences(ds.policy)
+        if differ:  # its pixels are not what the model's policy makes of the images: scores would mean nothing
+            said = "; ".join(f"{name} {theirs} (the model: {ours})" for name, ours, theirs in differ)
+            raise DataError(f"{path} was preprocessed unlike the model's images: {said}. Ingest the images again with "
+                            f"{policy.ingest_options()}, or score the image folder itself.")
         if split is not None and not ds.has_split(split):
             raise DataError(f"{path} has no '{split}' split. Splits: {', '.join(ds.meta['counts']['by_split'])}.")
         rows = ds.rows(split=split, classes=classes).tolist()

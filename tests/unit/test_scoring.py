@@ -103,8 +103,37 @@ def test_run_folder_is_refused_while_locked_or_existing(mnist_ds, mnist_model, t
 def test_dataset_of_another_shape_is_refused(mnist_model, tmp_path):
     write_png(tmp_path / "src" / "a.png", np.zeros((10, 10), np.uint8))
     steps.ingest(str(tmp_path / "src"), tmp_path / "ds")
-    with pytest.raises(DataError, match="model expects 28x28x1"):
+    with pytest.raises(DataError, match=r"preprocessed unlike the model's images: size 10x10 \(the model: 28x28\)\. "
+                                        "Ingest the images again with --size 28x28 --channels L --resize bilinear, "):
         steps.score(tmp_path / "ds", mnist_model, tmp_path / "run")
+
+
+def test_a_dataset_of_the_right_shape_preprocessed_otherwise_is_refused(tmp_path):
+    """A model that cuts a region and reads 12-bit data: a dataset of the same shape ingested
+    without them holds other pixels, so scoring or calibrating on it is refused, naming the
+    options that make it right; the image folder itself is scored as the model's images were."""
+    from PIL import Image
+
+    from anomaly_ae.errors import DataError
+    from tests.conftest import TINY
+
+    rng = np.random.default_rng(0)
+    for k in range(12):
+        Image.fromarray((rng.random((30, 40)) * 4095).astype(np.uint16)).save(write_dir(tmp_path / "cam") / f"{k}.png")
+    steps.ingest(str(tmp_path / "cam"), tmp_path / "ds", crop="5,5,16,16", bit_depth=12)
+    steps.train(tmp_path / "ds", tmp_path / "m", config=TINY)
+    steps.ingest(str(tmp_path / "cam"), tmp_path / "plain", size="16")  # the same shape, other pixels
+    wanted = (r"plain was preprocessed unlike the model's images: crop none \(the model: 5,5,16,16\); bit depth none "
+              r"\(the model: 12\)\. Ingest the images again with --size 16x16 --channels L --resize bilinear "
+              "--crop 5,5,16,16 --bit-depth 12, or score the image folder itself")
+    with pytest.raises(DataError, match=wanted):
+        steps.score(tmp_path / "plain", tmp_path / "m", tmp_path / "run")
+    with pytest.raises(DataError, match=wanted):
+        steps.calibrate(tmp_path / "m", data=tmp_path / "plain")
+    steps.ingest(str(tmp_path / "cam"), tmp_path / "plain", size="16", crop="5,5,16,16", bit_depth=12, overwrite=True)
+    same = steps.score(tmp_path / "plain", tmp_path / "m", tmp_path / "run", report=False)
+    folder = steps.score(tmp_path / "cam", tmp_path / "m", tmp_path / "run2", report=False)
+    assert same["scored"] == folder["scored"] == 12
 
 
 def test_partitions_give_the_same_results(mnist_ds, mnist_model, run_dir, tmp_path):
@@ -163,3 +192,8 @@ def test_drift_check_is_quiet_on_a_batch_of_normal_images(mnist_folder, mnist_mo
     assert run["drift"]["expected_share"] == pytest.approx(run["threshold"]["guaranteed_fpr"])
     ones = steps.score(mnist_folder / "1", mnist_model, tmp_path / "ones", report=False)
     assert ones["drift"]  # a batch of another digit does not look like the normal images
+
+
+def write_dir(path):
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -208,4 +208,4 @@ def summary(out: Path, ckpt: dict, cached: bool) -> dict:
             # An ensemble's members trained apart: each one's epochs (its training record above is the first's).
             "member_epochs": {m["config"]["model"]["kind"]: len(m["history"]["train_loss"])
                               for m in ckpt["members"]} if "members" in ckpt else None,
-            "score_choice": ckpt.get("score_choice")}
+            "score_choice": ckpt.get("score_choice"), "preprocess": ckpt.get("preprocess")}

@@ -179,10 +179,8 @@ def info(
     p = s["preprocess"]
     out_console.print(Text.assemble((s["dataset"], "bold"), f"  source {s['source']} ({s['layout']} layout), "
                                     f"schema v{s['schema_version']}"))
-    how = [p["channels"], f"resized {p['resize']}"] + (["crop " + ",".join(map(str, p["crop"]))] if p.get("crop") else [])
-    how += [f"16-bit images read as {p['bit_depth']}-bit"] if p.get("bit_depth") else []
     out_console.print(f"images {s['counts']['images']}, shape {'x'.join(map(str, s['image_shape']))} "
-                      f"({', '.join(how)}), masks {s['counts']['masks']}, rejects {s['counts']['rejects']}")
+                      f"({console.describe_preprocess(p)}), masks {s['counts']['masks']}, rejects {s['counts']['rejects']}")
     table = Table("split", "class", "images")
     for split, by_class in s["counts"]["by_split"].items():
         for cls, n in by_class.items():
@@ -205,6 +203,10 @@ def _model_info(path: Path, as_json: bool, layers: bool) -> None:
     if as_json:
         return console.print_json(s)
     console.print_model_summary(s, "")
+    if s.get("preprocess"):
+        p = s["preprocess"]
+        out_console.print(f"New images are prepared as its training images were: {p['height']}x{p['width']} "
+                          f"({console.describe_preprocess(p)}).")
     if layers:
         console.print_layer_table(s)
 

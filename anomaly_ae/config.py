@@ -200,12 +200,12 @@ class IngestConfig:
     are prepared again at scoring time). Read from the CLI's ingest options and from a pipeline
     file's [data] table by the same fields."""
 
-    size: str | None = None  # "256" or "256x192" (height x width); None / "auto": from the images
+    size: str | int | None = None  # "256" or "256x192" (height x width), or 256; None / "auto": from the images
     channels: str | None = None  # L or RGB; None: L when every image is gray
     resize: str = "bilinear"  # bilinear | bicubic | area | lanczos | nearest
     # A fixed region of interest, (top, left, height, width) in the source image's pixels, cut out
     # before resizing; "TOP,LEFT,HEIGHT,WIDTH" is accepted too. None: the whole image.
-    crop: tuple[int, ...] | None = None
+    crop: tuple[int, ...] | str | None = None
     # Bits that 16-bit gray images really hold (a 12-bit camera's PNGs: 12): scaled to 8 bits from
     # 0..2**bit_depth - 1 instead of 0..65535. None: the full 16-bit range. 8-bit images are unchanged.
     bit_depth: int | None = None
@@ -216,6 +216,8 @@ class IngestConfig:
     def __post_init__(self):
         from anomaly_ae.imaging import BIT_DEPTHS, RESIZE_METHODS, is_bit_depth, is_crop, parse_size
 
+        if isinstance(self.size, int) and not isinstance(self.size, bool):
+            object.__setattr__(self, "size", str(self.size))
         if isinstance(self.crop, str):
             object.__setattr__(self, "crop", _parse_crop(self.crop))
         elif self.crop is not None:

@@ -54,6 +54,22 @@ def _type_ok(value, hint) -> bool:
     return isinstance(value, hint)
 
 
+_WORDS = {int: ("a whole number", "whole numbers"), float: ("a number", "numbers"), str: ("text", "texts"),
+          bool: ("true or false", "trues or falses"), dict: ("a table", "tables")}
+
+
+def _words(hint, plural: bool = False) -> str:
+    """A type hint as a config file's reader says it: `int | None` -> 'a whole number'."""
+    import typing
+
+    args = [a for a in typing.get_args(hint) if a is not Ellipsis and a is not type(None)]
+    if typing.get_origin(hint) is typing.Union or str(typing.get_origin(hint)) == "<class 'types.UnionType'>":
+        return " or ".join(_words(a, plural) for a in args)
+    if typing.get_origin(hint) in (tuple, list):
+        return f"a list of {_words(args[0], plural=True)}" if args else "a list"
+    return _WORDS.get(hint, (getattr(hint, "__name__", str(hint)),) * 2)[plural]
+
+
 def build_section(cls, table: dict, where: str):
     """Instantiate dataclass `cls` from a TOML table, naming `where` (file and section) in errors.
 
@@ -73,8 +89,7 @@ def build_section(cls, table: dict, where: str):
             hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(known)})"
             raise ConfigError(f"{where}: unknown key '{key}'{hint}")
         if not _type_ok(value, hints[key]):
-            name = getattr(hints[key], "__name__", str(hints[key]))
-            raise ConfigError(f"{where}.{key}: expected {name}, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{where}.{key}: expected {_words(hints[key])}, got {_toml_value(value)}")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
     try:
         return cls(**values)

@@ -125,6 +125,12 @@ def print_model_summary(s: dict, verb: str) -> None:
         f"{s['threshold']:.4g} for target FPR {s['target_fpr']:g} from {s['n_calibration']} held-out images.")
 
 
+def describe_preprocess(p: dict) -> str:
+    """A preprocessing policy in words: 'L, resized bilinear, crop 0,0,10,10, 16-bit images read as 12-bit'."""
+    how = [p["channels"], f"resized {p['resize']}"] + (["crop " + ",".join(map(str, p["crop"]))] if p.get("crop") else [])
+    return ", ".join(how + ([f"16-bit images read as {p['bit_depth']}-bit"] if p.get("bit_depth") else []))
+
+
 def print_layer_table(s: dict) -> None:
     """A model's layers (as torchsummary prints them): output shape and parameters of each."""
     from rich.table import Table

@@ -69,12 +69,15 @@ def test_ingest_of_12_bit_images_with_a_crop_as_info_shows_it(tmp_path):
 
     src, rng = tmp_path / "cam", np.random.default_rng(0)
     src.mkdir()
-    for k in range(4):
+    for k in range(12):
         Image.fromarray((rng.random((20, 24)) * 4095).astype(np.uint16)).save(src / f"{k}.png")
     proc = cli("ingest", src, "--out", tmp_path / "ds", "--bit-depth", "12", "--crop", "2,4,16,16")
-    assert "4 images 16x16x1" in proc.stdout and "WARNING" not in proc.stdout + proc.stderr
+    assert "12 images 16x16x1" in proc.stdout and "WARNING" not in proc.stdout + proc.stderr
     text = cli("info", tmp_path / "ds").stdout
     assert "crop 2,4,16,16" in text and "16-bit images read as 12-bit" in text
+    cli("train", tmp_path / "ds", "--out", tmp_path / "m", "--epochs", "1")
+    assert ("New images are prepared as its training images were: 16x16 (L, resized bilinear, crop 2,4,16,16, "
+            "16-bit images read as 12-bit).") in cli("info", tmp_path / "m", "--no-layers").stdout
     bad = cli("ingest", src, "--out", tmp_path / "other", "--bit-depth", "20", check=False)
     assert bad.returncode == 2 and "bit_depth: must be a whole number of bits within 8..16" in bad.stderr
 

@@ -45,7 +45,7 @@ def test_error_message_keeps_its_bracketed_table_names(tmp_path):
     bad = tmp_path / "t01.toml"
     bad.write_text('[model]\nlatent_dim = "x"\n')
     proc = cli("train", tmp_path, "--config", bad, code=2)
-    assert f"error: {bad} [model].latent_dim: expected int, got str 'x'" in proc.stderr
+    assert f"error: {bad} [model].latent_dim: expected a whole number, got \"x\"" in proc.stderr
 
 
 def test_user_error_is_one_line_with_no_blank_line_before_it(tmp_path):

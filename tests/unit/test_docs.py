@@ -135,7 +135,7 @@ def _messages(tree: ast.AST):
 # Messages with no literal text of two words, and why each needs no row of its own.
 WITHOUT_KEY = {
     "f'{key}: {message}'": "config.require: documented as `section.key: must be ...`",
-    "f'{where}.{key}: expected {name}, got {type(value).__name__} {value!r}'": "documented as `expected int, got str`",
+    "f'{where}.{key}: expected {_words(hints[key])}, got {_toml_value(value)}'": "documented as `expected a whole number, got ...`",
     "f'{where}: {exc}'": "puts the file and table in front of a ConfigError that has its own row",
     "str(exc)": "passes on a Rejected reason that has its own row",
     "facts.model_saw(run['model_saw'])": "documented as `N of the scored items are images that trained or ...`",

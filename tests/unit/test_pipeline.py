@@ -38,6 +38,15 @@ def test_shipped_pipelines_load():
     assert [s.interval for s in line.schedules_for("inbox")] == [10]
 
 
+def test_data_settings_in_their_natural_spellings(tmp_path):
+    """size as a number or text, crop as a list or the command line's text: the same settings."""
+    spelt = [load_pipeline(write(tmp_path, MINIMAL + extra), base=tmp_path).data
+             for extra in ('size = 32\ncrop = [1, 2, 30, 40]\nbit_depth = 12\n',
+                           'size = "32"\ncrop = "1,2,30,40"\nbit_depth = 12\n')]
+    assert spelt[0] == spelt[1] and spelt[0].size == "32" and spelt[0].crop == (1, 2, 30, 40)
+    assert spelt[0].bit_depth == 12
+
+
 def test_defaults_and_paths(tmp_path):
     p = load_pipeline(write(tmp_path, MINIMAL, "my-line.toml"), base=tmp_path)
     assert p.name == "my-line" and p.output == tmp_path / "data" / "my-line"
@@ -51,7 +60,7 @@ def test_defaults_and_paths(tmp_path):
 @pytest.mark.parametrize("text, match", [
     (MINIMAL + "[modle]\n", r"p.toml: unknown table or key 'modle' \(did you mean \[model\]\?\)"),
     (MINIMAL.replace("normal", "normals"), r"p.toml \[data\]: unknown key 'normals' \(did you mean 'normal'\?\)"),
-    (MINIMAL + "[train]\nepochs = \"ten\"\n", r"p.toml \[train\].epochs: expected int, got str 'ten'"),
+    (MINIMAL + "[train]\nepochs = \"ten\"\n", r'p.toml \[train\].epochs: expected a whole number, got "ten"'),
     (MINIMAL + "[train]\nepochs = 0\n", r"p.toml \[train\]: train.epochs: must be 1..100000"),
     (MINIMAL + "[threshold]\ntarget_fpr = 1.5\n", r"\[threshold\]: threshold.target_fpr: must be between 0 and 1"),
     ('[data]\nnormal = ["0"]\n', r"p.toml \[data\]: source: is required"),
@@ -70,6 +79,9 @@ def test_defaults_and_paths(tmp_path):
     (MINIMAL + '[pipeline]\nname = "Line A"\n', r"\[pipeline\] name: 'Line A' must be lowercase letters"),
     (MINIMAL + '[scale]\ntask_runner = "ray"\n', r"\[scale\]: task_runner: must be local or dask"),
     (MINIMAL.replace('normal = ["0"]', 'size = "big"'), r"size must look like 256"),
+    (MINIMAL + "crop = [10.5, 20, 40, 40]\n",
+     r"p.toml \[data\].crop: expected a list of whole numbers or text, got \[10.5, 20, 40, 40\]"),
+    (MINIMAL + "bit_depth = 12.0\n", r"p.toml \[data\].bit_depth: expected a whole number, got 12.0"),
     ("[data\n", r"p.toml: not valid TOML"),
     (MINIMAL + '[inbox]\nfolder = "in"\n[output]\nfolder = "in/out"\n', r"\[output\] folder: .* lies inside the inbox"),
     (MINIMAL + '[output]\nconsole_url = "inspection-pc:8765"\n', r"\[output\]: console_url: must be an http"),
@@ -107,7 +119,7 @@ def test_every_ingest_setting_is_read_from_the_data_table(tmp_path):
     assert p.ingest_kwargs()["config"].crop == (8, 4, 200, 300)
     with pytest.raises(ConfigError, match=r"p.toml \[data\].*crop"):
         load_pipeline(write(tmp_path, MINIMAL + "crop = [8, 4, 0, 300]\n"), base=tmp_path)
-    with pytest.raises(ConfigError, match=r"crop.*expected"):
+    with pytest.raises(ConfigError, match=r"crop: must be TOP,LEFT,HEIGHT,WIDTH .*got \(8, 4\)"):
         load_pipeline(write(tmp_path, MINIMAL + 'crop = "8,4"\n'), base=tmp_path)
 
 

@@ -64,7 +64,9 @@ def detector_config(config: Path | None, options: dict):
     from anomaly_ae.config import DETECTOR_SECTIONS, DetectorConfig
     from anomaly_ae.configfile import load_detector_config
 
-    cfg = load_detector_config(config) if config else DetectorConfig()
+    from anomaly_ae.pipeline import KNOWN_TABLES
+
+    cfg = load_detector_config(config, KNOWN_TABLES) if config else DetectorConfig()
     for section in DETECTOR_SECTIONS:
         current = getattr(cfg, section)
         values = _set(type(current), options, flags_off_unset=True)

@@ -126,6 +126,29 @@ def detector_config_from(doc: dict, where: str) -> DetectorConfig:
     return DetectorConfig(**parts)
 
 
-def load_detector_config(path) -> DetectorConfig:
-    """DetectorConfig from a TOML file (a pipeline file or a model's config.toml); other tables are ignored."""
-    return detector_config_from(read_toml(path), str(path))
+def reject_unknown_tables(doc: dict, where: str, known) -> None:
+    """Refuse a table (or a top-level key) that is not one of `known`, naming the closest known one."""
+    import difflib
+
+    for key in doc:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean [{close[0]}]?)" if close else f" (known tables: {', '.join(known)})"
+            raise ConfigError(f"{where}: unknown table or key '{key}'{hint}")
+        if key != "schedule" and not isinstance(doc[key], dict):
+            raise ConfigError(f"{where}: '{key}' must be a table [{key}], got {type(doc[key]).__name__}")
+
+
+def load_detector_config(path, pipeline_tables=()) -> DetectorConfig:
+    """DetectorConfig from a TOML file (a model's config.toml, or a pipeline file: its other tables,
+    `pipeline_tables`, are not used here, and a warning says so); any other table is refused."""
+    import logging
+
+    doc = read_toml(path)
+    reject_unknown_tables(doc, str(path), (*DETECTOR_SECTIONS, *pipeline_tables))
+    unused = [f"[{k}]" for k in doc if k not in DETECTOR_SECTIONS]
+    if unused:
+        logging.getLogger(__name__).warning(
+            "%s: %s not used: training reads only [model], [train], [score] and [threshold] (the other tables are "
+            "a pipeline's: `anomaly-ae run %s` uses them all)", path, ", ".join(unused), path)
+    return detector_config_from(doc, str(path))

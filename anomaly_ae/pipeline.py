@@ -27,14 +27,13 @@ and impossible values with errors that name the file and the key.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from anomaly_ae.config import DETECTOR_SECTIONS, DetectorConfig, IngestConfig, require
-from anomaly_ae.configfile import build_section, detector_config_from, read_toml
+from anomaly_ae.configfile import build_section, detector_config_from, read_toml, reject_unknown_tables
 from anomaly_ae.errors import ConfigError
 from anomaly_ae.schedules import Schedule
 
@@ -229,7 +228,7 @@ def load_pipeline(path: str | Path, base: str | Path | None = None) -> Pipeline:
     path = Path(path)
     doc = read_toml(path)
     where = str(path)
-    _reject_unknown_tables(doc, where)
+    reject_unknown_tables(doc, where, KNOWN_TABLES)
     if "data" not in doc:
         raise ConfigError(f"{where}: missing table [data] (at least: source = \"...\").")
     s = {name: build_section(cls, doc[name], f"{where} [{name}]") if name in doc else None
@@ -272,16 +271,6 @@ def _data_paths(data: DataSection, base: Path) -> DataSection:
 
 def _optional_path(path: str | None, base: Path) -> str | None:
     return str(_absolute(path, base)) if path else path
-
-
-def _reject_unknown_tables(doc: dict, where: str) -> None:
-    for key in doc:
-        if key not in KNOWN_TABLES:
-            close = difflib.get_close_matches(key, KNOWN_TABLES, n=1)
-            hint = f" (did you mean [{close[0]}]?)" if close else f" (known tables: {', '.join(KNOWN_TABLES)})"
-            raise ConfigError(f"{where}: unknown table or key '{key}'{hint}")
-        if key != "schedule" and not isinstance(doc[key], dict):
-            raise ConfigError(f"{where}: '{key}' must be a table [{key}], got {type(doc[key]).__name__}")
 
 
 def _schedules(entries, where: str) -> tuple[Schedule, ...]:

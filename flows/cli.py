@@ -62,9 +62,10 @@ def inbox(
     s = entry.inbox(str(pipeline), task_runner=task_runner, dask_address=dask_address)
     if as_json:
         return console.print_json(s)
-    out_console.print(f"Flow run {s['flow_run_id']}: {s['state']}")
-    details = {k: v for k, v in s.items() if k not in ("flow_run_id", "state", "completed")}
-    console.print_json(details)
+    said = f" ({s['message']})" if s.get("message") else ""
+    out_console.print(f"Flow run {s['flow_run_id']}: {s['state']}{said}; inbox {s.get('inbox')}", soft_wrap=True)
+    if s.get("score"):
+        console.print_score_summary(s["score"])
 
 
 apply_help_style(app)

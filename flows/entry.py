@@ -13,7 +13,7 @@ import flows.offline  # noqa: F401  (telemetry defaults before Prefect starts a 
 
 def _state_summary(state) -> dict:
     return {"flow_run_id": str(state.state_details.flow_run_id), "state": state.name,
-            "completed": state.is_completed()}
+            "completed": state.is_completed(), "message": state.message}
 
 
 def _pipeline_path(pipeline_path: str, flow: str) -> str:

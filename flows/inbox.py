@@ -73,7 +73,7 @@ def inbox_flow(pipeline: str, task_runner: str | None = None, dask_address: str 
     if p.inbox.report:
         _reports_left_behind(p, result.get("run_dir"))
     if not result["new_files"]:
-        return artifacts.finish(p.name, result, None, f"no new files ({result['pending']} still settling)")
+        return artifacts.finish(p.name, result, None, f"no new files, {result['pending']} still settling")
     if result["score"] is None:
         logger.warning("none of the %d new files could be read; they are recorded as rejected", result["new_files"])
         return artifacts.finish(p.name, result, None, f"{result['new_files']} new files, none readable")

@@ -199,6 +199,11 @@ def _normal_scores(det, data, normal, split):
         from anomaly_ae.sources.folder import FolderSource
 
         present = {i.class_name for i in FolderSource(Path(data)).list().items if split is None or i.split == split}
+        missing = [c for c in normal or [] if c not in present]
+        if missing:  # asked for by name: every image instead would put anomalies among the normal scores
+            found = ", ".join(sorted(c for c in present if c is not None)) or "none (the images are not in class folders)"
+            raise DataError(f"Class {missing[0]!r} is not in {data}{f' (split {split})' if split else ''}. Classes: "
+                            f"{found}.")
         classes = [c for c in wanted if c in present] or None
     rejects: list = []
     scores, hashes = [], []

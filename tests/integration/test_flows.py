@@ -96,6 +96,7 @@ def test_a_run_tells_what_it_did_in_its_logs_state_and_tags(first_run):
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(first_run["flow_run_id"])
     assert run.state.message.startswith(f"{score['flagged']}/1500 flagged, 0 unreadable, drift: ")
+    assert first_run["message"] == run.state.message  # what the command line prints after the state
     assert {"mnist-demo", "flagged" if score["flagged"] else "clean"} <= set(run.tags)
 
 

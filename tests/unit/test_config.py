@@ -29,6 +29,21 @@ def test_detector_config_survives_a_file_and_a_dict(tmp_path):
         DetectorConfig.from_dict({"train": {"epoch": 3}})
 
 
+def test_a_config_file_with_a_misspelt_table_is_refused_and_a_pipelines_tables_are_said_unused(tmp_path, caplog):
+    """train --config: `[modle]` is a typo, not something to skip (the kind asked for would be
+    lost); a pipeline file's own tables are allowed, and named as not used by training."""
+    import logging
+
+    path = tmp_path / "c.toml"
+    path.write_text('[modle]\nkind = "vae"\n[train]\nepochs = 1\n')
+    with pytest.raises(ConfigError, match=r"c.toml: unknown table or key 'modle' \(did you mean \[model\]\?\)"):
+        detector_config(path, {})
+    path.write_text('[data]\nsource = "x"\ncrop = [0, 0, 10, 10]\n[model]\nkind = "vae"\n')
+    with caplog.at_level(logging.WARNING):
+        assert detector_config(path, {}).model.kind == "vae"
+    assert "c.toml: [data] not used: training reads only [model], [train], [score] and [threshold]" in caplog.text
+
+
 @pytest.mark.parametrize("crop", ["10,20,30,40", (10, 20, 30, 40), [10, 20, 30, 40], " 10, 20 ,30,40"])
 def test_crop_reads_as_text_or_numbers(crop):
     assert IngestConfig(crop=crop).crop == (10, 20, 30, 40)

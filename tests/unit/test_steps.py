@@ -100,8 +100,12 @@ def test_the_folder_a_model_was_ingested_from_counts_as_its_training_data(tmp_pa
     assert json.loads((tmp_path / "test" / "run.json").read_text())["model_saw"] is None
     with pytest.raises(DataError, match="is the dataset the model was trained on"):
         steps.calibrate(tmp_path / "m", data=folder)
+    for typo in ("Good", "nope"):  # a class asked for by name and absent: never every image, anomalies included
+        with pytest.raises(DataError, match=rf"Class '{typo}' is not in {folder} \(split test\)\. Classes: bright, good\."):
+            steps.calibrate(tmp_path / "m", data=folder, split="test", normal=[typo])
     s = steps.calibrate(tmp_path / "m", data=folder, split="test")
     assert s["source"].endswith("(split test)") and s["n_calibration"] == 6  # test/good only, not test/bright
+    assert steps.calibrate(tmp_path / "m", data=folder, split="test", normal=["good"])["n_calibration"] == 6
     caplog.clear()
     with caplog.at_level(logging.WARNING):  # test/good now set the threshold: a run over them says so
         steps.score(folder, tmp_path / "m", tmp_path / "test2", split="test", report=False)

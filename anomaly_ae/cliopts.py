@@ -63,7 +63,6 @@ def detector_config(config: Path | None, options: dict):
 
     from anomaly_ae.config import DETECTOR_SECTIONS, DetectorConfig
     from anomaly_ae.configfile import load_detector_config
-
     from anomaly_ae.pipeline import KNOWN_TABLES
 
     cfg = load_detector_config(config, KNOWN_TABLES) if config else DetectorConfig()

@@ -315,9 +315,15 @@ def _flatten(img: Image.Image, bit_depth: int | None = None) -> Image.Image:
     return img.convert("RGB")
 
 
+def read_bit_depth(img: Image.Image, policy: Preprocess) -> int | None:
+    """The bits a high bit-depth image is scaled from: the policy's, except for PGM and PPM files,
+    which declare their range (maxval) and are read to 0..65535 by Pillow already."""
+    return 16 if img.format == "PPM" else policy.bit_depth
+
+
 def to_pixels(img: Image.Image, policy: Preprocess) -> np.ndarray:
     """Apply the policy: crop, flatten, convert channels, resize. Returns (H, W, C) uint8."""
-    img = _flatten(policy.cut(img), policy.bit_depth)
+    img = _flatten(policy.cut(img), read_bit_depth(img, policy))
     if img.mode != policy.channels:
         img = img.convert(policy.channels)
     if img.size != (policy.width, policy.height):

@@ -27,6 +27,7 @@ from anomaly_ae.imaging import (
     is_gray,
     mask_pixels,
     open_image,
+    read_bit_depth,
     read_file_bytes,
     sha256_hex,
     to_pixels,
@@ -115,7 +116,8 @@ def decode_one(path, mask_path, policy: Preprocess, max_pixels: int) -> Decoded:
             except Rejected as exc:
                 raise Rejected(f"its mask {os.fsdecode(mask_path)!r} is unusable: {exc}") from None
         pixels = to_pixels(img, policy)
-        over = policy.bit_depth is not None and img.mode[:1] == "I" and img.getextrema()[1] >= 2 ** policy.bit_depth
+        bits = read_bit_depth(img, policy)  # (the maximum from NumPy: Pillow has none for big-endian 16-bit)
+        over = bits is not None and img.mode[:1] == "I" and int(np.asarray(img).max(initial=0)) >= 2 ** bits
         return Decoded(pixels.tobytes(), mask, img.height, img.width, img.mode,
                        sha256_hex(data), is_gray(img), over_range=over)
     except Rejected as exc:

@@ -128,8 +128,9 @@ def test_auto_measures_on_large_runs_only_and_bad_backends_are_refused(mnist_ds,
         steps.score(mnist_ds, mnist_model, tmp_path / "bad", backend="tensorrt")
 
 
-def test_readme_snippet_scores_a_folder_like_anomaly_ae(mnist_model, mnist_folder, tmp_path):
-    """The README's "Deploy without Python's anomaly-ae" code, run as written on an export."""
+def _readme_snippet(model, folder, tmp_path) -> None:
+    """The README's "Deploy without anomaly-ae" code, run as written on an export of `model` over
+    `folder`: the same scores as anomaly-ae's to the parity bound, and the same flagged files."""
     import re
     from pathlib import Path
 
@@ -138,17 +139,14 @@ def test_readme_snippet_scores_a_folder_like_anomaly_ae(mnist_model, mnist_folde
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme.split("### Deploy without anomaly-ae (ONNX)", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    steps.export(mnist_model, tmp_path / "export")
-    folder = tmp_path / "folder"
-    shutil.copytree(mnist_folder / "0", folder / "0")
-    shutil.copytree(mnist_folder / "7", folder / "7")
+    steps.export(model, tmp_path / "export")
     env = {"EXPORT": str(tmp_path / "export") + "/", "FOLDER": str(folder) + "/"}
     namespace: dict = {**env, "__name__": "readme"}
     assert 'EXPORT, FOLDER = "export/", "images/"\n' in code
     code = code.replace('EXPORT, FOLDER = "export/", "images/"\n', "")  # the test's own folders instead
-    assert len(code.strip().splitlines()) <= 14
+    assert len(code.strip().splitlines()) <= 19  # short enough to read at a glance
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102  (the README's own code)
-    ours = steps.score(folder, mnist_model, tmp_path / "run", report=False, backend="torch")
+    ours = steps.score(folder, model, tmp_path / "run", report=False, backend="torch")
     table = pq.read_table(tmp_path / "run" / "scores.parquet").to_pylist()
     expected = {r["path"]: r["score"] for r in table}
     got = {str(Path(p).relative_to(folder)): s for p, s in namespace["scores"].items()}
@@ -156,3 +154,26 @@ def test_readme_snippet_scores_a_folder_like_anomaly_ae(mnist_model, mnist_folde
     assert all(abs(got[k] - expected[k]) <= PARITY_RTOL * abs(expected[k]) for k in got)
     assert {str(Path(p).relative_to(folder)) for p in namespace["flagged"]} == {
         r["path"] for r in table if r["flagged"]}
+
+
+def test_readme_snippet_scores_a_folder_like_anomaly_ae(mnist_model, mnist_folder, tmp_path):
+    folder = tmp_path / "folder"
+    shutil.copytree(mnist_folder / "0", folder / "0")
+    shutil.copytree(mnist_folder / "7", folder / "7")
+    _readme_snippet(mnist_model, folder, tmp_path)
+
+
+def test_readme_snippet_cuts_the_region_and_reads_12_bit_images_as_anomaly_ae_does(tmp_path):
+    from PIL import Image
+
+    from tests.conftest import TINY
+
+    rng, folder = np.random.default_rng(1), tmp_path / "cam"
+    folder.mkdir()
+    for k in range(24):
+        raw = rng.normal(1500, 300, (30, 36)).clip(0, 4095)
+        raw[8:12, 10:14] += 2000 * (k % 6 == 0)  # a bright blemish on a few
+        Image.fromarray(raw.astype(np.uint16)).save(folder / f"{k:02d}.png")
+    steps.ingest(str(folder), tmp_path / "ds", crop="4,6,20,24", bit_depth=12, size="16x20", resize="bicubic")
+    steps.train(tmp_path / "ds", tmp_path / "m", config=TINY)
+    _readme_snippet(tmp_path / "m", folder, tmp_path)

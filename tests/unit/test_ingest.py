@@ -281,3 +281,27 @@ def test_bit_depth_scales_16_bit_images_from_their_range_and_scoring_does_too(tm
     for bad in (7, 17, 12.5, True):
         with pytest.raises(ConfigError, match="bit_depth"):
             IngestConfig(bit_depth=bad)
+
+
+def test_12_bit_data_reads_alike_from_png_big_endian_tiff_and_pgm(tmp_path):
+    """The same 12-bit samples as a 16-bit PNG, a big-endian 16-bit TIFF (Pillow has no extrema
+    for those) and a PGM with maxval 4095 (which declares its own range, so the bit depth is not
+    applied twice): one stored image, with --bit-depth 12 and, for the PGM, without it too."""
+    raw = (np.arange(20 * 30).reshape(20, 30) * 7 % 4096).astype(np.uint16)
+    raw[0, 0] = 4095
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(raw).save(src / "a.png")
+    Image.frombytes("I;16B", (30, 20), raw.astype(">u2").tobytes()).save(src / "b.tif")
+    (src / "c.pgm").write_bytes(b"P5\n30 20\n4095\n" + raw.astype(">u2").tobytes())
+    assert Image.open(src / "b.tif").mode == "I;16B"
+    steps.ingest(str(src), tmp_path / "ds", bit_depth=12)
+    ds = Dataset(tmp_path / "ds")
+    assert ds.meta["counts"]["rejects"] == 0 and ds.index()["source"].to_pylist() == ["a.png", "b.tif", "c.pgm"]
+    want = np.rint(raw * (255 / 4095)).astype(np.uint8)
+    for k, pixels in enumerate(ds.load()):
+        assert np.abs(pixels[..., 0].astype(int) - want).max() <= (1 if k == 2 else 0)  # the PGM: Pillow's rounding
+    (tmp_path / "pgm").mkdir()
+    (tmp_path / "pgm" / "c.pgm").write_bytes((src / "c.pgm").read_bytes())
+    steps.ingest(str(tmp_path / "pgm"), tmp_path / "plain")
+    assert np.abs(Dataset(tmp_path / "plain").load()[0][..., 0].astype(int) - want).max() <= 1

@@ -90,6 +90,11 @@ def plan(path: Path | str, policy: Preprocess, n_partitions: int = 1, split: str
     from anomaly_ae.sources.folder import FolderSource
 
     listing = require_items(FolderSource(Path(path)).list(), str(path))
+    splits = sorted({i.split for i in listing.items if i.split})
+    if split is not None and split not in splits and splits:
+        raise DataError(f"{path} has no '{split}' split. Splits: {', '.join(splits)}.")
+    if split is not None and not splits:
+        raise DataError(f"{path} has no splits (no train/ or test/ sub-folders): leave --split out.")
     files = [(i.key, str(i.path), str(i.mask_path) if i.mask_path else None, i.class_name, i.split, i.reject_reason)
              for i in listing.items if (split is None or i.split == split)
              and (classes is None or i.class_name in classes)]

@@ -87,7 +87,10 @@ def score(input: str | Path, model: str | Path, out: str | Path, config=None, *,
     summary = run_results.score_summary(out, run, merged)
     if run["model_saw"]:
         log.warning(facts.model_saw(run["model_saw"]))
-    log.info(facts.score(summary, _first_rejects(out / "rejects.parquet")))
+    rejects = _first_rejects(out / "rejects.parquet")
+    if rejects:  # news to whoever scored: said without -v too (the run's rejects table and report list them all)
+        log.warning("%d of the files could not be scored: %s", summary["rejects"], facts.named(rejects, summary["rejects"]))
+    log.info(facts.score(summary, rejects))
     return summary
 
 

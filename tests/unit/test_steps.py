@@ -189,3 +189,24 @@ def test_auto_training_leaves_no_resume_state_of_its_candidates(tmp_path):
     steps.train(work["dataset"], tmp_path / "auto", config=auto)
     assert (tmp_path / "auto" / "model.pt").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_files_that_could_not_be_scored_are_named_in_a_warning(tmp_path, caplog):
+    import logging
+
+    import pytest
+
+    from anomaly_ae.errors import DataError
+
+    from tests.conftest import noise_workspace
+
+    work = noise_workspace(tmp_path)
+    (work["input"] / "broken.png").write_bytes(b"not an image")
+    with caplog.at_level(logging.WARNING):
+        s = steps.score(work["input"], work["model"], tmp_path / "run", report=False)
+    assert s["rejects"] == 1 and s["scored"] == 24
+    assert "1 of the files could not be scored: broken.png (not a recognised image format" in caplog.text
+    with pytest.raises(DataError, match=r"has no splits \(no train/ or test/ sub-folders\): leave --split out"):
+        steps.score(work["input"], work["model"], tmp_path / "run2", split="test")
+    with pytest.raises(DataError, match=r"has no splits"):
+        steps.score(work["input"] / "img00.png", work["model"], tmp_path / "run2", split="test")

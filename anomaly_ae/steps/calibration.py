@@ -212,5 +212,7 @@ def _normal_scores(det, data, normal, split):
             scores.append(det.score_samples(px))
             hashes += meta["sha256"]
     if rejects:
-        log.warning("%d files could not be read and were skipped", len(rejects))
+        from anomaly_ae.facts import named
+
+        log.warning("%d files could not be used and were skipped: %s", len(rejects), named(rejects))
     return (np.concatenate(scores) if scores else np.zeros(0)), hashes

@@ -194,11 +194,11 @@ def test_auto_training_leaves_no_resume_state_of_its_candidates(tmp_path):
 def test_files_that_could_not_be_scored_are_named_in_a_warning(tmp_path, caplog):
     import logging
 
+    import numpy as np
     import pytest
 
     from anomaly_ae.errors import DataError
-
-    from tests.conftest import noise_workspace
+    from tests.conftest import noise_workspace, write_png
 
     work = noise_workspace(tmp_path)
     (work["input"] / "broken.png").write_bytes(b"not an image")
@@ -210,3 +210,13 @@ def test_files_that_could_not_be_scored_are_named_in_a_warning(tmp_path, caplog)
         steps.score(work["input"], work["model"], tmp_path / "run2", split="test")
     with pytest.raises(DataError, match=r"has no splits"):
         steps.score(work["input"] / "img00.png", work["model"], tmp_path / "run2", split="test")
+    more = tmp_path / "more"  # new normal images to calibrate on, one of them unusable
+    more.mkdir()
+    rng = np.random.default_rng(5)
+    for k in range(8):
+        write_png(more / f"n{k}.png", rng.integers(0, 255, (16, 16), dtype=np.uint8))
+    (more / "empty.png").write_bytes(b"")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert steps.calibrate(work["model"], data=more)["n_calibration"] == 8
+    assert "1 files could not be used and were skipped: empty.png (empty file" in caplog.text

@@ -215,6 +215,10 @@ def describe(path: Path | str) -> str:
         names = sorted(os.listdir(path))
     except OSError as exc:
         return f"a folder that cannot be listed ({exc.strerror})"
+    for kind, (required, optional) in FOLDER_KINDS.items():
+        extra = [n for n in names if n not in required | optional and not _TMP_RE.match(n)]
+        if required <= set(names) and extra:  # one of anomaly-ae's folders, with something else put in it
+            return f"a {KIND_NAMES[kind]}'s files and also {', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''}"
     sample = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
     return f"{len(names)} {'entry' if len(names) == 1 else 'entries'} ({sample})"
 

@@ -112,10 +112,28 @@ def _dataset_summary(out: Path, meta: dict, cached: bool) -> dict:
             "fingerprint": meta.get("fingerprint")}
 
 
+def _refuse_other_things(path: Path) -> None:
+    """A one-line answer for what `info` may be pointed at by mistake: an image, a run, an export."""
+    from anomaly_ae.fsio import folder_kind
+    from anomaly_ae.sources.folder import is_image_name
+
+    if path.is_file() and is_image_name(path.name):
+        raise DataError(f"{path} is an image file; info reads a dataset or a model folder (`anomaly-ae score {path} "
+                        "--model MODEL` scores it).")
+    kind = folder_kind(path)
+    if kind == "run":
+        raise DataError(f"{path} is a run folder (what `anomaly-ae score` writes): open its report.html, or rebuild "
+                        f"it with `anomaly-ae report {path}`; info reads a dataset or a model folder.")
+    if kind == "export":
+        raise DataError(f"{path} is a model export (model.onnx and model.json, whose threshold and preprocessing "
+                        "it holds); info reads a dataset or the model folder it was exported from.")
+
+
 def info(path: str | Path) -> dict:
     """What a dataset holds: counts per split and class, shape, masks, rejects."""
     from anomaly_ae.dataset import Dataset
 
+    _refuse_other_things(Path(path))
     ds = Dataset(path)
     rejects = ds.rejects()
     summary = _dataset_summary(Path(path), ds.meta, cached=False)

@@ -236,6 +236,8 @@ def export(model: str | Path, out: str | Path, fmt: str = "onnx") -> dict:
     folder = checkpoint.model_file(model).parent
     if Path(out).resolve() == folder.resolve():
         raise DataError(f"--out {out} is the model folder itself; export into a folder of its own.")
+    if folder.resolve() in Path(out).resolve().parents:  # a model folder holds only what training writes
+        raise DataError(f"--out {out} lies inside the model folder {folder}; export into a folder of its own.")
     meta = exporting.export(AutoencoderDetector.load(folder, device="cpu"), out, fmt)
     log.info("exported %s to %s (%s)", folder, out, meta["graph"])
     return {**meta, "folder": str(out)}

@@ -89,6 +89,11 @@ def test_export_command_writes_the_graph_and_what_a_scorer_needs(mnist_model, mn
         steps.export(mnist_model, mnist_model.parent)  # a folder holding anything else never is
     with pytest.raises(DataError, match="the model folder itself"):
         steps.export(mnist_model, mnist_model)
+    with pytest.raises(DataError, match="lies inside the model folder"):
+        steps.export(mnist_model, mnist_model / "onnx")
+    assert not (mnist_model / "onnx").exists()
+    with pytest.raises(DataError, match="is a model export .*; info reads a dataset or the model folder it was"):
+        steps.info(out)
     with pytest.raises(ConfigError, match="Unknown export format"):
         steps.export(mnist_model, tmp_path / "x", fmt="tflite")
 

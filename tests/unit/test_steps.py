@@ -193,6 +193,7 @@ def test_auto_training_leaves_no_resume_state_of_its_candidates(tmp_path):
 
 def test_files_that_could_not_be_scored_are_named_in_a_warning(tmp_path, caplog):
     import logging
+    import re
 
     import numpy as np
     import pytest
@@ -220,3 +221,7 @@ def test_files_that_could_not_be_scored_are_named_in_a_warning(tmp_path, caplog)
     with caplog.at_level(logging.WARNING):
         assert steps.calibrate(work["model"], data=more)["n_calibration"] == 8
     assert "1 files could not be used and were skipped: empty.png (empty file" in caplog.text
+    for wrong, said in [(more / "n0.png", "is an image file; info reads a dataset or a model folder"),
+                        (tmp_path / "run", "is a run folder (what `anomaly-ae score` writes): open its report.html")]:
+        with pytest.raises(DataError, match=re.escape(said)):
+            steps.info(wrong)

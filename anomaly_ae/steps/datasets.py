@@ -41,7 +41,8 @@ def ingest(source: str, out: str | Path, config=None, *, root: str | None = None
     out = Path(out)
     existing = _readable_meta(out, replace=force or overwrite)
     if existing is not None:
-        same = existing.get("fingerprint") == fingerprint(listing, config)
+        same = existing.get("fingerprint") == fingerprint(listing, config) or _compare(existing, listing, config) == (
+            True, [])
         if same and not force:
             return _told(_dataset_summary(out, existing, cached=True), out)
         if not same and not overwrite:  # `force` redoes this dataset; only `overwrite` replaces another
@@ -53,28 +54,50 @@ def ingest(source: str, out: str | Path, config=None, *, root: str | None = None
     return _told(_dataset_summary(out, meta, cached=False), out)
 
 
-def _why_changed(existing: dict, listing, config) -> str:
-    """What differs between a dataset's making and this ingest: the source, the settings (each
-    named, as it was and as it is now), or the files."""
+def _compare(existing: dict, listing, config) -> tuple[bool | None, list[str]]:
+    """(whether the dataset was made from these very files, None when it cannot be told; the
+    settings that differ, as 'crop was not set, now 0,0,9,9'). Naming the size or channels the
+    dataset had inferred (``--size 40`` for images it stored at 40x40) is no difference: the same
+    dataset would be written again."""
     import dataclasses
 
-    was, spec = existing.get("source", {}).get("spec"), listing.description.get("spec")
-    if was != spec:
-        return f"it was ingested from {was}"
-    then, now = existing.get("options") or {}, dataclasses.asdict(config)
+    from anomaly_ae.config import IngestConfig
+    from anomaly_ae.imaging import Preprocess, parse_size
+    from anomaly_ae.ingest import fingerprint
+
+    try:
+        then = IngestConfig(**existing["options"])
+        policy = Preprocess.from_dict(existing["preprocess"])
+    except Exception:  # made before its settings were recorded, or by another version: not comparable
+        return None, []
 
     def shown(v) -> str:
         return "not set" if v is None else ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
-    before = {f.name: then.get(f.name, f.default) for f in dataclasses.fields(config)} if then else now
-    changed = [f"{key} was {shown(before[key])}, now {shown(now[key])}" for key in now
-               if shown(before[key]) != shown(now[key])]
-    if changed:
-        return "other settings: " + "; ".join(changed)
+    inferred = {"size": config.size is not None and parse_size(config.size) == (policy.height, policy.width),
+                "channels": config.channels == policy.channels}
+    changed = [f"{f.name} was {shown(getattr(then, f.name))}, now {shown(getattr(config, f.name))}"
+               for f in dataclasses.fields(config)
+               if shown(getattr(then, f.name)) != shown(getattr(config, f.name)) and not inferred.get(f.name)]
+    return fingerprint(listing, then) == existing.get("fingerprint"), changed
+
+
+def _why_changed(existing: dict, listing, config) -> str:
+    """What differs between a dataset's making and this ingest: the source, the settings (each
+    named, as it was and as it is now), the files, or both."""
+    was, spec = existing.get("source", {}).get("spec"), listing.description.get("spec")
+    if was != spec:
+        return f"it was ingested from {was}"
+    same_files, changed = _compare(existing, listing, config)
     n_then = existing.get("counts", {}).get("images", 0) + existing.get("counts", {}).get("rejects", 0)
     count = f"{n_then} files then, {len(listing.items)} now; " if n_then != len(listing.items) else ""
-    return (f"files were added, removed or rewritten in {spec} since it was made ({count}a copy that gives the "
-            "files new times counts too)")
+    files = (f"files were added, removed or rewritten in {spec} since it was made ({count}a copy that gives the "
+             "files new times counts too)")
+    if same_files is None:  # no record of its settings to compare with
+        return f"the files in {spec} or the ingest settings changed since it was made"
+    if not changed:
+        return files
+    return "other settings: " + "; ".join(changed) + ("" if same_files else f"; and {files}")
 
 
 def _readable_meta(out: Path, replace: bool) -> dict | None:

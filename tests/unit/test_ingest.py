@@ -305,3 +305,16 @@ def test_12_bit_data_reads_alike_from_png_big_endian_tiff_and_pgm(tmp_path):
     (tmp_path / "pgm" / "c.pgm").write_bytes((src / "c.pgm").read_bytes())
     steps.ingest(str(tmp_path / "pgm"), tmp_path / "plain")
     assert np.abs(Dataset(tmp_path / "plain").load()[0][..., 0].astype(int) - want).max() <= 1
+
+
+def test_naming_the_size_and_channels_it_inferred_is_the_same_dataset(tmp_path):
+    """--size 12x10 --channels L for gray 12x10 images writes what inferring them wrote: up to
+    date, not out of date; another size, or new files, still is out of date."""
+    make_folder(tmp_path / "src")
+    steps.ingest(str(tmp_path / "src"), tmp_path / "ds")
+    assert steps.ingest(str(tmp_path / "src"), tmp_path / "ds", size="12x10", channels="L")["cached"]
+    with pytest.raises(DataError, match="other settings: size was not set, now 12"):
+        steps.ingest(str(tmp_path / "src"), tmp_path / "ds", size="12")
+    write_png(tmp_path / "src" / "a" / "new.png", np.zeros((12, 10), np.uint8))
+    with pytest.raises(DataError, match="files were added, removed or rewritten"):
+        steps.ingest(str(tmp_path / "src"), tmp_path / "ds", size="12x10", channels="L")

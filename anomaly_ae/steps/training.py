@@ -96,9 +96,9 @@ def train(dataset: str | Path, out: str | Path, *, normal: list[str] | None = No
         if found == "same" and not force:
             return _told(checkpoint.summary(out, existing, cached=True))
         if (found == "other" and not overwrite) or (found == "damaged" and not (overwrite or force)):
-            raise DataError(f"{out} already exists and is out of date: it was trained from other data or settings "
-                            f"({dataset} was ingested again, or the options differ). Pass --overwrite to train it "
-                            "again, or choose another --out.")
+            why = _why_retrain(existing, ds, classes, config, extra_ids) if found == "other" else "it is damaged"
+            raise DataError(f"{out} already exists and is out of date: {why}. Pass --overwrite to train it again, "
+                            "or choose another --out.")
         state = out.parent / f".{out.name}.train-{fp[:12]}.pt"
         try:
             with atomic_dir(out, overwrite=overwrite or force, kind="model", protect=[ds.path]) as tmp:
@@ -133,6 +133,40 @@ def _told(summary: dict) -> dict:
 
     log.info(facts.train(summary))
     return summary
+
+
+def _why_retrain(ckpt: dict, ds, classes: list[str], config, extra_ids) -> str:
+    """How a model's training differs from this one's: the dataset (another, or ingested again), the
+    normal classes, the reviewed false alarms, or the settings (each named, as it was and is now)."""
+    from anomaly_ae.config import DetectorConfig
+
+    data = ckpt.get("data", {})
+    if data.get("dataset") and Path(data["dataset"]).resolve() != ds.path.resolve():
+        return f"it was trained on {data['dataset']}"
+    reasons = []
+    if data.get("dataset_fingerprint") not in (None, ds.meta.get("fingerprint")):
+        reasons.append(f"{ds.path} was ingested again since")
+    if ckpt.get("normal_classes") is not None and list(ckpt["normal_classes"]) != list(classes):
+        reasons.append(f"its normal classes were {', '.join(ckpt['normal_classes'])}, now {', '.join(classes)}")
+    if data.get("n_reviewed_normals", 0) != len(extra_ids or []):
+        reasons.append(f"it was trained with {data.get('n_reviewed_normals', 0)} reviewed false alarms, now "
+                       f"{len(extra_ids or [])}")
+    try:
+        then = _flat(_weights_config(DetectorConfig.from_dict(ckpt["config"]).as_trained(), ds.shape))
+        now = _flat(_weights_config(config.as_trained(), ds.shape))
+        chosen = {"score.method"} if now.get("score.method") == "auto" else set()  # recorded as chosen, not as asked
+        if now.get("model.kind") == "auto":
+            chosen |= {k for k in then if k.startswith("model.")} | {"train.lr"}
+        reasons += [f"{key} was {then.get(key)}, now {now.get(key)}" for key in sorted(set(then) | set(now))
+                    if then.get(key) != now.get(key) and key not in chosen]
+    except Exception:  # a configuration of another version: the reasons above stand
+        pass
+    return "; ".join(reasons) or "it was trained from other data or settings"
+
+
+def _flat(d: dict) -> dict:
+    """{'train.epochs': 30, ...} from {'train': {'epochs': 30}, ...}."""
+    return {f"{section}.{key}": v for section, values in d.items() for key, v in values.items()}
 
 
 def _existing_model(out: Path, fp: str) -> tuple[str, dict | None]:

@@ -159,6 +159,7 @@ def test_training_again_with_other_settings_says_the_model_is_out_of_date(tmp_pa
     """The same command is skipped as up to date; other settings into the same folder are refused
     with the reason, and --overwrite trains again."""
     import dataclasses
+    import shutil
 
     import pytest
 
@@ -168,13 +169,19 @@ def test_training_again_with_other_settings_says_the_model_is_out_of_date(tmp_pa
     work = noise_workspace(tmp_path)
     assert steps.train(work["dataset"], work["model"], config=TINY)["cached"]
     other = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, latent_dim=8))
-    with pytest.raises(DataError, match=f"{work['model']} already exists and is out of date: it was trained from "
-                                        "other data or settings"):
+    with pytest.raises(DataError, match=f"{work['model']} already exists and is out of date: model.latent_dim was 32, "
+                                        "now 8. Pass --overwrite"):
         steps.train(work["dataset"], work["model"], config=other)
     with pytest.raises(DataError, match="out of date"):  # --force redoes the same model, never replaces another
         steps.train(work["dataset"], work["model"], config=other, force=True)
     assert not steps.train(work["dataset"], work["model"], config=other, overwrite=True)["cached"]
     assert not steps.train(work["dataset"], work["model"], config=other, force=True)["cached"]
+    steps.ingest(str(work["input"]), work["dataset"], seed=1, overwrite=True)  # the dataset made again
+    with pytest.raises(DataError, match=f"out of date: {work['dataset']} was ingested again since. Pass"):
+        steps.train(work["dataset"], work["model"], config=other)
+    shutil.copytree(work["dataset"], tmp_path / "copy")  # the same data in another dataset folder
+    with pytest.raises(DataError, match=f"out of date: it was trained on {work['dataset']}. Pass"):
+        steps.train(tmp_path / "copy", work["model"], config=other)
 
 
 def test_auto_training_leaves_no_resume_state_of_its_candidates(tmp_path):

@@ -41,8 +41,8 @@ def ingest(source: str, out: str | Path, config=None, *, root: str | None = None
     out = Path(out)
     existing = _readable_meta(out, replace=force or overwrite)
     if existing is not None:
-        same = existing.get("fingerprint") == fingerprint(listing, config) or _compare(existing, listing, config) == (
-            True, [])
+        same = (existing.get("fingerprint") == fingerprint(listing, config)
+                or _compare(existing, listing, config) == (True, [])) and not _crop_left_out(existing)
         if same and not force:
             return _told(_dataset_summary(out, existing, cached=True), out)
         if not same and not overwrite:  # `force` redoes this dataset; only `overwrite` replaces another
@@ -82,12 +82,20 @@ def _compare(existing: dict, listing, config) -> tuple[bool | None, list[str]]:
     return fingerprint(listing, then) == existing.get("fingerprint"), changed
 
 
+def _crop_left_out(existing: dict) -> bool:
+    """True for a dataset ingested with --crop and --size and --channels all given by a version that
+    left the crop region out of its preprocessing (and so cut nothing)."""
+    return bool((existing.get("options") or {}).get("crop")) and not existing.get("preprocess", {}).get("crop")
+
+
 def _why_changed(existing: dict, listing, config) -> str:
     """What differs between a dataset's making and this ingest: the source, the settings (each
     named, as it was and as it is now), the files, or both."""
     was, spec = existing.get("source", {}).get("spec"), listing.description.get("spec")
     if was != spec:
         return f"it was ingested from {was}"
+    if _crop_left_out(existing):
+        return "its images were not cut to the crop region it was asked for (an earlier version left the region out)"
     same_files, changed = _compare(existing, listing, config)
     n_then = existing.get("counts", {}).get("images", 0) + existing.get("counts", {}).get("rejects", 0)
     count = f"{n_then} files then, {len(listing.items)} now; " if n_then != len(listing.items) else ""

@@ -173,7 +173,7 @@ def test_bundled_sample_ingest(mnist_ds):
     assert 10 < ds.load(ds.rows(classes=["1"])).mean() < 60  # real digits: mostly dark background
 
 
-def test_crop_is_cut_before_resizing_recorded_and_cut_again_when_scoring(tmp_path):
+def test_crop_is_cut_before_resizing_recorded_and_cut_again_when_scoring(tmp_path, monkeypatch):
     """A fixed region of interest: the dataset holds that region of every image at the working
     size, the policy records it, and a model trained on it cuts the same region from new images."""
     from anomaly_ae import scoring
@@ -198,6 +198,16 @@ def test_crop_is_cut_before_resizing_recorded_and_cut_again_when_scoring(tmp_pat
     # ...with the size and the channels both given too (nothing left to infer from the images)
     both = steps.ingest(str(src), tmp_path / "given", crop="10,20,20,30", size="10x15", channels="L")
     assert both["preprocess"]["crop"] == [10, 20, 20, 30] and np.array_equal(Dataset(tmp_path / "given").load(), pixels)
+    from anomaly_ae.steps import datasets as dataset_steps
+
+    def as_before(out, replace):  # as an earlier version wrote it: the region requested, recorded, and not cut
+        meta = Dataset(out).meta
+        return {**meta, "preprocess": {k: v for k, v in meta["preprocess"].items() if k != "crop"}}
+
+    monkeypatch.setattr(dataset_steps, "_readable_meta", as_before)
+    with pytest.raises(DataError, match="out of date: its images were not cut to the crop region it was asked for"):
+        steps.ingest(str(src), tmp_path / "given", crop="10,20,20,30", size="10x15", channels="L")
+    monkeypatch.undo()
     # Without a crop the same files give another dataset: the setting is in the fingerprint.
     assert not steps.ingest(str(src), tmp_path / "ds", overwrite=True)["cached"]
     steps.ingest(str(src), tmp_path / "ds", crop=(10, 20, 20, 30), size="10x15", overwrite=True)

@@ -75,7 +75,8 @@ def flow_run_links() -> dict:
         url = flow_run.ui_url
     except Exception:  # no UI URL configured: the run has no page to link to
         url = None
-    return {"flow_run_url": url} if url else {}
+    # Without one Prefect still builds "None/flow-runs/..." (the temporary server has no UI to link to).
+    return {"flow_run_url": url} if isinstance(url, str) and url.startswith(("http://", "https://")) else {}
 
 
 @task(name="report", cache_policy=NO_CACHE)

@@ -175,5 +175,10 @@ def _summary(run_dir: Path) -> dict | None:
         "model_saw": (run.get("model_saw") or {}).get("n_items"),  # scored items that trained the model
         "labels_known": bool(run.get("labels_known")),
         "image_shape": list(((run.get("model") or {}).get("image_shape") or [])[:2]),
-        "flow_run_url": run.get("flow_run_url"),
+        "flow_run_url": _web_link(run.get("flow_run_url")),
     }
+
+
+def _web_link(url) -> str | None:
+    """`url` when it is an http(s) address (runs of earlier versions may hold "None/flow-runs/...")."""
+    return url if isinstance(url, str) and url.startswith(("http://", "https://")) else None

@@ -328,3 +328,16 @@ def test_missing_inbox_fails_before_any_work(tmp_path):
     with pytest.raises(DataError, match=r"a-file is in the way: a file where the pipeline needs the folder"):
         run(str(blocked))
     assert not out.exists()
+
+
+def test_a_run_links_to_its_prefect_page_only_when_there_is_a_prefect_ui(monkeypatch):
+    """Without a Prefect UI (the temporary server's case) Prefect still builds "None/flow-runs/...":
+    no link is recorded then, rather than a dead one in run.json and the console."""
+    from prefect.runtime import flow_run
+
+    from flows.tasks import flow_run_links
+
+    monkeypatch.setattr(flow_run, "ui_url", "None/flow-runs/flow-run/x", raising=False)
+    assert flow_run_links() == {}
+    monkeypatch.setattr(flow_run, "ui_url", "http://127.0.0.1:4200/flow-runs/flow-run/x", raising=False)
+    assert flow_run_links() == {"flow_run_url": "http://127.0.0.1:4200/flow-runs/flow-run/x"}

@@ -104,6 +104,23 @@ def test_review_three_items_with_the_keyboard_then_calibrate(console, chromium_p
         assert decided == {ids[0]: "defect", ids[1]: "false alarm", ids[2]: "false alarm"}
         assert page.locator(f'tr[data-item="{ids[2]}"] input.note').input_value() == "smudge on the lens"
         expect(page.locator('[data-count="precision"]')).to_have_text("0.33")
+
+        # A note edited on a decided item is saved at once; on an undecided one the row says it waits.
+        page.locator(f'tr[data-item="{ids[0]}"] td.n').first.click()
+        page.keyboard.press("n")
+        page.keyboard.type("a real scratch")
+        with page.expect_response(lambda r: r.url.endswith("/reviews") and r.status == 200):
+            page.keyboard.press("Enter")
+        undecided = page.locator('tr.item[data-decision=""]')
+        if undecided.count():
+            undecided.first.locator("td.n").first.click()
+            page.keyboard.press("n")
+            page.keyboard.type("look again")
+            page.keyboard.press("Enter")
+            expect(undecided.first).to_have_class(re.compile(r"\bunsaved\b"))
+        page.reload()
+        assert page.locator(f'tr[data-item="{ids[0]}"] input.note').input_value() == "a real scratch"
+        assert page.locator(f'tr[data-item="{ids[0]}"] td.decision').inner_text().strip() == "defect"
         browser.close()
 
     run = next(r for r in (console["root"] / "line" / "runs").iterdir()

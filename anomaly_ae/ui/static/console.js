@@ -42,6 +42,8 @@
         row.classList.remove("saving");
         if (!res.ok) { row.classList.add("failed"); row.title = body.error || res.statusText; return; }
         row.classList.remove("failed");
+        row.classList.remove("unsaved");
+        row.setAttribute("data-decision", decision === "clear" ? "" : decision);
         var cell = row.querySelector("td.decision");
         cell.innerHTML = decision === "clear" ? "" :
           '<span class="badge ' + decision + '">' + decision.replace("_", " ") + "</span>";
@@ -75,6 +77,15 @@
   });
 
   rows.forEach(function (r, k) { r.addEventListener("click", function () { select(k); }); });
+
+  // A note edited on a decided item is saved with its decision; on an undecided one it waits for
+  // the decision (d, f or c), and the row says so until then.
+  rows.forEach(function (r) {
+    r.querySelector("input.note").addEventListener("change", function () {
+      var decided = r.getAttribute("data-decision");
+      if (decided) { decide(r, decided); } else { r.classList.add("unsaved"); }
+    });
+  });
 
   var overlay = document.getElementById("overlay");
   if (overlay) {

@@ -203,6 +203,16 @@ def folder_kind(folder: Path | str) -> str | None:
     return None
 
 
+def read_json(path: Path | str) -> dict:
+    """A JSON file anomaly-ae wrote (run.json, metrics.json...), or DataError naming it when it is
+    damaged (a missing file raises FileNotFoundError, for callers that allow none)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is damaged: it is not valid JSON ({exc}). Write it again (score the run again, "
+                        "or `anomaly-ae report` for a report's files), or restore it.") from None
+
+
 def describe(path: Path | str) -> str:
     """What a path holds, in words, for messages: 'a model folder', '3 entries (a.png, b.png, c)'..."""
     path = Path(path)

@@ -37,12 +37,11 @@ def path(run_dir: str | Path) -> Path:
 def read(run_dir: str | Path):
     """Every decision recorded for the run, oldest first (an empty table when none)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from anomaly_ae.schema import schema
+    from anomaly_ae.schema import read_parquet, schema
 
     p = path(run_dir)
-    return pq.read_table(p) if p.exists() else pa.table({f.name: [] for f in schema("reviews")}, schema=schema("reviews"))
+    return read_parquet(p) if p.exists() else pa.table({f.name: [] for f in schema("reviews")}, schema=schema("reviews"))
 
 
 def latest(run_dir: str | Path) -> dict[str, dict]:
@@ -100,21 +99,21 @@ def item_ids(run_dir: str | Path) -> set[str]:
     Raises:
         DataError: `run_dir` holds no scores.parquet.
     """
-    import pyarrow.parquet as pq
+    from anomaly_ae.schema import read_parquet
 
     scores = Path(run_dir) / "scores.parquet"
     if not scores.exists():
         raise DataError(f"{run_dir} is not a run folder (no scores.parquet).")
-    return set(pq.read_table(scores, columns=["image_id"])["image_id"].to_pylist())
+    return set(read_parquet(scores, columns=["image_id"])["image_id"].to_pylist())
 
 
 def false_alarm_scores(run_dir: str | Path, with_ids: bool = False):
     """Scores of the run's flagged items that a reviewer marked as false alarms (an array, or a
     dict item -> score `with_ids`)."""
-    import pyarrow.parquet as pq
+    from anomaly_ae.schema import read_parquet
 
     marked = {k for k, v in latest(run_dir).items() if v["decision"] == FALSE_ALARM}
-    t = pq.read_table(Path(run_dir) / "scores.parquet", columns=["image_id", "score", "flagged"])
+    t = read_parquet(Path(run_dir) / "scores.parquet", columns=["image_id", "score", "flagged"])
     ids, score, flagged = (t[c].to_numpy(zero_copy_only=False) for c in ("image_id", "score", "flagged"))
     keep = np.array([i in marked for i in ids], bool) & flagged.astype(bool)
     if with_ids:

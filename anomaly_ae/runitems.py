@@ -7,7 +7,6 @@ differs from the one scored) is not returned: the picture must be the one the sc
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -17,7 +16,10 @@ log = logging.getLogger(__name__)
 
 
 def run_record(run_dir: str | Path) -> dict:
-    return json.loads((Path(run_dir) / "run.json").read_text())
+    """A run's run.json (DataError when it is damaged)."""
+    from anomaly_ae.fsio import read_json
+
+    return read_json(Path(run_dir) / "run.json")
 
 
 def item_pixels(run_dir: str | Path, items: list[str], policy=None) -> dict[str, np.ndarray]:

@@ -194,6 +194,17 @@ class TableWriter:
             self._writer.close()
 
 
+def read_parquet(path: Path | str, columns: list[str] | None = None) -> pa.Table:
+    """A Parquet file anomaly-ae wrote (a run's scores or reviews, say), or SchemaError naming it
+    when it is damaged (a missing file raises FileNotFoundError, for callers that allow none)."""
+    try:
+        return pq.read_table(path, columns=columns)
+    except FileNotFoundError:
+        raise
+    except (OSError, pa.ArrowInvalid, KeyError) as exc:
+        raise SchemaError(f"{path} is not a readable Parquet file: {exc}") from None
+
+
 def read_meta(path: Path | str, name: str | None = None) -> dict:
     """The ``anomaly_ae`` footer metadata of a Parquet file, checked against `name`.
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from anomaly_ae.errors import DataError
+from anomaly_ae.fsio import read_json
 
 MAX_REJECTS = 50
 
@@ -33,22 +33,22 @@ def load(run_dir: str | Path) -> RunData:
     Raises:
         DataError: `run_dir` has no run.json or no scores.parquet.
     """
-    import pyarrow.parquet as pq
+    from anomaly_ae.schema import read_parquet
 
     run_dir = Path(run_dir)
     if not (run_dir / "run.json").exists() or not (run_dir / "scores.parquet").exists():
         raise DataError(f"{run_dir} is not a complete run folder (run.json and scores.parquet are needed). "
                         "Score a batch with `anomaly-ae score` first.")
-    run = json.loads((run_dir / "run.json").read_text())
+    run = read_json(run_dir / "run.json")
     metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
-    table = pq.read_table(run_dir / "scores.parquet", columns=SCORE_COLUMNS)
+    metrics = read_json(metrics_path) if metrics_path.exists() else None
+    table = read_parquet(run_dir / "scores.parquet", columns=SCORE_COLUMNS)
     scores = {c: table[c].to_numpy(zero_copy_only=False) for c in SCORE_COLUMNS}
     examples_path = run_dir / "examples.parquet"
-    examples = pq.read_table(examples_path).to_pylist() if examples_path.exists() else []
+    examples = read_parquet(examples_path).to_pylist() if examples_path.exists() else []
     rejects, n_rejects = [], 0
     if (run_dir / "rejects.parquet").exists():
-        rej = pq.read_table(run_dir / "rejects.parquet")
+        rej = read_parquet(run_dir / "rejects.parquet")
         n_rejects = rej.num_rows
         head = rej.slice(0, MAX_REJECTS)
         rejects = list(zip(head["source"].to_pylist(), head["reason"].to_pylist()))

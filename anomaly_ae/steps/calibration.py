@@ -123,9 +123,9 @@ def _add_reviews(det, runs: list[str | Path]) -> None:
 
 def _item_hashes(run_dir: Path, items) -> list[str]:
     """The sha256 of `items` (image ids) of a run, from its scores.parquet (for a later run's `model_saw`)."""
-    import pyarrow.parquet as pq
+    from anomaly_ae.schema import read_parquet
 
-    t = pq.read_table(run_dir / "scores.parquet", columns=["image_id", "sha256"])
+    t = read_parquet(run_dir / "scores.parquet", columns=["image_id", "sha256"])
     wanted = set(items)
     return sorted({h for i, h in zip(t["image_id"].to_pylist(), t["sha256"].to_pylist()) if i in wanted and h})
 

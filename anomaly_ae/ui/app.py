@@ -22,6 +22,7 @@ import numpy as np
 
 from anomaly_ae import reviews
 from anomaly_ae.errors import AnomalyAEError, BusyError
+from anomaly_ae.fsio import read_json
 from anomaly_ae.ui.catalog import Catalog, Run
 from anomaly_ae.ui.charts import trend_svg
 from anomaly_ae.ui.modelview import model_folder as _model_folder
@@ -61,9 +62,19 @@ def create_app(roots: list[str | Path], token: str | None = None, who: str = "")
         Mount("/static", StaticFiles(packages=[("anomaly_ae.ui", "static")]), name="static"),
     ]
     middleware = [Middleware(_TokenGuard, token=token)] if token else []
-    app = Starlette(routes=routes, middleware=middleware)
+    app = Starlette(routes=routes, middleware=middleware, exception_handlers={AnomalyAEError: _damaged})
     app.state.catalog = catalog
     return app
+
+
+async def _damaged(request, exc: AnomalyAEError):
+    """A run's file that cannot be read (damaged, or changed by something else): its message, as
+    JSON for the API and as text for a page, instead of a bare server error."""
+    from starlette.responses import JSONResponse, PlainTextResponse
+
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"error": str(exc)}, status_code=500)
+    return PlainTextResponse(f"This run cannot be shown: {exc}", status_code=500)
 
 
 class _TokenGuard:
@@ -103,13 +114,13 @@ class _Items:
         self._lock = threading.Lock()
 
     def get(self, run: Run) -> dict:
-        import pyarrow.parquet as pq
+        from anomaly_ae.schema import read_parquet
 
         with self._lock:
             hit = self._cache.get(run.key)
             if hit and hit[0] == run.stamp:
                 return hit[1]
-        t = pq.read_table(run.dir / "scores.parquet",
+        t = read_parquet(run.dir / "scores.parquet",
                           columns=["image_id", "path", "class_name", "is_anomaly", "score", "p_value", "flagged", "rank"])
         cols = {c: t[c].to_numpy(zero_copy_only=False) for c in t.column_names}
         cols["flagged"] = cols["flagged"].astype(bool)
@@ -304,7 +315,6 @@ def _mtime(p: Path) -> int:
 @functools.lru_cache(maxsize=16)
 def _map_index(run_dir: Path, mtime: int):
     """(item -> (row group, row), heat scale, map shape) of a run's error maps, or None."""
-    import json
 
     import pyarrow.parquet as pq
 
@@ -321,6 +331,6 @@ def _map_index(run_dir: Path, mtime: int):
             sample += [np.frombuffer(b, dtype="<f2").astype(np.float32) for b in maps]
     if not where:
         return None
-    shape = tuple(json.loads((run_dir / "run.json").read_text())["model"]["image_shape"][:2])
+    shape = tuple(read_json(run_dir / "run.json")["model"]["image_shape"][:2])
     vmax = float(np.quantile(np.concatenate(sample), 0.995)) if sample else 1.0
     return where, max(vmax, 1e-6), shape

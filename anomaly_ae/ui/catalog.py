@@ -16,6 +16,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from anomaly_ae.errors import AnomalyAEError
+
 MAX_DEPTH = 6  # folders below a root that the walk looks into
 RUN_FILES = ("run.json", "scores.parquet")
 SERVED_FILES = ("report.html", "flagged.csv", "scores.parquet")  # the files of a run the console serves
@@ -161,7 +163,7 @@ def _summary(run_dir: Path) -> dict | None:
     scored = counts.get("scored") or 0
     try:
         decided = reviews.counts(reviews.latest(run_dir) if (run_dir / reviews.REVIEWS_FILE).exists() else {})
-    except (OSError, ValueError):
+    except (OSError, ValueError, AnomalyAEError):  # damaged: the run's page says so
         decided = reviews.counts({})
     return {
         "id": run.get("run_id") or run_dir.name, "created": run.get("created") or "",

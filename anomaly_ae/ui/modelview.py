@@ -5,10 +5,11 @@ bottleneck codes of the run's items (normal-scored and flagged apart)."""
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 
 import numpy as np
+
+from anomaly_ae.fsio import read_json
 
 MAX_POINTS = 1000  # items projected on the latent view (all flagged ones first, then a sample of the rest)
 MAX_RECONSTRUCTIONS = 8
@@ -42,15 +43,14 @@ def model_view(run_dir: Path, folder: Path, stamp: tuple) -> dict:
 
 def _reconstructions(run_dir: Path, ckpt: dict) -> list[dict]:
     """Original, reconstruction and heat map of the run's example items (its report's examples)."""
-    import pyarrow.parquet as pq
-
     from anomaly_ae.report.examples import example_panels, heat_lut
+    from anomaly_ae.schema import read_parquet
 
     path = run_dir / "examples.parquet"
     if not path.exists():
         return []
-    shape = json.loads((run_dir / "run.json").read_text())["model"]["image_shape"]
-    rows = sorted(pq.read_table(path).to_pylist(), key=lambda e: -e["score"])[:MAX_RECONSTRUCTIONS]
+    shape = read_json(run_dir / "run.json")["model"]["image_shape"]
+    rows = sorted(read_parquet(path).to_pylist(), key=lambda e: -e["score"])[:MAX_RECONSTRUCTIONS]
     maps = [np.frombuffer(e["error_map"], "<f2").astype(np.float32) for e in rows if e.get("error_map")]
     vmax = float(np.quantile(np.concatenate(maps), 0.995)) if maps else 1.0
     lut, out = heat_lut(), []
@@ -69,15 +69,14 @@ def _reconstructions(run_dir: Path, ckpt: dict) -> list[dict]:
 def _latent(run_dir: Path, folder: Path) -> dict:
     """{"points": [{x, y, id, path, score, flagged}], "explained": [share, share]} from a PCA of the
     codes of up to MAX_POINTS of the run's items, or {"note": why there is none}."""
-    import pyarrow.parquet as pq
-
     from anomaly_ae.detector import AutoencoderDetector
     from anomaly_ae.errors import ModelError
     from anomaly_ae.imaging import Preprocess
     from anomaly_ae.runitems import item_pixels
+    from anomaly_ae.schema import read_parquet
 
     det = AutoencoderDetector.load(folder, device="cpu")
-    t = pq.read_table(run_dir / "scores.parquet", columns=["image_id", "path", "score", "flagged"]).to_pylist()
+    t = read_parquet(run_dir / "scores.parquet", columns=["image_id", "path", "score", "flagged"]).to_pylist()
     flagged = [r for r in t if r["flagged"]]
     rest = [r for r in t if not r["flagged"]]
     rng = np.random.default_rng(0)

@@ -218,3 +218,39 @@ def test_an_auroc_that_counts_training_images_is_marked(workspace, tmp_path):
     k = {r["folder"].split("/")[-1]: r["key"] for r in c.get("/api/runs").json()}
     assert "counts\n350 items the model trained or calibrated on" in c.get(f"/runs/{k['own-data']}").text
     assert "trained or calibrated on" not in c.get(f"/runs/{k['r2']}").text
+
+
+def test_damaged_files_of_a_run_are_said_in_a_line_not_a_server_error(workspace, mnist_model, tmp_path):
+    """A damaged reviews table, scores table or run.json: the run's page and the review API say
+    which file, the review workflow's commands exit with one line, and the runs page still opens."""
+    import shutil
+
+    import pyarrow.parquet as pq
+    from starlette.testclient import TestClient
+
+    from anomaly_ae.errors import DataError
+    from anomaly_ae.ui.app import create_app
+
+    root = tmp_path / "root"
+    src = workspace["root"] / "adhoc" / "folder-run"
+    for name in ("badreviews", "badscores", "badjson"):
+        shutil.copytree(src, root / name)
+    ids = pq.read_table(src / "scores.parquet", columns=["image_id"])["image_id"]
+    (root / "badreviews" / "reviews.parquet").write_bytes(b"garbage")
+    (root / "badscores" / "scores.parquet").write_bytes(b"junk")
+    (root / "badjson" / "run.json").write_text('{"run_id": ')
+    c = TestClient(create_app([root], who="tester"), follow_redirects=False)
+    assert c.get("/").status_code == 200
+    k = {r["folder"].split("/")[-1]: r["key"] for r in c.get("/api/runs").json()}
+    page = c.get(f"/runs/{k['badscores']}")
+    assert page.status_code == 500 and "scores.parquet is not a readable Parquet file" in page.text
+    post = c.post(f"/api/runs/{k['badreviews']}/reviews", json={"item": ids[0].as_py(), "decision": "defect"})
+    assert post.status_code == 400 and "reviews.parquet is not a readable Parquet file" in post.json()["error"]
+    model = tmp_path / "m"
+    shutil.copytree(mnist_model, model)
+    with pytest.raises(DataError, match="reviews.parquet is not a readable Parquet file"):
+        steps.calibrate(model, reviews=[root / "badreviews"])
+    with pytest.raises(DataError, match=r"run.json is damaged: it is not valid JSON"):
+        steps.calibrate(model, reviews=[root / "badjson"])
+    with pytest.raises(DataError, match="scores.parquet is not a readable Parquet file"):
+        steps.report(root / "badscores")

@@ -38,7 +38,7 @@
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ item: row.getAttribute("data-item"), decision: decision, note: note }),
     }).then(function (res) {
-      return res.json().then(function (body) {
+      return res.json().catch(function () { return { error: res.statusText }; }).then(function (body) {
         row.classList.remove("saving");
         if (!res.ok) { row.classList.add("failed"); row.title = body.error || res.statusText; return; }
         row.classList.remove("failed");
@@ -54,6 +54,10 @@
           el.textContent = v === null ? "" : (k === "precision" ? v.toFixed(2) : String(v));
         });
       });
+    }).catch(function (err) {  // no answer at all (the console stopped, the network)
+      row.classList.remove("saving");
+      row.classList.add("failed");
+      row.title = String(err);
     });
   }
 

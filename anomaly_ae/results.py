@@ -116,7 +116,8 @@ def run_record(det, model, input, split, th, parts, results, merged, timings, no
         "threshold": th, "labels_known": normal is not None,
         "counts": {"items": n_items, "scored": merged["n_scored"], "flagged": merged["n_flagged"],
                    "rejects": sum(r["rejects"] for r in results)},
-        "drift": merged["drift"], "quality": _quality(merged["metrics"]), "timings": timings, "versions": versions(), "partitions": len(parts),
+        "drift": merged["drift"], "drift_normal_only": (merged["metrics"] or {}).get("drift_normal_only"),
+        "quality": _quality(merged["metrics"]), "timings": timings, "versions": versions(), "partitions": len(parts),
         "calibration_scores": det.calibration_scores_.tolist(), "history": det.history_,
     }
 

@@ -151,14 +151,18 @@ def _summary(run_dir: Path) -> dict | None:
         run = json.loads((run_dir / "run.json").read_text())
     except (OSError, ValueError):
         return None
-    auroc = (run.get("quality") or {}).get("auroc")
-    if "quality" not in run and (run_dir / "metrics.json").exists():  # runs written before run.json had it
+    auroc, normal_only = (run.get("quality") or {}).get("auroc"), run.get("drift_normal_only")
+    older = "quality" not in run or (run.get("labels_known") and "drift_normal_only" not in run)
+    if older and (run_dir / "metrics.json").exists():  # runs written before run.json had these
         try:
-            auroc = json.loads((run_dir / "metrics.json").read_text()).get("auroc")
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            auroc, normal_only = metrics.get("auroc", auroc), metrics.get("drift_normal_only")
         except (OSError, ValueError):
             pass
     counts = run.get("counts") or {}
-    drift = run.get("drift") or {}
+    # With labels, anomalies are expected to score high: drift is judged on the normal items, as the
+    # report and the command line judge it.
+    drift = (normal_only if normal_only and normal_only.get("ks_statistic") is not None else run.get("drift")) or {}
     th = run.get("threshold") or {}
     scored = counts.get("scored") or 0
     try:

@@ -254,3 +254,14 @@ def test_damaged_files_of_a_run_are_said_in_a_line_not_a_server_error(workspace,
         steps.calibrate(model, reviews=[root / "badjson"])
     with pytest.raises(DataError, match="scores.parquet is not a readable Parquet file"):
         steps.report(root / "badscores")
+
+
+def test_a_labelled_runs_drift_is_judged_on_its_normal_items_as_the_report_does(workspace):
+    """The console's drift badge and KS trend agree with the report and the command line: with
+    labels, anomalies are expected to score high, so the normal items are judged."""
+    runs = {r["folder"].split("/")[-1]: r for r in client(workspace).get("/api/runs").json()}
+    run_dir = workspace["root"] / "line" / "runs" / "r1"
+    normal_only = json.loads((run_dir / "metrics.json").read_text())["drift_normal_only"]
+    whole = json.loads((run_dir / "run.json").read_text())["drift"]
+    assert whole["ks_statistic"] != normal_only["ks_statistic"]  # the batch holds anomalies: they differ
+    assert runs["r1"]["drift"] == normal_only["drift"] and runs["r1"]["ks"] == pytest.approx(normal_only["ks_statistic"])

@@ -23,8 +23,12 @@ def run_name() -> str:
     from anomaly_ae.runid import stamp
 
     params = flow_run.parameters or {}
-    stem = Path(str(params.get("pipeline", "pipeline"))).stem
-    return f"{stem}-{stamp()}"
+    path = Path(str(params.get("pipeline", "pipeline")))
+    try:  # its [pipeline] name, as its tags and artifacts use; the file's name when it has none
+        name = load_pipeline(path).name
+    except Exception:  # the flow run itself reports a file that cannot be read
+        name = path.stem
+    return f"{name}-{stamp()}"
 
 
 def load_for_run(pipeline: str) -> Pipeline:

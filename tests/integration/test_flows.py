@@ -341,3 +341,16 @@ def test_a_run_links_to_its_prefect_page_only_when_there_is_a_prefect_ui(monkeyp
     assert flow_run_links() == {}
     monkeypatch.setattr(flow_run, "ui_url", "http://127.0.0.1:4200/flow-runs/flow-run/x", raising=False)
     assert flow_run_links() == {"flow_run_url": "http://127.0.0.1:4200/flow-runs/flow-run/x"}
+
+
+def test_flow_runs_are_named_after_the_pipelines_name(monkeypatch, tmp_path):
+    from prefect.runtime import flow_run
+
+    from flows.pipeline import run_name
+
+    path = tmp_path / "file-name.toml"
+    path.write_text('[pipeline]\nname = "line-x"\n[data]\nsource = "sample:digits"\n')
+    monkeypatch.setattr(flow_run, "parameters", {"pipeline": str(path)}, raising=False)
+    assert run_name().startswith("line-x-")
+    monkeypatch.setattr(flow_run, "parameters", {"pipeline": str(tmp_path / "gone.toml")}, raising=False)
+    assert run_name().startswith("gone-")

@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 
 LEDGER = "ledger.parquet"
 STATUS_SCORED, STATUS_REJECTED = "scored", "rejected"
+# A scored file whose times changed but not its bytes (touch, cp -p, rsync -t): recorded in the
+# ledger's cache so that the cheap check (`has_new_files`) stops seeing it as new.
+STATUS_TOUCHED = "touched"
 _CHUNK = 1 << 20
 
 
@@ -141,6 +144,8 @@ class InboxRun:
         self.final_dir = self.state_dir / "runs" / self.run_id
         self.pending = 0
         self.staged: list[StagedFile] = []
+        self.touched: list[InboxFile] = []  # scored before, under other times
+        self._touched_digests: dict[str, str] = {}
         self._lock = FileLock(self.state_dir / ".lock", f"Inbox {self.folder}")
         self._known: _Known | None = None
 
@@ -181,7 +186,23 @@ class InboxRun:
                 staged.append(item)
         self.staged = staged
         log.info("inbox %s: %d new files staged (%d still settling)", self.folder, len(staged), self.pending)
+        if self.touched:
+            self._remember_touched()
         return staged
+
+    def _remember_touched(self) -> None:
+        """Add the touched files' new versions to the ledger's cache (held under the lock): the
+        next check then sees them as known, and no run is started for them again."""
+        cache = self.state_dir / LEDGER
+        table = read_ledger(self.state_dir)  # the cache, made current
+        covered = schema.read_meta(cache, "ledger").get("runs", []) if cache.exists() else []
+        now, fs = utc_now(), self.touched
+        rows = pa.table({"path": [f.key for f in fs], "sha256": [self._touched_digests[f.key] for f in fs],
+                         "size": [f.size for f in fs], "mtime_ns": [f.mtime_ns for f in fs],
+                         "run_id": [self.run_id] * len(fs), "scored_at": [now] * len(fs),
+                         "status": [STATUS_TOUCHED] * len(fs)}, schema=schema.schema("ledger"))
+        schema.write_table(cache, "ledger", pa.concat_tables([table, rows]), extra={"runs": covered})
+        log.info("%d files were touched since they were scored (the same bytes): not scored again", len(fs))
 
     def _stage_one(self, f: InboxFile) -> StagedFile | None:
         if f.reason:  # a link, pipe or folder: recorded as rejected, never opened
@@ -208,6 +229,8 @@ class InboxRun:
             return None
         if self._known.scored(f.key, digest.hexdigest()):
             dst.unlink(missing_ok=True)  # touched, not changed: already scored
+            self.touched.append(f)
+            self._touched_digests[f.key] = digest.hexdigest()
             return None
         return StagedFile(f.path, f.size, f.mtime_ns, sha256=digest.hexdigest())
 

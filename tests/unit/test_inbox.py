@@ -108,14 +108,19 @@ def test_each_file_once_across_runs_with_rejects_recorded(tmp_path):
 
 
 def test_touched_file_is_not_rescored_but_changed_content_is(tmp_path):
+    from anomaly_ae.inbox import has_new_files
+
     box = tmp_path / "inbox"
     put(box, "a.png", b"v1")
     run(tmp_path)
     put(box, "a.png", b"v1", age=30)  # same bytes, new mtime
+    assert has_new_files(box, tmp_path / "state", 0)  # a new version, as far as one stat can tell
     assert run(tmp_path)["new_files"] == 0
+    assert not has_new_files(box, tmp_path / "state", 0)  # known now: no run is started for it again
     put(box, "a.png", b"v2", age=20)
     assert run(tmp_path)["files"] == ["a.png"]
-    assert len(read_ledger(tmp_path / "state")) == 2  # two versions of a.png, each scored once
+    status = read_ledger(tmp_path / "state")["status"].to_pylist()
+    assert sorted(status) == ["scored", "scored", "touched"]  # two versions of a.png, each scored once
 
 
 def test_max_files_takes_the_oldest_first(tmp_path):

@@ -121,7 +121,7 @@ def print_model_summary(s: dict, verb: str) -> None:
         out_console.print(f"score method {s['score_choice']['chosen']}: {describe_score(s['score_choice'])}")
     out_console.print(
         f"Model {s['model']}{verb}: {s['kind']} on {', '.join(s['normal_classes'] or []) or 'all images'} "
-        f"({s['n_train']} images, {facts.epochs(s)} on {s['device']}, {s['seconds']:.1f} s); threshold "
+        f"({facts.images(s)}, {facts.epochs(s)} on {s['device']}, {s['seconds']:.1f} s); threshold "
         f"{s['threshold']:.4g} for target FPR {s['target_fpr']:g} from {s['n_calibration']} held-out images.")
 
 

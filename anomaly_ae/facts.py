@@ -37,9 +37,9 @@ def train(s: dict) -> str:
     stop = {"early": "stopped early", "time": "stopped by the time budget"}.get(s.get("stopped"), "all epochs")
     chosen = f" (auto chose it: {chosen_text(s['selection'])})" if s.get("selection") else ""
     if s.get("member_epochs"):  # several models, each trained to its own best epoch
-        return (f"trained {s['kind']}{chosen} on {s['n_train']} images: {epochs(s)}, {s['seconds']:.0f} s on "
+        return (f"trained {s['kind']}{chosen} on {images(s)}: {epochs(s)}, {s['seconds']:.0f} s on "
                 f"{s['device']}; {threshold(s)}")
-    return (f"trained {s['kind']}{chosen} on {s['n_train']} images: {s['epochs']} epochs ({stop}), best epoch "
+    return (f"trained {s['kind']}{chosen} on {images(s)}: {s['epochs']} epochs ({stop}), best epoch "
             f"{s['best_epoch']} with loss {s['train_loss']:.4g} / held-out {s['held_out_loss']:.4g}, "
             f"{s['seconds']:.0f} s on {s['device']}; {threshold(s)}")
 
@@ -72,6 +72,12 @@ def score(s: dict, rejects: list[tuple[str, str]]) -> str:
     if s.get("auroc") is not None:
         line += f"; AUROC {s['auroc']:.3f}"
     return line + (f"; unreadable: {named(rejects, s['rejects'])}" if s["rejects"] else "")
+
+
+def images(s: dict) -> str:
+    """The images a model trained on: '240 images', or '240 images and 8 reviewed false alarms'."""
+    extra = s.get("n_reviewed_normals") or 0
+    return f"{s['n_train']} images" + (f" and {extra} reviewed false alarms" if extra else "")
 
 
 def model_saw(saw: dict) -> str:

@@ -195,7 +195,10 @@ def test_training_takes_reviewed_false_alarms_as_extra_normals(loose, mnist_ds, 
     more = steps.train(mnist_ds, tmp_path / "more", normal=["0"], config=cfg, reviews=[fresh_run])
     data = checkpoint.read(tmp_path / "more")["data"]
     assert data["n_reviewed_normals"] == 3 and data["n_train"] == plain["n_train"]
-    assert more["n_calibration"] == plain["n_calibration"]
+    assert more["n_calibration"] == plain["n_calibration"] and more["n_reviewed_normals"] == 3
+    from anomaly_ae import facts
+
+    assert f"on {plain['n_train']} images and 3 reviewed false alarms:" in facts.train(more)
     assert data["fingerprint"] != checkpoint.read(tmp_path / "plain")["data"]["fingerprint"]
     again = steps.train(mnist_ds, tmp_path / "more", normal=["0"], config=cfg, reviews=[fresh_run])
     assert again["cached"] is True  # the same reviews: the model is up to date

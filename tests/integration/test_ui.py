@@ -265,3 +265,22 @@ def test_a_labelled_runs_drift_is_judged_on_its_normal_items_as_the_report_does(
     whole = json.loads((run_dir / "run.json").read_text())["drift"]
     assert whole["ks_statistic"] != normal_only["ks_statistic"]  # the batch holds anomalies: they differ
     assert runs["r1"]["drift"] == normal_only["drift"] and runs["r1"]["ks"] == pytest.approx(normal_only["ks_statistic"])
+
+
+def test_a_runs_page_names_the_files_it_could_not_score(mnist_model, mnist_folder, tmp_path):
+    import shutil
+
+    from starlette.testclient import TestClient
+
+    from anomaly_ae.ui.app import create_app
+
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    for f in sorted((mnist_folder / "0").glob("*.png"))[:5]:
+        shutil.copy(f, folder / f.name)
+    (folder / "broken.png").write_bytes(b"not an image")
+    steps.score(folder, mnist_model, tmp_path / "root" / "run", report=False)
+    c = TestClient(create_app([tmp_path / "root"], who="tester"), follow_redirects=False)
+    page = c.get(f"/runs/{c.get('/api/runs').json()[0]['key']}")
+    assert "1 file could not be scored" in page.text
+    assert "<code>broken.png</code>: not a recognised image format" in page.text

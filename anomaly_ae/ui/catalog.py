@@ -138,7 +138,9 @@ def _stamp(run_dir: Path) -> tuple:
 def _pipeline(run_dir: Path, root: Path) -> str:
     """What the runs of one pipeline share: the folder that holds their `runs/` (or their parent)."""
     home = run_dir.parent.parent if run_dir.parent.name == "runs" else run_dir.parent
-    rel = home.relative_to(root) if home.is_relative_to(root) else Path(home.name)
+    if not home.is_relative_to(root):  # the root is the runs/ folder itself: its runs are grouped under it
+        home = root
+    rel = home.relative_to(root)
     return str(Path(root.name) / rel) if str(rel) != "." else root.name
 
 

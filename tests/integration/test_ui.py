@@ -284,3 +284,10 @@ def test_a_runs_page_names_the_files_it_could_not_score(mnist_model, mnist_folde
     page = c.get(f"/runs/{c.get('/api/runs').json()[0]['key']}")
     assert "1 file could not be scored" in page.text
     assert "<code>broken.png</code>: not a recognised image format" in page.text
+
+
+def test_runs_under_a_root_that_is_a_runs_folder_are_grouped_under_its_name(workspace):
+    from anomaly_ae.ui.catalog import Catalog
+
+    root = workspace["root"] / "line" / "runs"  # `ui --root .../runs`: no folder above it is shown
+    assert {r.pipeline for r in Catalog([root]).refresh()} == {"runs"}

@@ -108,13 +108,10 @@ class Preprocess:
 
     def differences(self, other: Preprocess) -> list[tuple[str, str, str]]:
         """(setting, this policy's value, `other`'s) for each setting that makes other pixels."""
-        def shown(v) -> str:
-            return "none" if v is None else ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
-
         pairs = [("size", f"{self.height}x{self.width}", f"{other.height}x{other.width}"),
                  ("channels", self.channels, other.channels), ("resize", self.resize, other.resize),
-                 ("crop", shown(self.crop), shown(other.crop)), ("bit depth", shown(self.bit_depth), shown(other.bit_depth))]
-        return [(name, a, b) for name, a, b in pairs if a != b]
+                 ("crop", self.crop, other.crop), ("bit depth", self.bit_depth, other.bit_depth)]
+        return [(name, setting_text(a, "none"), setting_text(b, "none")) for name, a, b in pairs if a != b]
 
     def cut(self, img: Image.Image) -> Image.Image:
         """The crop region of a decoded image (the image itself without one).
@@ -138,6 +135,11 @@ def is_crop(crop) -> bool:
         return True
     return (len(crop) == 4 and all(isinstance(v, int) and not isinstance(v, bool) for v in crop)
             and min(crop[:2]) >= 0 and min(crop[2:]) >= 1)
+
+
+def setting_text(value, none: str = "not set") -> str:
+    """A setting's value as messages show it: 10,20,30,40 for a region, `none` for None."""
+    return none if value is None else ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 # The bit depths a high bit-depth image may be declared to hold (8: 8-bit data in a 16-bit file).

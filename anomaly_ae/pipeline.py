@@ -90,7 +90,7 @@ class OutputSection:
     console_url: str = ""  # e.g. "http://inspection-pc:8765"; default: $ANOMALY_AE_CONSOLE_URL
 
     def __post_init__(self):
-        require(not self.console_url or self.console_url.startswith(("http://", "https://")), "console_url",
+        require(not self.console_url or is_web_url(self.console_url), "console_url",
                 "must be an http:// or https:// URL, e.g. \"http://127.0.0.1:8765\"")
 
 
@@ -207,6 +207,11 @@ class Pipeline:
         return [s for s in self.schedules if s.flow == flow]
 
 
+def is_web_url(url) -> bool:
+    """True for an http:// or https:// address (what a browser can follow from another page)."""
+    return isinstance(url, str) and url.startswith(("http://", "https://"))
+
+
 CONSOLE_URL_ENV = "ANOMALY_AE_CONSOLE_URL"
 TABLES = {"pipeline": PipelineSection, "data": DataSection, "batch": BatchSection, "output": OutputSection,
           "inbox": InboxSection, "scale": ScaleSection, "alerts": AlertsSection, "review": ReviewSection}
@@ -250,7 +255,7 @@ def load_pipeline(path: str | Path, base: str | Path | None = None) -> Pipeline:
         raise ConfigError(f"{where} [output] folder: {output} lies inside the inbox {inbox.folder}; "
                           "keep the outputs outside the folder images arrive in.")
     console_url = (s["output"].console_url or os.environ.get(CONSOLE_URL_ENV, "")).rstrip("/")
-    if console_url and not console_url.startswith(("http://", "https://")):
+    if console_url and not is_web_url(console_url):
         raise ConfigError(f"{CONSOLE_URL_ENV}={console_url!r} must be an http:// or https:// URL, "
                           "e.g. http://127.0.0.1:8765.")
     return Pipeline(path=path.resolve(), name=name, description=s["pipeline"].description,

@@ -205,6 +205,14 @@ def read_parquet(path: Path | str, columns: list[str] | None = None) -> pa.Table
         raise SchemaError(f"{path} is not a readable Parquet file: {exc}") from None
 
 
+def first_rejects(path: Path | str, limit: int) -> list[tuple[str, str]]:
+    """(file, reason) of the first `limit` rows of a rejects table ([] when there is none)."""
+    if not Path(path).exists():
+        return []
+    table = read_parquet(path, columns=["source", "reason"]).slice(0, limit)
+    return list(zip(table["source"].to_pylist(), table["reason"].to_pylist()))
+
+
 def read_meta(path: Path | str, name: str | None = None) -> dict:
     """The ``anomaly_ae`` footer metadata of a Parquet file, checked against `name`.
 

@@ -14,7 +14,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from anomaly_ae import steps
-from anomaly_ae.pipeline import Pipeline
+from anomaly_ae.pipeline import Pipeline, is_web_url
 from flows.logs import forward_library_logs
 from flows.retry import transient_only
 
@@ -76,7 +76,7 @@ def flow_run_links() -> dict:
     except Exception:  # no UI URL configured: the run has no page to link to
         url = None
     # Without one Prefect still builds "None/flow-runs/..." (the temporary server has no UI to link to).
-    return {"flow_run_url": url} if isinstance(url, str) and url.startswith(("http://", "https://")) else {}
+    return {"flow_run_url": url} if is_web_url(url) else {}
 
 
 @task(name="report", cache_policy=NO_CACHE)

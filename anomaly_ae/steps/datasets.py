@@ -63,6 +63,7 @@ def _compare(existing: dict, listing, config) -> tuple[bool | None, list[str]]:
 
     from anomaly_ae.config import IngestConfig
     from anomaly_ae.imaging import Preprocess, parse_size
+    from anomaly_ae.imaging import setting_text as shown
     from anomaly_ae.ingest import fingerprint
 
     try:
@@ -70,9 +71,6 @@ def _compare(existing: dict, listing, config) -> tuple[bool | None, list[str]]:
         policy = Preprocess.from_dict(existing["preprocess"])
     except Exception:  # made before its settings were recorded, or by another version: not comparable
         return None, []
-
-    def shown(v) -> str:
-        return "not set" if v is None else ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
     inferred = {"size": config.size is not None and parse_size(config.size) == (policy.height, policy.width),
                 "channels": config.channels == policy.channels}

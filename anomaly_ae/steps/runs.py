@@ -50,6 +50,7 @@ def score(input: str | Path, model: str | Path, out: str | Path, config=None, *,
     from anomaly_ae.imaging import Preprocess
     from anomaly_ae.locks import FileLock
     from anomaly_ae.runid import new_run_id
+    from anomaly_ae.schema import first_rejects
 
     t0, out = time.perf_counter(), Path(out)
     cfg = dataclasses.replace(config or ScoreRunConfig(), **settings)
@@ -87,7 +88,7 @@ def score(input: str | Path, model: str | Path, out: str | Path, config=None, *,
     summary = run_results.score_summary(out, run, merged)
     if run["model_saw"]:
         log.warning(facts.model_saw(run["model_saw"]))
-    rejects = _first_rejects(out / "rejects.parquet")
+    rejects = first_rejects(out / "rejects.parquet", facts.MAX_NAMED)
     if rejects:  # news to whoever scored: said without -v too (the run's rejects table and report list them all)
         log.warning("%d of the files could not be scored: %s", summary["rejects"], facts.named(rejects, summary["rejects"]))
     log.info(facts.score(summary, rejects))
@@ -119,16 +120,6 @@ def _items_the_model_saw(det, split: str | None, scores: Path) -> dict | None:
            "n_items": n}
     again = sum(h in recalibrated for h in hashes)
     return {**saw, "recalibration": again} if again else saw
-
-
-def _first_rejects(path: Path) -> list[tuple[str, str]]:
-    """The first files a run could not read, with the reason (as many as a log line names)."""
-    import pyarrow.parquet as pq
-
-    if not path.exists():
-        return []
-    table = pq.read_table(path, columns=["source", "reason"]).slice(0, facts.MAX_NAMED)
-    return list(zip(table["source"].to_pylist(), table["reason"].to_pylist()))
 
 
 def _score_here(det, parts, part_dirs, threshold, normal, batch_size, workers, progress) -> list[dict]:

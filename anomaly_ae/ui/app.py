@@ -167,6 +167,8 @@ class _Console:
     async def run_page(self, request):
         from starlette.exceptions import HTTPException
 
+        from anomaly_ae.schema import first_rejects
+
         run = self._run(request)
         q = request.query_params
         sort = q.get("sort", "score")
@@ -206,7 +208,8 @@ class _Console:
                           classes=classes, prev_run=prev_run, next_run=next_run, sorts=SORTS, shows=SHOWS,
                           counts=reviews.counts(decided), has_report=run.file("report.html") is not None,
                           has_model=_model_folder(run.summary["model"], self.catalog.roots) is not None,
-                          flow_run=run.summary["flow_run_url"], rejects=_rejects(run.dir))
+                          flow_run=run.summary["flow_run_url"],
+                          rejects=first_rejects(run.dir / "rejects.parquet", MAX_REJECTS_SHOWN))
 
     async def model_page(self, request):
         from starlette.concurrency import run_in_threadpool
@@ -276,17 +279,6 @@ class _Console:
 
 # Rejected files a run's page names (the report and rejects.parquet hold them all).
 MAX_REJECTS_SHOWN = 20
-
-
-def _rejects(run_dir: Path) -> list[tuple[str, str]]:
-    """(file, reason) of the first files the run could not score."""
-    from anomaly_ae.schema import read_parquet
-
-    path = run_dir / "rejects.parquet"
-    if not path.exists():
-        return []
-    table = read_parquet(path, columns=["source", "reason"]).slice(0, MAX_REJECTS_SHOWN)
-    return list(zip(table["source"].to_pylist(), table["reason"].to_pylist()))
 
 
 @functools.lru_cache(maxsize=THUMB_CACHE)

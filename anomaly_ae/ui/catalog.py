@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from anomaly_ae.errors import AnomalyAEError
+from anomaly_ae.pipeline import is_web_url
 
 MAX_DEPTH = 6  # folders below a root that the walk looks into
 RUN_FILES = ("run.json", "scores.parquet")
@@ -183,10 +184,7 @@ def _summary(run_dir: Path) -> dict | None:
         "model_saw": (run.get("model_saw") or {}).get("n_items"),  # scored items that trained the model
         "labels_known": bool(run.get("labels_known")),
         "image_shape": list(((run.get("model") or {}).get("image_shape") or [])[:2]),
-        "flow_run_url": _web_link(run.get("flow_run_url")),
+        # Runs of earlier versions may hold "None/flow-runs/..." (no Prefect UI): no link then.
+        "flow_run_url": run.get("flow_run_url") if is_web_url(run.get("flow_run_url")) else None,
     }
 
-
-def _web_link(url) -> str | None:
-    """`url` when it is an http(s) address (runs of earlier versions may hold "None/flow-runs/...")."""
-    return url if isinstance(url, str) and url.startswith(("http://", "https://")) else None

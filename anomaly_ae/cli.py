@@ -357,8 +357,15 @@ def score(
         s = steps.score(input, model, out, given(ScoreRunConfig, locals()), run_id=run_id, overwrite=overwrite,
                         progress=update)
     if as_json:
-        return console.print_json(s)
-    console.print_score_summary(s)
+        console.print_json(s)
+    else:
+        console.print_score_summary(s)
+    if not s["scored"] and s["rejects"]:  # a run folder that holds only rejects: a scheduler must hear of it
+        from anomaly_ae.errors import DataError
+
+        raise DataError(f"None of the files could be scored: {s['rejects']} rejected (the reasons are in "
+                        f"{Path(s['run']) / 'rejects.parquet'} and the warning above). Check the files, or that they are images of the kind the model "
+                        "was trained on.")
 
 
 @app.command()

@@ -127,6 +127,21 @@ def test_one_image_file_is_scored_as_in_its_folder(mnist_model, mnist_folder, tm
         assert alone["path"] == [name] and alone["score"][0] == pytest.approx(both[name], rel=1e-6)
 
 
+def test_a_batch_with_every_file_rejected_exits_2_and_keeps_its_run_folder(mnist_model, mnist_folder, tmp_path):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"not an image")
+    proc = cli("score", folder / "a.png", "--model", mnist_model, "--out", tmp_path / "one", "--no-report", check=False)
+    assert proc.returncode == 2 and "error: None of the files could be scored: 1 rejected" in proc.stderr
+    assert pq.read_table(tmp_path / "one" / "rejects.parquet").num_rows == 1
+    shutil.copy(min((mnist_folder / "0").glob("*.png")), folder / "b.png")  # one good file: a run like any other
+    cli("score", folder, "--model", mnist_model, "--out", tmp_path / "some", "--no-report")
+
+
 def test_demo_is_the_whole_pipeline(tmp_path):
     proc = cli("demo", "--workdir", tmp_path / "ws")
     assert "AUROC" in proc.stdout and "flagged" in proc.stdout

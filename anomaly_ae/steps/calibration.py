@@ -215,4 +215,33 @@ def _normal_scores(det, data, normal, split):
         from anomaly_ae.facts import named
 
         log.warning("%d files could not be used and were skipped: %s", len(rejects), named(rejects))
-    return (np.concatenate(scores) if scores else np.zeros(0)), hashes
+    scores = np.concatenate(scores) if scores else np.zeros(0)
+    return _without_training_images(det, data, scores, hashes)
+
+
+def _without_training_images(det, data, scores, hashes):
+    """(scores, hashes) less the images that trained or calibrated the model, found by content (a
+    sub-folder of its training folder, or copies elsewhere): their scores would set the threshold too
+    low. Found only while the model's dataset is there to say which images those were.
+
+    Raises:
+        DataError: every image is one of them.
+    """
+    import numpy as np
+
+    from anomaly_ae.dataset import training_dataset, training_hashes
+
+    trained = det.meta_.get("data") or {}
+    ds = training_dataset(trained, trained.get("dataset") or "", None) if trained.get("dataset") else None
+    learned = training_hashes(ds, trained, det.meta_.get("normal_classes") or []) if ds is not None else set()
+    seen = np.array([h in learned for h in hashes], dtype=bool)
+    if not seen.any():
+        return scores, hashes
+    if seen.all():
+        raise DataError(f"All {len(hashes)} images of {data} trained or calibrated the model (found by content in its "
+                        f"dataset {trained['dataset']}): their scores would set the threshold too low. Calibrate on "
+                        "normal images the model never saw.")
+    log.warning("%d of the %d images of %s trained or calibrated the model (found by content in its dataset %s): left "
+                "out, so they cannot set the threshold too low; calibrating on the other %d", int(seen.sum()),
+                len(hashes), data, trained["dataset"], int((~seen).sum()))
+    return scores[~seen], [h for h, s in zip(hashes, seen) if not s]

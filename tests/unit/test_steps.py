@@ -100,6 +100,18 @@ def test_the_folder_a_model_was_ingested_from_counts_as_its_training_data(tmp_pa
     assert json.loads((tmp_path / "test" / "run.json").read_text())["model_saw"] is None
     with pytest.raises(DataError, match="is the dataset the model was trained on"):
         steps.calibrate(tmp_path / "m", data=folder)
+    with pytest.raises(DataError, match=r"All 24 images of .* trained or calibrated the model \(found by content"):
+        steps.calibrate(tmp_path / "m", data=folder / "train" / "good")  # its training folder's own sub-folder
+    import shutil
+
+    mixed = tmp_path / "mixed"  # copies of 4 training images among 6 new ones: only the new ones count
+    shutil.copytree(folder / "test" / "good", mixed)
+    for k in range(4):
+        shutil.copy(folder / "train" / "good" / f"{k:02d}.png", mixed / f"copy{k}.png")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert steps.calibrate(tmp_path / "m", data=mixed)["n_calibration"] == 6
+    assert "4 of the 10 images of" in caplog.text and "calibrating on the other 6" in caplog.text
     for typo in ("Good", "nope"):  # a class asked for by name and absent: never every image, anomalies included
         with pytest.raises(DataError, match=rf"Class '{typo}' is not in {folder} \(split test\)\. Classes: bright, good\."):
             steps.calibrate(tmp_path / "m", data=folder, split="test", normal=[typo])

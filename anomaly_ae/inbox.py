@@ -26,18 +26,22 @@ scores its files again. Never edit or delete files under ``.work`` while a run i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from anomaly_ae import schema
 from anomaly_ae.arrivals import InboxFile, settled_files
+from anomaly_ae.diskfull import raise_if_user_fixable
+from anomaly_ae.errors import DataError
 from anomaly_ae.fsio import atomic_write_json, fsync_dir, remove_stale_temps
 from anomaly_ae.locks import FileLock
 from anomaly_ae.runid import new_run_id, utc_now
@@ -58,6 +62,7 @@ class StagedFile(InboxFile):
     could not be read)."""
 
     sha256: str = ""
+    unreadable: bool = False  # the file could not be read (`reason` says why), rather than refused unopened
 
 
 def _empty_ledger() -> pa.Table:
@@ -83,8 +88,13 @@ def read_ledger(state_dir: str | Path, *, consolidate: bool = True) -> pa.Table:
     cache_path = state_dir / LEDGER
     table, covered = _empty_ledger(), []
     if cache_path.exists():
-        covered = schema.read_meta(cache_path, "ledger").get("runs", [])
-        table = schema.validate(pq.read_table(cache_path), "ledger")
+        try:
+            covered = schema.read_meta(cache_path, "ledger").get("runs", [])
+            table = schema.validate(pq.read_table(cache_path), "ledger")
+        except (OSError, ValueError, KeyError, DataError) as exc:  # a damaged cache: the runs' own parts rebuild it
+            table, covered = _empty_ledger(), []
+            if consolidate:
+                _set_aside(cache_path, exc)
     missing = [r for r in committed_runs(state_dir) if r not in set(covered)]
     if not missing:
         return table
@@ -94,6 +104,16 @@ def read_ledger(state_dir: str | Path, *, consolidate: bool = True) -> pa.Table:
         schema.write_table(cache_path, "ledger", table, extra={"runs": sorted([*covered, *missing])})
         log.info("ledger %s now covers %d run(s), %d file(s)", cache_path, len(covered) + len(missing), table.num_rows)
     return table
+
+
+def _set_aside(cache_path: Path, exc: Exception) -> None:
+    """Move a damaged ledger cache aside (kept for a look, never read again); the caller rebuilds it."""
+    aside = cache_path.with_name(f"{cache_path.name}.damaged-{new_run_id()}")
+    os.replace(cache_path, aside)
+    log.warning("The inbox's ledger cache %s could not be read (%s): moved aside to %s and rebuilt from the run "
+                "folders under %s. Files scored by runs whose folders were deleted are scored again.",
+                cache_path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__, aside.name,
+                cache_path.parent / "runs")
 
 
 class _Known:
@@ -208,31 +228,37 @@ class InboxRun:
         if f.reason:  # a link, pipe or folder: recorded as rejected, never opened
             return StagedFile(f.path, f.size, f.mtime_ns, f.reason)
         src, dst = self.folder / f.path, self.input_dir / f.path
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256()
         try:
-            with open(src, "rb") as fin, open(dst, "wb") as fout:
-                while chunk := fin.read(_CHUNK):
-                    digest.update(chunk)
-                    fout.write(chunk)
-            st = os.stat(src)
-        except FileNotFoundError:
+            digest = _copy(src, dst)
+            st = _stat(src) if digest is not None else None
+        except _Unreadable as exc:  # recorded as rejected, so it cannot block later runs
+            _discard(dst)
+            return StagedFile(f.path, f.size, f.mtime_ns, f"could not read the file: {exc}", unreadable=True)
+        except OSError as exc:  # writing the copy failed: the output's disk, not the inbox file
+            _discard(dst)
+            self._cannot_stage(exc, dst)
+        if st is None:
             log.info("%s disappeared before it was read; skipped", f.key)
-            dst.unlink(missing_ok=True)
+            _discard(dst)
             return None
-        except OSError as exc:  # unreadable: recorded as rejected, so it cannot block later runs
-            dst.unlink(missing_ok=True)
-            return StagedFile(f.path, f.size, f.mtime_ns, f"could not read the file: {exc.strerror or exc}")
         if (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns):
             log.info("%s changed while it was read; it will be scored once it settles", f.key)
-            dst.unlink(missing_ok=True)
+            _discard(dst)
             return None
-        if self._known.scored(f.key, digest.hexdigest()):
-            dst.unlink(missing_ok=True)  # touched, not changed: already scored
+        if self._known.scored(f.key, digest):
+            _discard(dst)  # touched, not changed: already scored
             self.touched.append(f)
-            self._touched_digests[f.key] = digest.hexdigest()
+            self._touched_digests[f.key] = digest
             return None
-        return StagedFile(f.path, f.size, f.mtime_ns, sha256=digest.hexdigest())
+        return StagedFile(f.path, f.size, f.mtime_ns, sha256=digest)
+
+    def _cannot_stage(self, exc: OSError, dst: Path) -> NoReturn:
+        """Fail the run on a failed write of a working copy: nothing is recorded for the file, so
+        the next run reads it again (a full or read-only disk is said as such, naming that disk)."""
+        raise_if_user_fixable(exc, dst, what=f"Cannot stage the inbox's files in {self.state_dir}")
+        raise DataError(f"Cannot write the working copy {dst} of an inbox file ({exc.strerror or exc}); nothing "
+                        f"was recorded, and the next run reads the file again. Check the disk that holds "
+                        f"{self.state_dir}.") from None
 
     def scoreable(self) -> list[str]:
         """The staged files that could be read (relative paths), to be scored."""
@@ -261,6 +287,55 @@ class InboxRun:
         except Exception:  # the cache is derived: the next run rebuilds it
             log.exception("refreshing %s failed; the next run will retry", self.state_dir / LEDGER)
         return self.final_dir
+
+
+class _Unreadable(Exception):
+    """Reading an inbox file failed (not writing its copy); the message is the reason."""
+
+
+def _copy(src: Path, dst: Path) -> str | None:
+    """Copy `src` to `dst` and return the sha256 of the bytes copied, or None when `src` is gone.
+
+    Raises:
+        _Unreadable: `src` could not be opened or read.
+        OSError: `dst` could not be written (its folder, its disk).
+    """
+    try:
+        fin = open(src, "rb")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _Unreadable(exc.strerror or str(exc)) from exc
+    digest = hashlib.sha256()
+    with fin:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with open(dst, "wb") as fout:
+            while True:
+                try:
+                    chunk = fin.read(_CHUNK)
+                except OSError as exc:
+                    raise _Unreadable(exc.strerror or str(exc)) from exc
+                if not chunk:
+                    break
+                digest.update(chunk)
+                fout.write(chunk)
+    return digest.hexdigest()
+
+
+def _stat(src: Path) -> os.stat_result | None:
+    """`src`'s stat after its copy (None when it is gone by now)."""
+    try:
+        return os.stat(src)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _Unreadable(exc.strerror or str(exc)) from exc
+
+
+def _discard(path: Path) -> None:
+    """Remove a working copy; a failure is left to the run's cleanup (it removes the whole folder)."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
 
 
 def _add_rejects(run_dir: Path, rejects: list[tuple[str, str]]) -> None:
@@ -293,10 +368,14 @@ def _rejected_paths(run_dir: Path) -> set[str]:
 
 
 def summary(run: InboxRun, staged: list[StagedFile], scored: dict | None, final: Path | None) -> dict:
-    """The JSON-able summary of an inbox run."""
+    """The JSON-able summary of an inbox run. Besides scoring's own rejects (in ``score``), it counts
+    the files rejected before scoring: ``unreadable`` (reading them failed) and ``refused`` (never
+    opened: links, pipes, folders); ``rejected`` names both with their reasons."""
     if scored is not None:
         scored = {**scored, "run": str(final)}
     return {"inbox": str(run.folder), "run_id": run.run_id if staged else None,
             "run_dir": str(final) if final else None, "new_files": len(staged), "pending": run.pending,
             "files": [s.key for s in staged], "score": scored,
-            "rejected": {s.key: s.reason for s in staged if s.reason}}
+            "rejected": {s.key: s.reason for s in staged if s.reason},
+            "unreadable": sum(s.unreadable for s in staged),
+            "refused": sum(bool(s.reason) and not s.unreadable for s in staged)}

@@ -2,7 +2,8 @@
 
 Exactly-once is the library's (`anomaly_ae.steps.score_inbox` over `anomaly_ae.inbox`): an inbox
 lock, a Parquet ledger and a run folder whose rename is the commit. A run that finds the lock taken ends as Completed
-with ``skipped: busy``: the running one scores the files, and the next run what is left.
+with the message ``skipped: busy`` (its task too: an overlap is no failure): the running one scores the files, and the
+next run what is left.
 """
 
 from __future__ import annotations
@@ -13,13 +14,17 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from anomaly_ae import steps
-from anomaly_ae.errors import BusyError, ConfigError
+from anomaly_ae.errors import BusyError
 from anomaly_ae.pipeline import Pipeline
 from flows import artifacts, tasks
 from flows.logs import forward_library_logs
 from flows.pipeline import load_for_run, run_name
+from flows.preflight import require_inbox
 from flows.retry import transient_only
 from flows.scale import mapper_for
+
+# The state message of a run that found the inbox lock held by another run.
+BUSY = "skipped: busy"
 
 
 @task(name="score-inbox", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2, retry_condition_fn=transient_only)
@@ -30,9 +35,14 @@ def score_inbox(p: Pipeline, task_runner: str | None, dask_address: str | None) 
     left no new files behind.
     """
     forward_library_logs()
-    return steps.score_inbox(p.inbox.folder, p.inbox_state_dir, p.model_dir, settle_seconds=p.inbox.settle_seconds,
-                             max_files=p.inbox.max_files, partitions=p.scale.partitions, report=False,
-                             map_partitions=mapper_for(p, task_runner, dask_address), links=tasks.flow_run_links())
+    try:
+        return steps.score_inbox(p.inbox.folder, p.inbox_state_dir, p.model_dir,
+                                 settle_seconds=p.inbox.settle_seconds, max_files=p.inbox.max_files,
+                                 partitions=p.scale.partitions, report=False,
+                                 map_partitions=mapper_for(p, task_runner, dask_address),
+                                 links=tasks.flow_run_links())
+    except BusyError as exc:  # an overlap is no failure: the run holding the lock scores the files
+        return {"inbox": p.inbox.folder, "skipped": "busy", "busy": str(exc), "new_files": 0, "score": None}
 
 
 def ensure_model(p: Pipeline) -> None:
@@ -61,26 +71,37 @@ def inbox_flow(pipeline: str, task_runner: str | None = None, dask_address: str 
     """Score the files that arrived in the pipeline's inbox since the last run, exactly once."""
     p = load_for_run(pipeline)
     logger = get_run_logger()
-    if p.inbox is None:
-        raise ConfigError(f"{p.path}: no [inbox] table; add one with folder = \"...\" to score an inbox.")
+    require_inbox(p)
     ensure_model(p)
-    try:
-        result = score_inbox(p, task_runner, dask_address)
-    except BusyError as exc:
-        logger.info("skipped: %s", exc)
-        return artifacts.finish(p.name, {"inbox": p.inbox.folder, "skipped": "busy", "new_files": 0, "score": None},
-                                None, "skipped: another run holds the inbox")
+    result = score_inbox(p, task_runner, dask_address)
+    if result.get("skipped") == "busy":
+        logger.info("skipped: %s", result["busy"])
+        return artifacts.finish(p.name, result, None, BUSY)
     if p.inbox.report:
         _reports_left_behind(p, result.get("run_dir"))
     if not result["new_files"]:
         return artifacts.finish(p.name, result, None, f"no new files, {result['pending']} still settling")
     if result["score"] is None:
         logger.warning("none of the %d new files could be read; they are recorded as rejected", result["new_files"])
-        return artifacts.finish(p.name, result, None, f"{result['new_files']} new files, none readable")
+        return artifacts.finish(p.name, result, None, state_message(result))
     run_dir, score = result["run_dir"], result["score"]
     if p.inbox.report:
         score["report"] = tasks.report(run_dir)
-    extra = {"new files": result["new_files"], "still settling": result["pending"]}
+    extra = {"new files": result["new_files"], "still settling": result["pending"],
+             "rejected before scoring": result["unreadable"] + result["refused"]}
     result["artifacts"] = artifacts.publish(p.name, "inbox", score, run_dir, extra, console_url=p.console_url)
     result["alert"] = artifacts.alert(p.name, "inbox", score, run_dir, p.alerts.min_flagged, logger)
-    return artifacts.finish(p.name, result, score)
+    return artifacts.finish(p.name, result, score, state_message(result))
+
+
+def state_message(result: dict) -> str:
+    """What an inbox run that staged files found, in a few words: ``5/6 flagged, 2 unreadable,
+    1 refused, drift: none``. Unreadable counts the files scoring could not decode and those that
+    could not be read; refused the entries rejected unopened (links, pipes, folders)."""
+    score = result["score"] or {}
+    unreadable = score.get("rejects", 0) + result["unreadable"]
+    refused = f", {result['refused']} refused" if result["refused"] else ""
+    if not score:
+        return f"{result['new_files']} new files, none scored: {unreadable} unreadable{refused}"
+    return (f"{score['flagged']}/{score['scored']} flagged, {unreadable} unreadable{refused}, "
+            f"drift: {'warning' if score.get('drift') else 'none'}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from anomaly_ae.errors import DataError
+from anomaly_ae.errors import ConfigError, DataError
 from anomaly_ae.pipeline import Pipeline
 
 FLOWS = ("pipeline", "inbox", "serve")
@@ -21,9 +21,12 @@ def check_paths(p: Pipeline, flow: str) -> None:
     """Check the paths that `flow` ("pipeline", "inbox" or "serve") reads and writes.
 
     Raises:
+        ConfigError: an inbox run of a pipeline that has no [inbox] table.
         DataError: a folder to read does not exist, or a folder to write cannot be created.
     """
     assert flow in FLOWS, flow
+    if flow == "inbox":
+        require_inbox(p)
     reads_inbox = flow == "inbox" or (flow == "serve" and p.inbox is not None and bool(p.schedules_for("inbox")))
     runs_pipeline = flow == "pipeline" or (flow == "serve" and not reads_inbox) or (
         flow == "serve" and bool(p.schedules_for("pipeline")))
@@ -36,6 +39,12 @@ def check_paths(p: Pipeline, flow: str) -> None:
         _must_exist(p, "[batch] input", p.batch.input)
     for folder in (p.output, p.dataset_dir, p.model_dir, p.runs_dir, p.inbox_state_dir):
         _creatable(p, Path(folder))
+
+
+def require_inbox(p: Pipeline) -> None:
+    """Raise ConfigError when the pipeline has no [inbox] table (an inbox run has nothing to read)."""
+    if p.inbox is None:
+        raise ConfigError(f"{p.path}: no [inbox] table; add one with folder = \"...\" to score an inbox.")
 
 
 def _check_source(p: Pipeline) -> None:

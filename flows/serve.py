@@ -27,7 +27,7 @@ from pathlib import Path
 
 from anomaly_ae.errors import AnomalyAEError
 from anomaly_ae.pipeline import Pipeline, Schedule, load_pipeline
-from flows.tempserver import python_module_command
+from flows.tempserver import check_database_folder, python_module_command
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 5.0
@@ -155,13 +155,15 @@ def local_server(timeout: float = SERVER_START_SECONDS) -> Iterator[str | None]:
     stay visible afterwards (``prefect artifact ls``).
 
     Raises:
-        AnomalyAEError: the server did not answer within `timeout` seconds.
+        AnomalyAEError: the server did not answer within `timeout` seconds, or it could not keep
+            its database (`flows.tempserver.check_database_folder`).
     """
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     if PREFECT_API_URL.value():
         yield None
         return
+    check_database_folder()  # a server that cannot keep its database would only exit
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     logfile = tempfile.NamedTemporaryFile("w+", prefix="anomaly-ae-prefect-server-", suffix=".log", delete=False)

@@ -42,10 +42,11 @@ def ingest(p: Pipeline, force: bool = False) -> dict:
 
 @task(name="train", cache_policy=NO_CACHE)
 def train(p: Pipeline, force: bool = False) -> dict:
-    """Train and calibrate the pipeline's model (skipped when data and settings are unchanged)."""
+    """Train and calibrate the pipeline's model (skipped when data and settings are unchanged); a
+    training of the same data and settings that was interrupted goes on from its last finished epoch."""
     forward_library_logs()
     return skipped_or_done(steps.train(p.dataset_dir, p.model_dir, normal=p.normal, config=p.detector,
-                                       overwrite=True, force=force), "the data and settings are unchanged")
+                                       overwrite=True, force=force, resume=True), "the data and settings are unchanged")
 
 
 @task(name="calibrate", cache_policy=NO_CACHE, **IO_RETRIES)

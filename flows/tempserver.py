@@ -10,7 +10,9 @@ first time anything needs its API. Two things go wrong with that on a busy machi
 `ensure_temporary_server` starts Prefect's own temporary server (the one instance every
 Prefect client of this process then uses) before a flow run, waits up to
 `SERVER_START_SECONDS` (or Prefect's setting when larger) and raises `PrefectServerError`
-when it still does not answer. The server subprocess (like the one `flows.serve` starts)
+when it still does not answer. It first checks that the server can keep its database (the
+Prefect home must be a folder this user can write), and gives up when the server keeps exiting
+at startup, rather than wait out the timeout. The server subprocess (like the one `flows.serve` starts)
 runs under a small wrapper that stops it as soon as its parent process is gone.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from pathlib import Path
 
 from anomaly_ae.errors import AnomalyAEError
 
@@ -56,6 +59,13 @@ def watched_command(args: list[str]) -> list[str]:
     return args
 
 
+# Prefect starts the server again (on another port) each time it exits with code 3 at startup,
+# taking it for a port taken meanwhile; a server that fails to start for any other reason (a
+# database it cannot open, say) would be started again until the timeout. After this many
+# starts the command gives up at once.
+MAX_STARTS = 4
+
+
 class _WatchedSubprocess:
     """The `subprocess` module as Prefect's server module sees it while it starts a server:
     the same, except that ``python -m ...`` children run under the parent watch, in a session of
@@ -66,8 +76,15 @@ class _WatchedSubprocess:
 
     def __init__(self, real):
         self._real = real
+        self.starts = 0
 
     def Popen(self, args, *rest, **kwargs):  # noqa: N802 (the name Prefect calls)
+        if self.starts >= MAX_STARTS:
+            raise PrefectServerError(
+                f"The temporary Prefect server exited at startup {self.starts} times (its log above says why, e.g. "
+                "a database it cannot open). Fix what it reports, or start a server with `prefect server start` "
+                "and set PREFECT_API_URL.")
+        self.starts += 1
         kwargs.setdefault("start_new_session", True)
         return self._real.Popen(watched_command(args), *rest, **kwargs)
 
@@ -103,11 +120,15 @@ def ensure_temporary_server() -> str | None:
         server = server_module.SubprocessASGIServer()  # the instance Prefect's own clients use
         if server.running:
             return server.api_url
+        check_database_folder()
         timeout = startup_seconds()
         real = server_module.subprocess
         server_module.subprocess = _WatchedSubprocess(real)
         try:
             server.start(timeout=timeout)
+        except PrefectServerError:
+            server.stop()
+            raise
         except RuntimeError as exc:
             server.stop()
             raise PrefectServerError(
@@ -117,6 +138,65 @@ def ensure_temporary_server() -> str | None:
         finally:
             server_module.subprocess = real
         return server.api_url
+
+
+def check_database_folder() -> None:
+    """Raise PrefectServerError when the temporary server could not keep its SQLite database: its
+    folder (the Prefect home, unless the database is configured elsewhere) cannot be created or
+    written. Such a server exits at startup, which Prefect takes for a slow start: it would wait
+    for the whole timeout, then blame the machine."""
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    home = Path(settings.home).expanduser()
+    url = settings.server.database.connection_url
+    url = url.get_secret_value() if url is not None else ""
+    database = _sqlite_file(url) if url else home / "prefect.db"
+    if database is None:  # another database server, or SQLite in memory: nothing on this disk
+        return
+    problem = _unwritable(database, home)
+    if problem is None:
+        return
+    if database.parent == home:
+        raise PrefectServerError(
+            f"The Prefect home {home} {problem}; the temporary Prefect server keeps its database there. Set "
+            "PREFECT_HOME to a folder this user can write (it defaults to ~/.prefect), or start a server with "
+            "`prefect server start` and set PREFECT_API_URL.")
+    raise PrefectServerError(
+        f"The Prefect database folder {database.parent} {problem}; the temporary Prefect server keeps its "
+        f"database {database.name} there. Fix the "
+        "folder, or point PREFECT_SERVER_DATABASE_CONNECTION_URL somewhere this user can write.")
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite database URL (``sqlite+aiosqlite:////home/u/.prefect/prefect.db``), or None."""
+    scheme, _, rest = url.partition("://")
+    if not scheme.startswith("sqlite"):
+        return None
+    name = rest.removeprefix("/").split("?", 1)[0]
+    if not name or name == ":memory:" or "mode=memory" in url:
+        return None
+    return Path(name).expanduser().absolute()
+
+
+def _unwritable(database: Path, home: Path) -> str | None:
+    """Why `database` (a SQLite file) cannot be created or written; None when it can. Its folder
+    must exist, except the Prefect home, which is made (as Prefect makes it: in an existing folder)."""
+    folder = database.parent
+    if folder == home and not folder.exists():
+        try:
+            folder.mkdir(mode=0o700)
+        except FileNotFoundError:
+            return f"cannot be created (its folder {folder.parent} does not exist)"
+        except OSError as exc:
+            return f"cannot be created ({exc.strerror or exc})"
+    if not folder.is_dir():
+        return "does not exist or is not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return "is not writable by this user"
+    if database.exists() and not os.access(database, os.R_OK | os.W_OK):
+        return f"holds a database {database.name} that this user cannot write"
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -36,11 +36,13 @@ def score_inbox(folder: str | Path, state_dir: str | Path, model: str | Path, *,
     """Stage the inbox's new files, score them and commit the run, holding the inbox lock.
 
     `score_options` go to `score` (partitions, map_partitions, report...). Returns the inbox
-    summary: the run's id and folder, the new files, those rejected and the score summary.
+    summary: the run's id and folder, the new files, those rejected before scoring (``rejected``,
+    counted in ``unreadable`` and ``refused``) and the score summary.
 
     Raises:
         BusyError: another run holds the inbox lock.
-        DataError: the inbox folder does not exist.
+        DataError: the inbox folder does not exist, or a working copy could not be written (a full
+            disk: NoSpaceError; a read-only one: NotWritableError); the run then records nothing.
     """
     from anomaly_ae.parallel import leave_if_importing_script
 
@@ -53,13 +55,14 @@ def score_inbox(folder: str | Path, state_dir: str | Path, model: str | Path, *,
         if not staged:
             log.info("no new files in %s (%d still settling)", folder, run.pending)
             return summary(run, [], None, None)
-        refused = [(s.key, s.reason) for s in staged if s.reason]
-        if refused:
-            log.warning("%d inbox entries cannot be scored and are recorded as rejected: %s", len(refused),
-                        facts.named(refused))
         readable = run.scoreable()
         # Exactly the staged files, as a flat list: no layout guessing may drop one.
         scored = (score(run.input_dir, model, run.out_dir, files=readable, run_id=run.run_id,
                          input_name=folder, **score_options)
                   if readable else None)
-        return summary(run, staged, scored, run.commit(staged))
+        final = run.commit(staged)
+        refused = [(s.key, s.reason) for s in staged if s.reason]
+        if refused:  # said once they are in the ledger: a run that fails before its commit records nothing
+            log.warning("%d inbox entries cannot be scored and are recorded as rejected: %s", len(refused),
+                        facts.named(refused))
+        return summary(run, staged, scored, final)

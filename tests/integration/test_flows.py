@@ -298,6 +298,90 @@ def test_temporary_server_is_started_once_and_shared(monkeypatch):
     assert ensure_temporary_server() is None  # a configured server (the test harness's) is used as is
 
 
+def _no_server_start(monkeypatch) -> list:
+    """Make the temporary server's start a stand-in that never answers; returns its calls."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    starts = []
+
+    def never_answers(self, timeout=None):
+        starts.append(timeout)
+        raise RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server.")
+
+    monkeypatch.setattr(SubprocessASGIServer, "_instances", {})  # not the test harness's server
+    monkeypatch.setattr(SubprocessASGIServer, "start", never_answers)
+    monkeypatch.setattr(SubprocessASGIServer, "stop", lambda self: None)
+    return starts
+
+
+def test_a_prefect_home_that_cannot_be_made_fails_at_once(monkeypatch, tmp_path):
+    """No server configured and no folder for the temporary server's database (a service account
+    without a home): one error naming the folder and PREFECT_HOME, before any server starts,
+    not a wait for one that can only exit."""
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL, PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    from flows.tempserver import PrefectServerError, ensure_temporary_server
+
+    starts = _no_server_start(monkeypatch)
+    (tmp_path / "a-file").write_text("")
+    homes = {tmp_path / "no-such" / "x" / ".prefect": r"cannot be created \(its folder .*no-such/x does not exist\)",
+             tmp_path / "a-file": "does not exist or is not a folder"}
+    for home, why in homes.items():
+        with temporary_settings(updates={PREFECT_HOME: str(home)},
+                                restore_defaults={PREFECT_API_URL, PREFECT_API_DATABASE_CONNECTION_URL}):
+            with pytest.raises(PrefectServerError, match=rf"The Prefect home {home} {why}; .* Set PREFECT_HOME"):
+                ensure_temporary_server()
+    assert not (tmp_path / "no-such").exists() and starts == []
+    elsewhere = tmp_path / "gone" / "prefect.db"
+    with temporary_settings(updates={PREFECT_HOME: str(tmp_path / "home"),
+                                     PREFECT_API_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{elsewhere}"},
+                            restore_defaults={PREFECT_API_URL}):
+        with pytest.raises(PrefectServerError, match=r"The Prefect database folder .*gone does not exist"):
+            ensure_temporary_server()
+    assert starts == []
+    with temporary_settings(updates={PREFECT_HOME: str(tmp_path / "home")},
+                            restore_defaults={PREFECT_API_URL, PREFECT_API_DATABASE_CONNECTION_URL}):
+        with pytest.raises(PrefectServerError, match="did not answer"):  # a home that can be made: the server starts
+            ensure_temporary_server()
+    assert (tmp_path / "home").is_dir() and len(starts) == 1
+
+
+def test_a_server_that_keeps_exiting_at_startup_is_given_up(monkeypatch):
+    """Prefect starts a server that exits with code 3 again, on another port; after a few starts
+    the command gives up rather than wait out the timeout."""
+    from flows.tempserver import MAX_STARTS, PrefectServerError, _WatchedSubprocess
+
+    class Real:
+        def Popen(self, args, *rest, **kwargs):  # noqa: N802
+            return args
+
+    watched = _WatchedSubprocess(Real())
+    for _ in range(MAX_STARTS):
+        watched.Popen(["python", "-m", "uvicorn"])
+    with pytest.raises(PrefectServerError, match=rf"exited at startup {MAX_STARTS} times"):
+        watched.Popen(["python", "-m", "uvicorn"])
+
+
+def test_an_inbox_run_of_a_pipeline_without_inbox_fails_before_any_run(tmp_path, monkeypatch):
+    """No [inbox] table: the one-line error at once, before the server or a flow run starts."""
+    import flows.inbox
+    import flows.tempserver
+    from anomaly_ae.errors import ConfigError
+    from flows.entry import inbox
+
+    def must_not_start(*args, **kwargs):
+        raise AssertionError("started before the pipeline file was checked")
+
+    monkeypatch.setattr(flows.tempserver, "ensure_temporary_server", must_not_start)
+    monkeypatch.setattr(flows.inbox, "inbox_flow", must_not_start)
+    path = write_pipeline(tmp_path / "p.toml", {"pipeline": {"name": "p"},
+                                                "data": {"source": "sample:digits", "normal": ["0"]},
+                                                "output": {"folder": str(tmp_path / "out")}})
+    with pytest.raises(ConfigError, match=r"p.toml: no \[inbox\] table; add one with folder"):
+        inbox(str(path))
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_inbox_fails_before_any_work(tmp_path):
     """Every path the pipeline names is checked first: no ingest, no training, exit code 2."""
     import subprocess

@@ -4,7 +4,9 @@ and a served schedule that actually fires."""
 from __future__ import annotations
 
 import collections
+import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -162,12 +164,14 @@ def test_concurrent_runs_score_each_file_once(line, tmp_path, monkeypatch):
         return original(self, files)
 
     monkeypatch.setattr(InboxRun, "stage", held_stage)
-    results, barrier = [], threading.Barrier(2)
+    results, states, barrier = [], [], threading.Barrier(2)
 
     def one():
         barrier.wait()
-        result = inbox_flow(pipeline=str(path))
+        state = inbox_flow(pipeline=str(path), return_state=True)
+        result = state.result()
         results.append(result)
+        states.append(state)
         if result.get("skipped") == "busy":
             refused.set()
 
@@ -180,6 +184,52 @@ def test_concurrent_runs_score_each_file_once(line, tmp_path, monkeypatch):
     assert sum(r["new_files"] for r in results) == len(names)
     counts = collections.Counter(ledger_paths(p))
     assert sorted(counts) == sorted(names) and set(counts.values()) == {1}
+    # The overlap is no failure: the busy run, its task and its logs say so without an error.
+    busy = next(s for s, r in zip(states, results) if r.get("skipped") == "busy")
+    assert busy.is_completed() and busy.message == "skipped: busy"
+    run_id = busy.state_details.flow_run_id
+    assert [t.state.name for t in _task_runs(run_id)] == ["Completed"]
+    logs = _flow_run_logs(run_id, "skipped: Inbox")
+    assert any("is in use by process" in entry.message for entry in logs), [e.message for e in logs]
+    assert not [entry.message for entry in logs if entry.level >= logging.ERROR]
+
+
+def _task_runs(flow_run_id) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+
+def _flow_run_logs(flow_run_id, needle: str, timeout: float = 120.0) -> list:
+    """The log entries of a flow run (its tasks' included), once one says `needle` (logs ship late)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        if any(needle in entry.message for entry in logs) or time.monotonic() > deadline:
+            return logs
+        time.sleep(0.5)
+
+
+def test_the_state_message_counts_every_file_refused(line, tmp_path):
+    """Files scoring cannot decode, and entries refused unopened (a link): the one-line state
+    message, what the UI and a scheduler show, counts both."""
+    from flows.inbox import inbox_flow
+
+    path, inbox, p = make_line(line, tmp_path)
+    drop(line, inbox, ["a.png", "b.png", "c.png"])
+    (inbox / "empty.png").write_bytes(b"")
+    os.symlink(inbox / "a.png", inbox / "link.png")
+    state = inbox_flow(pipeline=str(path), return_state=True)
+    result = state.result()
+    assert state.is_completed() and result["refused"] == 1, result["rejected"]
+    assert re.fullmatch(r"\d/3 flagged, 1 unreadable, 1 refused, drift: (none|warning)", state.message), state.message
+    assert sorted(ledger_paths(p)) == ["a.png", "b.png", "c.png", "empty.png", "link.png"]
 
 
 def test_failed_run_then_good_run_loses_nothing(line, tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ tests); what is under test here is which files get scored, once, whatever happen
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -15,7 +16,7 @@ import pytest
 
 from anomaly_ae import inbox as inbox_mod
 from anomaly_ae.arrivals import InboxFile, settled_files
-from anomaly_ae.errors import BusyError, DataError
+from anomaly_ae.errors import BusyError, DataError, NoSpaceError, NotWritableError
 from anomaly_ae.inbox import InboxRun, read_ledger
 from anomaly_ae.schema import write_table
 from anomaly_ae.steps import inbox as steps_inbox
@@ -220,6 +221,25 @@ def test_ledger_cache_outlives_deleted_run_folders(tmp_path):
     assert ledger(tmp_path) == ["a.png"] and run(tmp_path)["new_files"] == 0
 
 
+def test_a_damaged_ledger_cache_is_set_aside_and_rebuilt_from_the_runs(tmp_path, caplog):
+    import logging
+
+    box = tmp_path / "inbox"
+    put(box, "a.png")
+    run(tmp_path)
+    put(box, "b.png")
+    run(tmp_path)
+    cache = tmp_path / "state" / "ledger.parquet"
+    cache.write_bytes(cache.read_bytes()[:100])  # cut short: a crash of the disk, not of anomaly-ae
+    with caplog.at_level(logging.WARNING):
+        assert run(tmp_path)["new_files"] == 0  # nothing scored twice: the runs' parts know both files
+    assert "could not be read" in caplog.text and "rebuilt from the run folders" in caplog.text
+    assert ledger(tmp_path) == ["a.png", "b.png"]
+    assert len(list(cache.parent.glob("ledger.parquet.damaged-*"))) == 1
+    put(box, "c.png")
+    assert run(tmp_path)["files"] == ["c.png"]
+
+
 def test_leftovers_of_a_killed_run_are_cleared(tmp_path):
     put(tmp_path / "inbox", "a.png")
     junk = tmp_path / "state" / ".work" / "20200101T000000-dead00" / "input" / "x.png"
@@ -248,6 +268,7 @@ def test_links_pipes_and_folders_named_like_images_are_recorded_as_rejected(tmp_
     rejected = {"inside-link.png", "outside-link.png", "broken.png", "pipe.png", "dir.png", "linked-folder"}
     assert status == {"good.png": "scored", **{k: "rejected" for k in rejected}}
     assert set(reasons) == rejected and r["rejected"] == reasons
+    assert (r["refused"], r["unreadable"]) == (len(rejected), 0)  # counted, for the run's state message
     assert reasons["pipe.png"] == "not a regular file"
     assert reasons["dir.png"] == "is a directory, not an image file"
     assert reasons["broken.png"].startswith("broken symbolic link")
@@ -257,6 +278,85 @@ def test_links_pipes_and_folders_named_like_images_are_recorded_as_rejected(tmp_
     (box / "dir.png" / "a.png").write_bytes(b"png bytes")  # a folder that now holds a file is walked into
     os.utime(box / "dir.png" / "a.png", (time.time() - 60, time.time() - 60))
     assert run(tmp_path)["files"] == ["dir.png/a.png"]
+
+
+class _FailingFile:
+    """A file object whose reads or writes fail with `code` (a full disk, an I/O error...)."""
+
+    def __init__(self, real, code: int, op: str):
+        self._real, self._code, self._op = real, code, op
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._real.close()
+
+    def close(self):
+        self._real.close()
+
+    def read(self, *args):
+        if self._op == "read":
+            raise OSError(self._code, os.strerror(self._code))
+        return self._real.read(*args)
+
+    def write(self, data):
+        if self._op == "write":
+            raise OSError(self._code, os.strerror(self._code))
+        return self._real.write(data)
+
+
+def fail_io(monkeypatch, tmp_path, code: int, op: str) -> None:
+    """Make the inbox's file copies fail with `code`: reading the inbox file ("read"), opening its
+    working copy ("open") or writing to it ("write")."""
+    import builtins
+
+    def failing_open(path, mode="r", *args, **kwargs):
+        ours = Path(path).is_relative_to(tmp_path / ("inbox" if op == "read" else "state"))
+        if ours and op == "open" and "w" in mode:
+            raise OSError(code, os.strerror(code), str(path))
+        f = builtins.open(path, mode, *args, **kwargs)
+        return _FailingFile(f, code, op) if ours and op != "open" else f
+
+    monkeypatch.setattr(inbox_mod, "open", failing_open, raising=False)
+
+
+@pytest.mark.parametrize(("code", "op", "error", "message"), [
+    (errno.ENOSPC, "write", NoSpaceError, r"No space left on .* while writing .*state/\.work/"),
+    (errno.EDQUOT, "write", NoSpaceError, r"No space left on .* while writing .*state/\.work/"),
+    (errno.EROFS, "open", NotWritableError, r"Cannot stage the inbox's files in .*state: .* is on a read-only"),
+    (errno.EIO, "write", DataError, r"Cannot write the working copy .*state/\.work/.*Input/output error"),
+])
+def test_a_failed_write_of_a_working_copy_fails_the_run_and_records_nothing(tmp_path, monkeypatch, caplog, code, op,
+                                                                             error, message):
+    """The output's disk, not the inbox file: the run fails naming it, records nothing (no
+    rejected entry, no warning saying so) and the next run scores the file."""
+    box = tmp_path / "inbox"
+    put(box, "a.png")
+    os.symlink(box / "gone.png", box / "broken.png")  # a refused entry: not recorded either
+    with monkeypatch.context() as m:
+        fail_io(m, tmp_path, code, op)
+        with pytest.raises(error, match=message):
+            run(tmp_path)
+    assert ledger(tmp_path) == [] and SCORED == []
+    assert not any("recorded as rejected" in r.getMessage() for r in caplog.records)
+    r = run(tmp_path)
+    assert r["files"] == ["a.png", "broken.png"] and SCORED == [["a.png"]]
+    assert (r["unreadable"], r["refused"]) == (0, 1)
+    assert any("recorded as rejected" in rec.getMessage() for rec in caplog.records)
+
+
+def test_a_file_that_cannot_be_read_is_recorded_as_rejected(tmp_path, monkeypatch):
+    """Reading the inbox file fails: that file is rejected (it cannot block later runs); the
+    others are scored."""
+    box = tmp_path / "inbox"
+    put(box, "a.png")
+    with monkeypatch.context() as m:
+        fail_io(m, tmp_path, errno.EIO, "read")
+        r = run(tmp_path)
+    assert r["rejected"] == {"a.png": "could not read the file: Input/output error"}
+    assert (r["unreadable"], r["refused"]) == (1, 0) and SCORED == []
+    assert ledger(tmp_path) == ["a.png"] and run(tmp_path)["new_files"] == 0
 
 
 def test_the_arrival_check_sees_only_settled_unscored_files(tmp_path):

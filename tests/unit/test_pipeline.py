@@ -123,6 +123,17 @@ def test_every_ingest_setting_is_read_from_the_data_table(tmp_path):
         load_pipeline(write(tmp_path, MINIMAL + 'crop = "8,4"\n'), base=tmp_path)
 
 
+def test_an_inbox_run_needs_an_inbox_table(tmp_path):
+    """The pipeline check before any run (flows.preflight, no prefect import) refuses an inbox run
+    of a pipeline without [inbox]; full runs of it are fine."""
+    from flows.preflight import check_paths
+
+    p = load_pipeline(write(tmp_path, MINIMAL + f'[output]\nfolder = "{tmp_path / "out"}"\n'))
+    with pytest.raises(ConfigError, match=r"p.toml: no \[inbox\] table; add one with folder = "):
+        check_paths(p, "inbox")
+    check_paths(p, "pipeline")
+
+
 def test_library_never_imports_prefect():
     code = ("import anomaly_ae.steps, anomaly_ae.pipeline, anomaly_ae.inbox, sys; "
             "assert 'prefect' not in sys.modules")

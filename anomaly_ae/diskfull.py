@@ -1,6 +1,7 @@
 """Writes that fail for a reason the user can fix, told as such: a full disk (which errors mean
-it, and which device it is), and a place this user may not write (permissions, a read-only file
-system)."""
+it, and which device it is), a place this user may not write (permissions, a read-only file
+system, a folder that takes no new entries such as /proc), and a file where the path to the
+output needs a folder."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import errno
 import os
 from pathlib import Path
 
-from anomaly_ae.errors import NoSpaceError, NotWritableError
+from anomaly_ae.errors import DataError, NoSpaceError, NotWritableError
 
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 # torch.save writing to a file reports a failed write only as a RuntimeError with these words;
@@ -21,6 +22,9 @@ _NOT_WRITABLE = {  # errno: (what the folder is, what to do)
     errno.EROFS: ("is on a read-only file system", "Write somewhere else (another --out), or mount it read-write."),
     errno.EACCES: ("is not writable by this user", _PERMISSIONS),
     errno.EPERM: ("does not permit the change (an immutable or protected folder)", _PERMISSIONS)}
+# ENOENT when creating an entry in a folder that exists: a virtual file system (/proc).
+_TAKES_NOTHING = ("does not take new files or folders (a virtual file system such as /proc)",
+                  "Write somewhere else (another --out).")
 
 
 def raise_if_no_space(exc: BaseException, path: Path | str, *, probe: Path | str | None = None) -> None:
@@ -35,18 +39,39 @@ def raise_if_no_space(exc: BaseException, path: Path | str, *, probe: Path | str
         raise no_space(Path(path)) from None
 
 
-def raise_if_not_writable(exc: BaseException, path: Path | str, what: str | None = None) -> None:
+def raise_if_not_writable(exc: BaseException, path: Path | str, what: str | None = None, *,
+                          probe: Path | str | None = None, creating: bool = False) -> None:
     """Raise NotWritableError when `exc` says that this user may not write where `path` (the
-    output the user named: a folder, a file, or what `what` says it guards) was being written."""
-    if not (isinstance(exc, OSError) and exc.errno in _NOT_WRITABLE and isinstance(exc.filename, (str, os.PathLike))
-            and _is_output(Path(exc.filename), Path(path))):
+    output the user named: a folder, a file, or what `what` says it guards; `probe`: its
+    temporary) was being written. With `creating` (`exc` came from making `path`'s folder or its
+    temporary, in folders that exist), a missing entry means a folder that takes no new ones."""
+    codes = {**_NOT_WRITABLE, **({errno.ENOENT: _TAKES_NOTHING} if creating else {})}
+    if not (isinstance(exc, OSError) and exc.errno in codes and isinstance(exc.filename, (str, os.PathLike))
+            and any(_is_output(Path(exc.filename), Path(p)) for p in (path, probe) if p is not None)):
         return  # another error, or one about a file the command reads: not this
     where = Path(exc.filename)
     while not where.is_dir() and where != where.parent:  # the folder the write was refused in
         where = where.parent
-    reason, fix = _NOT_WRITABLE[exc.errno]
+    reason, fix = codes[exc.errno]
     subject = what or f"Cannot write {path}"
     raise NotWritableError(f"{subject}: {where} {reason}; nothing was written. {fix}") from None
+
+
+def raise_if_below_a_file(exc: BaseException, path: Path | str) -> None:
+    """Raise DataError when `exc` (a folder that exists as a file, a path through a file) came from
+    a file where a folder above `path` has to be."""
+    if not (isinstance(exc, OSError) and exc.errno in (errno.EEXIST, errno.ENOTDIR)):
+        return
+    for above in reversed(Path(path).parents):  # from the top down: the first one that is no folder
+        if above.is_dir():
+            continue
+        if not os.path.lexists(above):
+            return  # made or removed meanwhile: not this
+        if above.is_symlink():
+            raise DataError(f"{above} is a broken symbolic link (to {os.readlink(above)}), not a folder, so nothing "
+                            f"can be written into it. Choose another --out, or make the folder it names.") from None
+        raise DataError(f"{above} is a file, not a folder, so nothing can be written into it. Choose another --out, "
+                        "or move that file away.") from None
 
 
 def _is_output(name: Path, output: Path) -> bool:
@@ -58,11 +83,13 @@ def _is_output(name: Path, output: Path) -> bool:
 
 
 def raise_if_user_fixable(exc: BaseException, path: Path | str, *, probe: Path | str | None = None,
-                          what: str | None = None) -> None:
-    """Raise NoSpaceError or NotWritableError when a failed write of `path` was one of those (see
-    `raise_if_no_space` and `raise_if_not_writable`); otherwise return, for the caller to re-raise."""
+                          what: str | None = None, creating: bool = False) -> None:
+    """Raise NoSpaceError, NotWritableError or DataError when a failed write of `path` was one of
+    those (see `raise_if_no_space`, `raise_if_not_writable` and `raise_if_below_a_file`; `probe`:
+    its temporary); otherwise return, for the caller to re-raise."""
     raise_if_no_space(exc, path, probe=probe)
-    raise_if_not_writable(exc, path, what)
+    raise_if_not_writable(exc, path, what, probe=probe, creating=creating)
+    raise_if_below_a_file(exc, path)
 
 
 def no_space(path: Path) -> NoSpaceError:

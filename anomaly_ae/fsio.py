@@ -1,30 +1,40 @@
 """Files and folders that are never seen half-written.
 
-Everything is written under a hidden temporary name (``.<name>.tmp-<pid>-<rand>``) in the
-destination folder and renamed into place when complete, so a reader sees the old version or
+Everything is written under a hidden temporary name (``.<name>.tmp-<host>-<pid>-<rand>``) in
+the destination folder and renamed into place when complete, so a reader sees the old version or
 the new one, never a mixture. Temporaries left by killed processes are removed by the next run.
-An existing folder is replaced only when it is of the kind being written (FOLDER_KINDS) and is not
-what the command reads; a full disk is reported as NoSpaceError (anomaly_ae.diskfull), with the
-temporary removed. Locks that keep runs apart are anomaly_ae.locks'.
+Hidden names derived from a long name start with a prefix of it and a digest of all of it
+(`hidden_name`), so that they stay within the file system's limit on a name.
+An existing folder is replaced only when it is of the kind being written (FOLDER_KINDS), is not
+what the command reads and is not a symbolic link; a full disk is reported as NoSpaceError
+(anomaly_ae.diskfull), with the temporary removed. Locks that keep runs apart are anomaly_ae.locks'.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
 import shutil
 import socket
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from anomaly_ae.diskfull import no_space, raise_if_user_fixable
 from anomaly_ae.errors import DataError, NoSpaceError
 
-_TMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[0-9a-f]+$")
+log = logging.getLogger(__name__)
+
+# A temporary being written (tmp), or the previous copy of a folder being replaced (old).
+_TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<role>tmp|old)-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[0-9a-f]+$")
 # Temporaries carry a short hash of the host name: a process id means nothing on another machine
 # (or container) sharing the folder, so only this host's dead processes' leftovers are removed.
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
@@ -42,9 +52,56 @@ FOLDER_KINDS = {
 KIND_NAMES = {"dataset": "dataset", "model": "model folder", "run": "run folder", "export": "model export"}
 
 
-def temp_name(path: Path) -> Path:
-    """A hidden sibling name for `path`, unique to this process."""
-    return path.with_name(f".{path.name}.tmp-{_HOST}-{os.getpid()}-{secrets.token_hex(3)}")
+# The longest name most file systems allow, in bytes (ext4, xfs, btrfs, tmpfs...).
+NAME_MAX = 255
+# Room kept for the longest ending put after a hidden name's stem: ".tmp-<host>-<pid>-<rand>"
+# (at most 27 bytes), ".lock", a training's ".train-<digest>-<kind>.pt".
+_ENDING_ROOM = 48
+_DIGEST_CHARS = 12
+_SHORTENED_RE = re.compile(rf"~[0-9a-f]{{{_DIGEST_CHARS}}}$")
+
+
+def hidden_name(path: Path | str, ending: str) -> Path:
+    """The hidden sibling ``.<name><ending>`` of `path` (its temporary, its lock...).
+
+    A name too long to take an ending within NAME_MAX is cut to a prefix of it, ``~`` and a digest
+    of the whole name, so that hidden names stay recognisable (the prefix) and distinct (the digest).
+    """
+    path = Path(path)
+    return path.with_name(_hidden_stem(path.name) + ending)
+
+
+def _hidden_stem(name: str) -> str:
+    stem = "." + name
+    room = NAME_MAX - _ENDING_ROOM
+    if len(os.fsencode(stem)) <= room:
+        return stem
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:_DIGEST_CHARS]
+    while len(os.fsencode(stem)) > room - 1 - _DIGEST_CHARS:  # characters may take several bytes
+        stem = stem[:-1]
+    return f"{stem}~{digest}"
+
+
+def temp_name(path: Path, role: str = "tmp") -> Path:
+    """A hidden sibling name for `path`, unique to this process (`role` "old": the previous copy of
+    a folder being replaced)."""
+    return hidden_name(path, f".{role}-{_HOST}-{os.getpid()}-{secrets.token_hex(3)}")
+
+
+def output_folder(path: Path | str) -> Path:
+    """`path` as a folder to write: ``.``, ``..`` and names ending in them are taken as the folders
+    they are (resolved), since a folder is replaced through its name in the folder above it."""
+    path = Path(path)
+    return path.resolve() if path.name in ("", "..") else path
+
+
+def check_name_lengths(path: Path | str) -> None:
+    """Raise DataError when a name in `path` is longer than a file system allows (NAME_MAX bytes)."""
+    for part in Path(path).parts:
+        size = len(os.fsencode(part))
+        if size > NAME_MAX:
+            raise DataError(f"Name too long: {part[:24]}...{part[-8:]} is {size} bytes; a file or folder name may "
+                            f"have at most {NAME_MAX}. Choose a shorter --out.")
 
 
 def fsync_dir(folder: Path) -> None:
@@ -61,16 +118,19 @@ def fsync_dir(folder: Path) -> None:
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces `path`, on error it is removed."""
     path = Path(path)
+    check_name_lengths(path)
     tmp = temp_name(path)
+    creating = True
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        creating = False
         yield tmp
         with contextlib.suppress(FileNotFoundError, IsADirectoryError), open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException as exc:
-        raise_if_user_fixable(exc, path, probe=tmp)
+        raise_if_user_fixable(exc, path, probe=tmp, creating=creating)
         raise
     finally:
         if tmp.exists() or tmp.is_symlink():
@@ -133,44 +193,101 @@ def atomic_dir(final: Path | str, *, overwrite: bool = False, kind: str | None =
 
     Raises:
         DataError: `final` exists (and is not empty) while `overwrite` is False, is not a folder
-            of `kind`, or would replace a protected path.
+            of `kind`, would replace a protected path, is a symbolic link, lies below a file, or
+            has a name longer than a file system allows.
         NoSpaceError: the disk filled up; the temporary folder was removed.
     """
-    final = Path(final)
+    final = output_folder(final)
     if overwrite and kind is None:
         raise ValueError("atomic_dir(overwrite=True) needs the kind of folder it may replace")
-    tmp = temp_name(final)
+    check_name_lengths(final)
+    tmp, creating = None, True
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(final.parent)
+        remove_stale_temps(final.parent, final)
         _refuse_existing(final, overwrite, kind, protect)
+        tmp = temp_name(final)
         tmp.mkdir()
+        creating = False
         yield tmp
         _refuse_existing(final, overwrite, kind, protect)  # someone may have finished first
         _swap_in(tmp, final)
     except NoSpaceError:
         raise no_space(final) from None  # name the folder, not a file inside its temporary
     except BaseException as exc:
-        raise_if_user_fixable(exc, final, probe=tmp)
+        raise_if_user_fixable(exc, final, probe=tmp, creating=creating)
         raise
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             _remove(tmp)
 
 
 def _swap_in(tmp: Path, final: Path) -> None:
-    """Rename `tmp` to `final`, removing what `final` held."""
+    """Rename `tmp` to `final`, removing what `final` held.
+
+    An existing `final` is exchanged with `tmp` in one step where the system can (Linux's
+    renameat2 with RENAME_EXCHANGE), so that a crash at any moment leaves `final` whole, old or
+    new; the old copy, now at `tmp`'s name, is then removed (by the next run when this one dies
+    first). Elsewhere (another system, a file system without it) it takes two renames: `final` to a
+    hidden ``.old-`` name, then `tmp` to `final`. A crash between the two leaves no `final`; the next
+    run's `remove_stale_temps` then puts the old copy back rather than remove it.
+    """
     if final.exists():
-        old = temp_name(final)
+        if _exchange(tmp, final):
+            fsync_dir(final.parent)
+            _remove(tmp)
+            return
+        old = temp_name(final, "old")
         os.replace(final, old)
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            os.replace(old, final)
+            raise
+        fsync_dir(final.parent)
         _remove(old)
     else:
         os.replace(tmp, final)
-    fsync_dir(final.parent)
+        fsync_dir(final.parent)
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+# What renameat2 answers where the kernel or the file system cannot exchange.
+_NO_EXCHANGE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
+
+
+@functools.cache
+def _renameat2():
+    """libc's renameat2, or None (not Linux, or a C library without it)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        func = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    func.restype = ctypes.c_int
+    return func
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the entries at `a` and `b` in one step; False where the system cannot (nothing changed)."""
+    func = _renameat2()
+    if func is None:
+        return False
+    if func(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in _NO_EXCHANGE:
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
 
 
 def _refuse_existing(final: Path, overwrite: bool, kind: str | None, protect: Iterable[Path | str]) -> None:
+    if final.is_symlink():  # replacing it would replace the user's link, not the folder it leads to
+        raise DataError(f"{final} is a symbolic link (to {os.readlink(final)}), and a link is never replaced: pass "
+                        "the folder it leads to as --out, or choose another --out.")
     if not final.exists() or (final.is_dir() and not any(final.iterdir())):
         return
     if kind is not None and folder_kind(final) != kind:
@@ -251,15 +368,39 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(folder: Path) -> int:
-    """Delete temporaries in `folder` whose writing process is gone; returns how many."""
+def remove_stale_temps(folder: Path, final: Path | None = None) -> int:
+    """Delete temporaries in `folder` whose writing process is gone; returns how many.
+
+    The previous copy of a folder whose replacement was cut short (a ``.old-`` temporary, see
+    `_swap_in`) is removed only when the folder is back in its place; otherwise it is put back.
+    When its hidden name was shortened (`hidden_name`) it is put back only as `final` (a folder
+    about to be written in `folder`), and kept until then.
+    """
     removed = 0
-    with contextlib.suppress(FileNotFoundError, PermissionError):
+    with contextlib.suppress(FileNotFoundError, PermissionError, NotADirectoryError):
         for entry in os.scandir(folder):
             m = _TMP_RE.match(entry.name)
-            if m and m["host"] == _HOST and int(m["pid"]) != os.getpid() and not _pid_alive(int(m["pid"])):
-                _remove(Path(entry.path))
-                removed += 1
+            if not (m and m["host"] == _HOST and int(m["pid"]) != os.getpid() and not _pid_alive(int(m["pid"]))):
+                continue
+            if m["role"] == "old" and not _old_copy_dropped(Path(entry.path), m["name"], final):
+                continue
+            _remove(Path(entry.path))
+            removed += 1
     return removed
 
 
+def _old_copy_dropped(old: Path, name: str, final: Path | None) -> bool:
+    """Whether the old copy `old` of the folder `name` can go: that folder is in place. When it is
+    missing, `old` is put back there (when its name is known) and kept."""
+    if final is not None and _hidden_stem(final.name) == "." + name:
+        target = final
+    elif _SHORTENED_RE.search(name):  # the folder's full name is not known
+        stem = "." + name
+        return any(_hidden_stem(n) == stem for n in os.listdir(old.parent) if not _TMP_RE.match(n))
+    else:
+        target = old.with_name(name)
+    if os.path.lexists(target):
+        return True
+    os.replace(old, target)
+    log.warning("%s was put back from %s: a run replacing it was stopped after moving it aside.", target, old.name)
+    return False

@@ -10,20 +10,31 @@ from pathlib import Path
 
 from anomaly_ae.diskfull import raise_if_user_fixable
 from anomaly_ae.errors import BusyError
+from anomaly_ae.fsio import NAME_MAX, hidden_name, output_folder
 
 # Tries to take a lock whose file its holder keeps replacing (each try is immediate).
 LOCK_ATTEMPTS = 20
 
 
+def folder_lock(folder: Path | str, what: str) -> FileLock:
+    """The lock of an output folder, ``.<name>.lock`` beside it; `what` names the folder in messages
+    ("Run folder"). ``.`` and ``..`` are the folders they lead to, as anomaly_ae.fsio writes them."""
+    folder = output_folder(folder)
+    return FileLock(folder.parent / f".{folder.name}.lock", f"{what} {folder}")
+
+
 class FileLock:
     """An exclusive, non-blocking lock on `path` (flock); released when the holder dies.
+
+    A hidden ``.<name>.lock`` whose name is longer than a file system allows is shortened as
+    anomaly_ae.fsio.hidden_name shortens (a prefix of the name and a digest of all of it).
 
     Raises:
         BusyError: on enter, when another process holds the lock.
     """
 
     def __init__(self, path: Path | str, what: str):
-        self.path = Path(path)
+        self.path = _short_enough(Path(path))
         self.what = what
         self._fd: int | None = None
 
@@ -57,7 +68,7 @@ class FileLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise_if_user_fixable(exc, self.path, what=f"{self.what}: cannot take its lock {self.path}")
+            raise_if_user_fixable(exc, self.path, what=f"{self.what}: cannot take its lock {self.path}", creating=True)
             raise
 
     def _still_at_path(self, fd: int) -> bool:
@@ -92,3 +103,11 @@ class FileLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def _short_enough(path: Path) -> Path:
+    """`path`, or where its name is over NAME_MAX bytes, the name fsio.hidden_name gives it."""
+    if len(os.fsencode(path.name)) <= NAME_MAX:
+        return path
+    stem, ending = os.path.splitext(path.name)  # ".<name>", ".lock"
+    return hidden_name(path.with_name(stem.removeprefix(".") or stem), ending)

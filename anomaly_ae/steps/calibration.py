@@ -39,10 +39,10 @@ def calibrate(model: str | Path, *, target_fpr: float | None = None, data: str |
 
     from anomaly_ae import checkpoint
     from anomaly_ae.detector import AutoencoderDetector
-    from anomaly_ae.locks import FileLock
+    from anomaly_ae.locks import folder_lock
 
     folder = checkpoint.model_file(model).parent
-    with FileLock(folder.parent / f".{folder.name}.lock", f"Model folder {folder}"):
+    with folder_lock(folder, "Model folder"):
         det = AutoencoderDetector.load(folder)
         current = det.threshold_info_
         before = current["threshold"]

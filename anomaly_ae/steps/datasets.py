@@ -32,13 +32,14 @@ def ingest(source: str, out: str | Path, config=None, *, root: str | None = None
     import dataclasses
 
     from anomaly_ae.config import IngestConfig
+    from anomaly_ae.fsio import output_folder
     from anomaly_ae.ingest import fingerprint
     from anomaly_ae.ingest import ingest as run_ingest
     from anomaly_ae.sources import open_source
 
     config = dataclasses.replace(config or IngestConfig(), **settings)
     listing = open_source(source, root=root, download=download).list()
-    out = Path(out)
+    out = output_folder(out)
     existing = _readable_meta(out, replace=force or overwrite)
     if existing is not None:
         same = (existing.get("fingerprint") == fingerprint(listing, config)
@@ -110,7 +111,9 @@ def _readable_meta(out: Path, replace: bool) -> dict | None:
     """The metadata of the dataset at `out` (None when there is none, or when it is damaged and
     is to be replaced anyway)."""
     from anomaly_ae.dataset import Dataset
+    from anomaly_ae.fsio import check_name_lengths
 
+    check_name_lengths(out)
     if not (out / "images.parquet").exists():
         return None
     try:
@@ -146,6 +149,8 @@ def _refuse_other_things(path: Path) -> None:
     from anomaly_ae.fsio import folder_kind
     from anomaly_ae.sources.folder import is_image_name
 
+    if not path.exists():
+        raise DataError(f"{path} does not exist. Check the path.")
     if path.is_file() and is_image_name(path.name):
         raise DataError(f"{path} is an image file; info reads a dataset or a model folder (`anomaly-ae score {path} "
                         "--model MODEL` scores it).")

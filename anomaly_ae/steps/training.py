@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from glob import escape as glob_escape
 from pathlib import Path
 
 from anomaly_ae.errors import DataError, NoSpaceError
@@ -74,11 +75,12 @@ def train(dataset: str | Path, out: str | Path, *, normal: list[str] | None = No
     from anomaly_ae import checkpoint
     from anomaly_ae.config import DetectorConfig
     from anomaly_ae.dataset import Dataset
-    from anomaly_ae.fsio import atomic_dir
-    from anomaly_ae.locks import FileLock
+    from anomaly_ae.fsio import atomic_dir, check_name_lengths, hidden_name, output_folder
+    from anomaly_ae.locks import folder_lock
 
     config = config or DetectorConfig()
-    ds, out = Dataset(dataset), Path(out)
+    ds, out = Dataset(dataset), output_folder(out)
+    check_name_lengths(out)
     classes, split, rows = _normal_rows(ds, normal)
     if len(rows) < 4:
         raise DataError(f"Only {len(rows)} normal images ({', '.join(classes)}) in {dataset}; at least 4 are "
@@ -91,7 +93,7 @@ def train(dataset: str | Path, out: str | Path, *, normal: list[str] | None = No
                       *([extra_ids] if extra_ids else []))
     # One train per model folder at a time: a second would race the first for the folder and leave
     # its resume state behind.
-    with FileLock(out.parent / f".{out.name}.lock", f"Model folder {out}"):
+    with folder_lock(out, "Model folder"):
         found, existing = _existing_model(out, fp)
         if found == "same" and not force:
             return _told(checkpoint.summary(out, existing, cached=True))
@@ -99,7 +101,7 @@ def train(dataset: str | Path, out: str | Path, *, normal: list[str] | None = No
             why = _why_retrain(existing, ds, classes, config, extra_ids) if found == "other" else "it is damaged"
             raise DataError(f"{out} already exists and is out of date: {why}. Pass --overwrite to train it again, "
                             "or choose another --out.")
-        state = out.parent / f".{out.name}.train-{fp[:12]}.pt"
+        state = hidden_name(out, f".train-{fp[:12]}.pt")
         try:
             with atomic_dir(out, overwrite=overwrite or force, kind="model", protect=[ds.path]) as tmp:
                 _fit_into(tmp, ds, config, (fit, cal), {"fingerprint": fp, "split": split}, classes,
@@ -111,9 +113,10 @@ def train(dataset: str | Path, out: str | Path, *, normal: list[str] | None = No
             kept = _state_files(state)
             if kept:
                 log.warning("training of %s interrupted; the last finished epoch is kept in %s: run the same "
-                            "command with --resume to go on from there", out, ", ".join(map(str, kept)))
+                            "command %s to go on from there", out, ", ".join(map(str, kept)),
+                            "again" if resume else "with --resume")
             raise
-        _drop(state)
+        _drop_every_state(out)  # this training's, and those of other settings' trainings, which no model needs now
     return _told(checkpoint.summary(out, checkpoint.read(out), cached=False))
 
 
@@ -125,6 +128,15 @@ def _state_files(state: Path) -> list[Path]:
 
 def _drop(state: Path) -> None:
     for path in _state_files(state):
+        path.unlink(missing_ok=True)
+
+
+def _drop_every_state(out: Path) -> None:
+    """Remove every interrupted training's resume state of the model folder `out`, whatever its settings."""
+    from anomaly_ae.fsio import hidden_name
+
+    prefix = hidden_name(out, ".train-")
+    for path in prefix.parent.glob(f"{glob_escape(prefix.name)}*.pt"):
         path.unlink(missing_ok=True)
 
 
@@ -193,6 +205,7 @@ def _fit_into(tmp: Path, ds, config, rows: tuple, data: dict, classes: list[str]
     from anomaly_ae.configfile import dump_toml
     from anomaly_ae.detector import AutoencoderDetector
     from anomaly_ae.fsio import atomic_write_text
+    from anomaly_ae.likeness import of_rows
 
     fit, cal = rows
     held_out = ds.load(cal)
@@ -204,7 +217,7 @@ def _fit_into(tmp: Path, ds, config, rows: tuple, data: dict, classes: list[str]
     data = {"dataset": str(ds.path.resolve()), "dataset_fingerprint": ds.meta.get("fingerprint"),
             "fingerprint": data["fingerprint"], "split": data["split"], "n_train": len(fit),
             "n_calibration": len(cal), "train_sha256": _fingerprint(index["sha256"].take(fit).to_pylist()),
-            "n_reviewed_normals": 0 if extra is None else len(extra)}
+            "n_reviewed_normals": 0 if extra is None else len(extra), "sources": of_rows(ds, fit)}
     det.save(tmp, preprocess=ds.meta["preprocess"], classes=ds.classes, normal_classes=classes, data=data)
     atomic_write_text(tmp / "config.toml", dump_toml(config.as_trained().to_dict()))
 

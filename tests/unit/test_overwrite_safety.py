@@ -156,3 +156,48 @@ def test_cli_score_onto_its_input_exits_2_and_keeps_the_images(work):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "is not a run folder written by anomaly-ae" in proc.stderr
     assert snapshot(paths["input"]) == before
+
+
+def test_out_that_is_a_symbolic_link_is_refused_and_kept(work):
+    """--out LINK (to a run folder, to nothing): the user's link is never replaced by a folder."""
+    paths = fresh_copies(work, [])
+    link, dangling = paths["run"].parent / "latest", paths["run"].parent / "dangling"
+    link.symlink_to(paths["run"].name)
+    dangling.symlink_to("nowhere")
+    before = {name: snapshot(p) for name, p in paths.items()}
+    for out, overwrite in [(link, True), (link, False), (dangling, True), (dangling, False)]:
+        with pytest.raises(DataError, match=f"^{out} is a symbolic link \\(to {os.readlink(out)}\\), and a link is "
+                                            "never replaced"):
+            steps.score(paths["input"], paths["model"], out, overwrite=overwrite, report=False, device="cpu")
+    with pytest.raises(DataError, match="is a symbolic link"):
+        steps.ingest(str(paths["input"]), link, overwrite=True)
+    assert os.readlink(link) == "run" and os.readlink(dangling) == "nowhere"
+    assert {name: snapshot(p) for name, p in paths.items()} == before
+    assert set(os.listdir(link.parent)) == {*before, "latest", "dangling"}
+
+
+def test_a_symbolic_link_above_out_is_followed(work):
+    paths = fresh_copies(work, [])
+    (paths["run"].parent / "runs").symlink_to(paths["run"].parent)
+    out = paths["run"].parent / "runs" / "run"
+    summary = steps.score(paths["input"], paths["model"], out, overwrite=True, report=False, device="cpu")
+    assert summary["scored"] == 24 and folder_kind(paths["run"]) == "run"
+    assert (paths["run"].parent / "runs").is_symlink()
+
+
+def test_cli_out_dot_and_out_link_exit_2_without_a_traceback(work, tmp_path):
+    """`--out .` is refused as the folder it is (its full path named); `--out LINK --overwrite` too."""
+    paths = fresh_copies(work, ["notes.txt"])
+    (tmp_path / "latest").symlink_to(paths["run"])
+    before = {name: snapshot(p) for name, p in paths.items()}
+    exe = Path(sys.executable).with_name("anomaly-ae")
+    for cwd, out, message in [(paths["foreign"], ".", f"{paths['foreign']} is not a run folder written by anomaly-ae"),
+                              (paths["foreign"], "./", f"{paths['foreign']} is not a run folder written"),
+                              (tmp_path, "latest", f"latest is a symbolic link (to {paths['run']})")]:
+        proc = subprocess.run([str(exe), "score", str(paths["input"]), "--model", str(paths["model"]), "--out", out,
+                               "--overwrite", "--device", "cpu"], capture_output=True, text=True, cwd=cwd,
+                              env={**os.environ, "COLUMNS": "300"})
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert message in " ".join(proc.stderr.split()), proc.stderr
+    assert {name: snapshot(p) for name, p in paths.items()} == before
+    assert (tmp_path / "latest").is_symlink()

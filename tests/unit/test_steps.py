@@ -208,6 +208,10 @@ def test_auto_training_leaves_no_resume_state_of_its_candidates(tmp_path):
     steps.train(work["dataset"], tmp_path / "auto", config=auto)
     assert (tmp_path / "auto" / "model.pt").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    stale = tmp_path / ".auto.train-0123456789ab.pt"  # an interrupted training of other settings
+    stale.write_bytes(b"state")
+    steps.train(work["dataset"], tmp_path / "auto", config=TINY, overwrite=True)
+    assert not stale.exists()  # no model needs it now
 
 
 def test_files_that_could_not_be_scored_are_named_in_a_warning(tmp_path, caplog):

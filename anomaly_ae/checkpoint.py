@@ -203,7 +203,8 @@ def summary(out: Path, ckpt: dict, cached: bool) -> dict:
             "epochs": len(h["train_loss"]), "best_epoch": h["best_epoch"] + 1,
             "train_loss": h["train_loss"][h["best_epoch"]], "held_out_loss": h["val_loss"][h["best_epoch"]],
             "seconds": h["seconds"], "device": h["device"], "threshold": t["threshold"],
-            "stopped": "early" if h.get("stopped_early") else "time" if h.get("stopped_by_time") else None,
+            "stopped": "early" if h.get("stopped_early") else ("time, still improving" if h.get("still_improving")
+                                                               else "time") if h.get("stopped_by_time") else None,
             "target_fpr": t["target_fpr"], "guaranteed_fpr": t.get("guaranteed_fpr"),
             "collapse": ckpt.get("collapse"), "selection": ckpt.get("selection"),
             # An ensemble's members trained apart: each one's epochs (its training record above is the first's).

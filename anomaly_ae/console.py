@@ -152,6 +152,9 @@ def print_score_summary(s: dict) -> None:
             ("rejected", s["rejects"]), ("threshold", f"{s['threshold']:.4g}")]
     if s.get("target_fpr") is not None:
         rows.append(("target FPR", f"{s['target_fpr']:g}"))
+    if s.get("guaranteed_fpr") is not None:
+        rows.append(("guaranteed FPR", f"{s['guaranteed_fpr']:.3g} (only {s['n_calibration']} calibration images: "
+                                       "the most the threshold can promise)"))
     for key, label in (("auroc", "AUROC"), ("auprc", "AUPRC"), ("fpr", "FPR at threshold"),
                        ("tpr", "TPR at threshold"), ("f1", "F1 at threshold"), ("pixel_auroc", "pixel AUROC")):
         if s.get(key) is not None:

@@ -61,6 +61,10 @@ class Dataset:
         """Every row's id, source, label, class and split (no pixels)."""
         return self._pf.read(columns=list(INDEX_COLUMNS))
 
+    def originals(self) -> pa.Table:
+        """Every row's original height, width and mode (as its file held it, before preprocessing)."""
+        return self._pf.read(columns=["orig_height", "orig_width", "orig_mode"])
+
     def has_split(self, split: str) -> bool:
         """True when some rows belong to `split`."""
         return split in self.meta.get("counts", {}).get("by_split", {})
@@ -183,11 +187,17 @@ def training_dataset(trained: dict, path: Path | str, split: str | None) -> Data
     return ds if same else None
 
 
-def training_hashes(ds: Dataset, trained: dict, normal_classes: list[str]) -> set[str]:
-    """The sha256 of the images of `ds` (the model's own dataset) that trained or calibrated the
-    model: its normal classes, in the split it trained on."""
+def training_rows(ds: Dataset, trained: dict, normal_classes: list[str]) -> np.ndarray:
+    """The rows of `ds` (the model's own dataset) that trained or calibrated the model: its normal
+    classes (every row of a dataset without classes), in the split it trained on."""
     index = ds.index()
-    keep = pc.is_in(index["class_name"], value_set=pa.array(normal_classes, pa.string()))
+    keep = (pc.is_in(index["class_name"], value_set=pa.array(normal_classes, pa.string())) if normal_classes
+            else pa.array(np.ones(index.num_rows, dtype=bool)))
     if trained.get("split") is not None:
         keep = pc.and_(keep, pc.equal(index["split"], trained["split"]))
-    return set(index["sha256"].filter(pc.fill_null(keep, False)).to_pylist())
+    return np.flatnonzero(pc.fill_null(keep, False).to_numpy(zero_copy_only=False))
+
+
+def training_hashes(ds: Dataset, trained: dict, normal_classes: list[str]) -> set[str]:
+    """The sha256 of the images of `ds` that trained or calibrated the model (`training_rows`)."""
+    return set(ds.index()["sha256"].take(training_rows(ds, trained, normal_classes)).to_pylist())

@@ -34,7 +34,9 @@ def train(s: dict) -> str:
 
     if s["cached"]:
         return f"skipped training: {s['model']} was trained from the same data and settings ({s['kind']})"
-    stop = {"early": "stopped early", "time": "stopped by the time budget"}.get(s.get("stopped"), "all epochs")
+    stop = {"early": "stopped early", "time": "stopped by the time budget",
+            "time, still improving": "stopped by the time budget while still improving: likely undertrained"
+            }.get(s.get("stopped"), "all epochs")
     chosen = f" (auto chose it: {chosen_text(s['selection'])})" if s.get("selection") else ""
     if s.get("member_epochs"):  # several models, each trained to its own best epoch
         return (f"trained {s['kind']}{chosen} on {images(s)}: {epochs(s)}, {s['seconds']:.0f} s on "

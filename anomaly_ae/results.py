@@ -133,7 +133,10 @@ def score_summary(out: Path, run: dict, merged: dict) -> dict:
     m = merged["metrics"] or {}
     return {"run": str(out), "scored": run["counts"]["scored"], "flagged": run["counts"]["flagged"],
             "rejects": run["counts"]["rejects"], "threshold": run["threshold"]["threshold"],
-            "target_fpr": run["threshold"].get("target_fpr"), "auroc": m.get("auroc"),
+            "target_fpr": run["threshold"].get("target_fpr"),
+            # Too few calibration images for the target: the false-alarm rate they can promise.
+            "guaranteed_fpr": run["threshold"].get("guaranteed_fpr") if run["threshold"].get("limited") else None,
+            "n_calibration": run["threshold"].get("n_calibration"), "auroc": m.get("auroc"),
             "auprc": m.get("auprc"), "fpr": m.get("fpr"), "tpr": m.get("tpr"), "f1": m.get("f1"),
             "pixel_auroc": m.get("pixel_auroc"),
             # With labels, anomalies are expected to score high: judge drift on the normal items.

@@ -84,4 +84,5 @@ def f1_optimal_threshold(scores, labels) -> dict:
     i = int(np.argmax(f1))
     nxt = s_sorted[i + 1] if i + 1 < s_sorted.size else s_sorted[i] - 1.0
     return {"threshold": float((s_sorted[i] + nxt) / 2), "f1": float(f1[i]),
-            "precision": float(tp[i] / (tp[i] + fp[i])), "recall": float(tp[i] / y.sum())}
+            "precision": float(tp[i] / (tp[i] + fp[i])), "recall": float(tp[i] / y.sum()),
+            "flags_all": i + 1 == s_sorted.size}  # no cut does better than flagging every item

@@ -44,6 +44,8 @@ class History:
     device: str = "cpu"
     stopped_early: bool = False
     stopped_by_time: bool = False
+    # Stopped by the time budget while the held-out loss still fell fast: likely undertrained.
+    still_improving: bool = False
 
     def to_dict(self) -> dict:
         """Plain dict for checkpoints and reports."""
@@ -99,6 +101,7 @@ def train(model: torch.nn.Module, data: torch.Tensor, val: torch.Tensor | None, 
         start_epoch, best = _load_state(state_path, model, opt, sched, gen, hist)
         log.info("resuming training at epoch %d of %d", start_epoch + 1, cfg.epochs)
     t0 = time.perf_counter() - hist.seconds
+    planned = cfg.epochs  # until the time budget says how many fit
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         order = torch.cat([torch.randperm(n, generator=gen) for _ in range(math.ceil(steps_per_epoch * batch / n))])
@@ -124,9 +127,9 @@ def train(model: torch.nn.Module, data: torch.Tensor, val: torch.Tensor | None, 
             hist.best_epoch, best = epoch, copy.deepcopy(model.state_dict())
         hist.seconds = time.perf_counter() - t0
         if cfg.max_minutes and epoch == start_epoch:
-            _plan_for_budget(sched, cfg, epoch, hist.seconds, steps_per_epoch)
+            planned = _plan_for_budget(sched, cfg, epoch, hist.seconds, steps_per_epoch)
         if progress:
-            progress(epoch + 1, cfg.epochs, loss=hist.train_loss[-1], held_out=hist.val_loss[-1])
+            progress(epoch + 1, planned, loss=hist.train_loss[-1], held_out=hist.val_loss[-1])
         if state_path is not None:
             _save_state(state_path, epoch + 1, model, opt, sched, gen, hist, best)
         if epoch - hist.best_epoch >= cfg.patience:
@@ -135,18 +138,39 @@ def train(model: torch.nn.Module, data: torch.Tensor, val: torch.Tensor | None, 
         if cfg.max_minutes and hist.seconds * (epoch + 2) / (epoch + 1) > 60 * cfg.max_minutes and epoch + 1 < cfg.epochs:
             hist.stopped_by_time = True
             log.info("stopping after epoch %d: the next would pass the %g-minute budget", epoch + 1, cfg.max_minutes)
+            _say_if_still_improving(hist, cfg)
             break
     model.load_state_dict(best)
     model.eval()
     return hist
 
 
-def _plan_for_budget(sched, cfg: TrainConfig, epoch: int, seconds: float, steps_per_epoch: int) -> None:
-    """Fit the learning-rate decay to the epochs that the time budget leaves room for."""
+def _plan_for_budget(sched, cfg: TrainConfig, epoch: int, seconds: float, steps_per_epoch: int) -> int:
+    """Fit the learning-rate decay to the epochs that the time budget leaves room for; their number."""
     per_epoch = seconds / (epoch + 1)
     epochs = max(epoch + 1, min(cfg.epochs, int(60 * cfg.max_minutes / max(per_epoch, 1e-9))))
     sched.T_max = epochs * steps_per_epoch
     log.info("%.0f s an epoch: %d epochs fit the %g-minute budget", per_epoch, epochs, cfg.max_minutes)
+    return epochs
+
+
+# A last epoch that lowered the held-out loss by more than this share: training had not levelled off.
+STILL_IMPROVING = 0.05
+
+
+def _say_if_still_improving(hist: History, cfg: TrainConfig) -> None:
+    """Warn when the time budget stopped training while its last epoch still lowered the held-out loss
+    by more than ``STILL_IMPROVING`` (the model then is the last epoch's, far from what more would give)."""
+    val = hist.val_loss
+    if len(val) < 2 or hist.best_epoch != len(val) - 1 or not val[-2] > 0:
+        return
+    drop = (val[-2] - val[-1]) / val[-2]
+    if drop > STILL_IMPROVING:
+        hist.still_improving = True
+        log.warning("training stopped at the %g-minute budget after %d of %d epochs while the held-out loss still "
+                    "fell (by %.0f%% in the last epoch): the model is likely undertrained and may miss what a "
+                    "longer training finds. Give it more time (--max-minutes), or fewer or smaller images (--size)",
+                    cfg.max_minutes, len(val), cfg.epochs, 100 * drop)
 
 
 def _save_state(path: Path, epoch, model, opt, sched, gen, hist: History, best) -> None:

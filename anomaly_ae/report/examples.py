@@ -157,6 +157,9 @@ def example_grid(data, kind: str) -> str:
         shown = {e["image_id"] for e in data.examples if e["kind"] == "top" and e["flagged"]}
         items = [e for e in items if e["image_id"] not in shown]
     n_flagged = run.get("counts", {}).get("flagged", int(s["flagged"].sum()))
+    if data.examples_missing:
+        return ("<p>The pictures of the flagged and borderline items cannot be shown: the run folder has lost its "
+                "examples.parquet (its scores.parquet and flagged.csv list every item).</p>" if kind == "top" else "")
     if kind == "top":
         if not items:
             return "<p>No item was flagged.</p>"

@@ -25,6 +25,7 @@ class RunData:
     rejects: list[tuple[str, str]] = field(default_factory=list)
     n_rejects: int = 0
     reviews: dict | None = None  # counts of the review decisions (anomaly_ae.reviews.counts), when any
+    examples_missing: bool = False  # the run folder has lost its examples.parquet (the items' pictures)
 
 
 def load(run_dir: str | Path) -> RunData:
@@ -46,6 +47,11 @@ def load(run_dir: str | Path) -> RunData:
     scores = {c: table[c].to_numpy(zero_copy_only=False) for c in SCORE_COLUMNS}
     examples_path = run_dir / "examples.parquet"
     examples = read_parquet(examples_path).to_pylist() if examples_path.exists() else []
+    if not examples_path.exists():
+        import logging
+
+        logging.getLogger(__name__).warning("%s is missing: the report shows no pictures of the flagged and borderline "
+                                            "items (score the batch again to have them)", examples_path)
     rejects, n_rejects = [], 0
     if (run_dir / "rejects.parquet").exists():
         rej = read_parquet(run_dir / "rejects.parquet")
@@ -57,4 +63,4 @@ def load(run_dir: str | Path) -> RunData:
     decided = (review_decisions.counts(review_decisions.latest(run_dir))
                if (run_dir / review_decisions.REVIEWS_FILE).exists() else None)
     return RunData(run, metrics, scores, examples, rejects, max(n_rejects, run.get("counts", {}).get("rejects", 0)),
-                   decided)
+                   decided, examples_missing=not examples_path.exists())

@@ -76,6 +76,12 @@ def _summary_notices(data: RunData) -> list[str]:
         out.append(notice("info", "The model's reconstructions are close to one typical image: the training "
                                   "images are much alike (a uniform surface), so a score says how far an image "
                                   "departs from that typical image."))
+    if (data.run.get("history") or {}).get("still_improving"):
+        out.append(notice("warn", "The model's training was stopped by its time budget while its held-out loss "
+                                  "still fell fast: it is likely undertrained, and may miss what a longer training "
+                                  "finds. Train it again with more time (--max-minutes)."))
+    for sentence in data.run.get("unlike_training") or []:
+        out.append(notice("warn", escape(sentence[0].upper() + sentence[1:] + ".")))
     saw = data.run.get("model_saw")
     if saw and data.metrics is not None:
         out.append(notice("warn", escape(model_saw(saw))))
@@ -104,8 +110,9 @@ def quality(data: RunData, plots) -> str:
         notes = mask_notice(data)
     best = m.get("f1_optimal")
     if best:
-        rows.append(("Best F1 on this batch (hindsight)",
-                     f'{fmt(best.get("f1"))} at threshold {fmt(best.get("threshold"), ".4g")}'))
+        where = ("by flagging every item: no threshold separates this batch better" if best.get("flags_all")
+                 else f'at threshold {fmt(best.get("threshold"), ".4g")}')
+        rows.append(("Best F1 on this batch (hindsight)", f'{fmt(best.get("f1"))} {where}'))
     confusion = tabulate(["", "flagged", "not flagged"],
                        [["<strong>anomalous</strong>", tagged("tp", str(c.get("tp"))) + " caught",
                          tagged("fn", str(c.get("fn"))) + " missed"],

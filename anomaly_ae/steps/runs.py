@@ -42,13 +42,13 @@ def score(input: str | Path, model: str | Path, out: str | Path, config=None, *,
     import shutil
     import time
 
-    from anomaly_ae import backends, checkpoint, scoring
+    from anomaly_ae import backends, checkpoint, likeness, scoring
     from anomaly_ae import results as run_results
     from anomaly_ae.config import ScoreRunConfig
     from anomaly_ae.detector import AutoencoderDetector
     from anomaly_ae.fsio import atomic_dir, atomic_write_json
     from anomaly_ae.imaging import Preprocess
-    from anomaly_ae.locks import FileLock
+    from anomaly_ae.locks import folder_lock
     from anomaly_ae.runid import new_run_id
     from anomaly_ae.schema import first_rejects
 
@@ -58,9 +58,10 @@ def score(input: str | Path, model: str | Path, out: str | Path, config=None, *,
     th = det.operating_point(cfg.threshold, cfg.target_fpr)
     policy = Preprocess.from_dict(det.meta_["preprocess"])
     protect = [Path(input), checkpoint.model_file(model).parent]  # never written over, whatever --out says
-    with (FileLock(out.parent / f".{out.name}.lock", f"Run folder {out}"),
+    with (folder_lock(out, "Run folder"),
           atomic_dir(out, overwrite=overwrite, kind="run", protect=protect) as tmp):
         parts = scoring.plan(input, policy, cfg.partitions, cfg.split, files=files)
+        unlike = likeness.unlike(likeness.of_training(det.meta_), likeness.of_parts(parts))
         normal = scoring.normal_names(det.meta_.get("normal_classes") or [])
         normal = normal if scoring.labels_known(parts, normal) else None
         part_dirs = [tmp / ".parts" / f"{k:05d}" for k in range(len(parts))]
@@ -81,13 +82,16 @@ def score(input: str | Path, model: str | Path, out: str | Path, config=None, *,
         # Only labelled runs have metrics to overstate (and an inbox's runs are unlabelled).
         run["model_saw"] = _items_the_model_saw(det, cfg.split, tmp / "scores.parquet") if normal is not None else None
         run["backend"] = backends.name(det) if map_partitions is None else "per partition"
+        run["unlike_training"] = unlike
         atomic_write_json(tmp / "run.json", run)
         if cfg.report:
-            run["report"] = report_or_none(tmp)
+            run["report"] = report_or_none(tmp, shown=out)
             atomic_write_json(tmp / "run.json", run)
     summary = run_results.score_summary(out, run, merged)
     if run["model_saw"]:
         log.warning(facts.model_saw(run["model_saw"]))
+    for sentence in unlike:
+        log.warning("Not like the training images: %s", sentence)
     rejects = first_rejects(out / "rejects.parquet", facts.MAX_NAMED)
     if rejects:  # news to whoever scored: said without -v too (the run's rejects table and report list them all)
         log.warning("%d of the files could not be scored: %s", summary["rejects"], facts.named(rejects, summary["rejects"]))
@@ -162,15 +166,24 @@ def _backend_for(det, backend: str, n_items: int):
     return backends.with_backend(det, backend)
 
 
-def report_or_none(run_dir: str | Path) -> str | None:
+def report_or_none(run_dir: str | Path, shown: str | Path | None = None) -> str | None:
     """Build the run folder's report.html and return its name; a failure is logged and returns None,
-    for the scores are committed and a broken report must not cost the user the run's results."""
+    for the scores are committed and a broken report must not cost the user the run's results.
+    `shown`: the run folder's name in messages (the folder `run_dir` becomes, when it is a temporary)."""
+    from anomaly_ae.errors import AnomalyAEError, NoSpaceError, NotWritableError
+
+    shown = shown or run_dir
     try:
         return report(run_dir).name
+    except AnomalyAEError as exc:  # a full disk, a folder made read-only: said in a line, no traceback
+        why = ("no space was left on its disk" if isinstance(exc, NoSpaceError) else
+               "its folder is not writable" if isinstance(exc, NotWritableError) else str(exc))
+        log.warning("report.html of %s was not written (%s); the scores are kept: rebuild it with `anomaly-ae "
+                    "report %s`", shown, why, shown)
     except Exception:
         log.exception("building the report of %s failed; the scores are kept (rebuild it with "
-                      "`anomaly-ae report`)", run_dir)
-        return None
+                      "`anomaly-ae report %s`)", shown, shown)
+    return None
 
 
 def report(run_dir: str | Path) -> Path:

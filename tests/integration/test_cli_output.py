@@ -135,3 +135,17 @@ def test_progress_lines_are_spaced_out_and_say_what_is_left(caplog):
     assert len(messages) == 2, messages  # the first, then nothing for an hour but the last
     assert messages[0].startswith("train: 1 of 5 (loss 0.5), ") and "left" in messages[0]
     assert messages[1].startswith("train: 5 of 5 (loss 0.1), ") and "left" not in messages[1]
+
+
+def test_info_on_a_path_that_does_not_exist_says_so(tmp_path):
+    proc = cli("info", tmp_path / "nothere", code=2)
+    assert proc.stderr == f"error: {tmp_path / 'nothere'} does not exist. Check the path.\n"
+
+
+def test_score_prints_the_weaker_guarantee_of_few_calibration_images(tmp_path):
+    src = images(tmp_path / "src", n=24)
+    cli("ingest", src, "--out", tmp_path / "ds")
+    cli("train", tmp_path / "ds", "--out", tmp_path / "m", "--epochs", "1", "--allow-collapsed")  # noise: nothing to learn
+    out = cli("score", src, "--model", tmp_path / "m", "--out", tmp_path / "run", "--no-report").stdout
+    n_cal = json.loads((tmp_path / "m" / "model.json").read_text())["threshold"]["n_calibration"]
+    assert f"guaranteed FPR  {1 / (n_cal + 1):.3g} (only {n_cal} calibration images" in out

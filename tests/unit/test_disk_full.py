@@ -57,6 +57,28 @@ def test_score_on_a_full_disk(work, tmp_path, monkeypatch):
     assert_nothing_kept(tmp_path, set())
 
 
+def test_a_report_that_finds_no_space_keeps_the_scores_and_says_so_in_a_line(work, tmp_path, monkeypatch, caplog):
+    import logging
+
+    from anomaly_ae import fsio
+
+    write = fsio.atomic_write_text
+
+    def full(path, *args, **kwargs):  # the disk fills up as the report is written, after the tables
+        if Path(path).name != "report.html":
+            return write(path, *args, **kwargs)
+        raise NoSpaceError(f"No space left on the device while writing {path}; nothing was kept.")
+
+    monkeypatch.setattr(fsio, "atomic_write_text", full)
+    with caplog.at_level(logging.WARNING):
+        s = steps.score(work["input"], work["model"], tmp_path / "run", device="cpu")
+    assert s["report"] is None and (tmp_path / "run" / "scores.parquet").exists()
+    said = [r for r in caplog.records if "report.html of" in r.getMessage()]
+    assert len(said) == 1 and said[0].exc_info is None  # one line, no traceback
+    assert said[0].getMessage() == (f"report.html of {tmp_path / 'run'} was not written (no space was left on its "
+                                    f"disk); the scores are kept: rebuild it with `anomaly-ae report {tmp_path / 'run'}`")
+
+
 def test_train_on_a_full_disk_where_torch_only_says_unexpected_pos(work, tmp_path, monkeypatch):
     """torch.save reports a failed file write as a RuntimeError; a disk then full makes it a full disk."""
     real_statvfs = os.statvfs
@@ -156,3 +178,46 @@ def test_commands_on_a_real_full_disk(tmp_path):
         assert "No space left on the device" in r["stderr"] and "nothing was kept" in r["stderr"], r["stderr"]
         assert "Traceback" not in r["stderr"]
         assert [n for n in r["left"] if not n.endswith(".lock")] == [], f"{name} left {r['left']}"
+
+
+def test_out_below_a_file_is_one_line_and_writes_nothing(work, tmp_path):
+    """`--out notes.txt/run`: every command says which file is in the way (no FileExistsError)."""
+    from anomaly_ae.errors import DataError
+
+    (tmp_path / "notes.txt").write_text("mine")
+    message = f"^{tmp_path / 'notes.txt'} is a file, not a folder, so nothing can be written into it"
+    out = tmp_path / "notes.txt" / "deeper" / "out"
+    with pytest.raises(DataError, match=message):
+        steps.ingest(str(work["input"]), out)
+    with pytest.raises(DataError, match=message):
+        steps.train(work["dataset"], out, config=TINY)
+    with pytest.raises(DataError, match=message):
+        steps.score(work["input"], work["model"], out, report=False, device="cpu")
+    assert os.listdir(tmp_path) == ["notes.txt"] and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_score_into_proc_is_one_line(work):
+    """/proc takes no new entries (creating one there fails with ENOENT): said so, as for /sys."""
+    from anomaly_ae.errors import NotWritableError
+
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("no /proc here")
+    with pytest.raises(NotWritableError, match="/proc does not take new files or folders"):
+        steps.score(work["input"], work["model"], "/proc/run", report=False, device="cpu")
+    with pytest.raises(NotWritableError, match="^Cannot write /proc/ds: /proc does not take new files or folders"):
+        steps.ingest(str(work["input"]), "/proc/ds")
+
+
+def test_a_long_names_hidden_temporary_is_known_as_the_outputs(tmp_path):
+    """A write refused on the shortened temporary of a long --out is told as not writable."""
+    from anomaly_ae.diskfull import raise_if_user_fixable
+    from anomaly_ae.errors import NotWritableError
+    from anomaly_ae.fsio import temp_name
+
+    out = tmp_path / ("r" * 240)
+    tmp = temp_name(out)
+    assert not tmp.name.startswith("." + out.name)  # shortened
+    with pytest.raises(NotWritableError, match="is not writable by this user"):
+        raise_if_user_fixable(PermissionError(errno.EACCES, "Permission denied", str(tmp / "x")), out, probe=tmp)
+    raise_if_user_fixable(PermissionError(errno.EACCES, "Permission denied", str(tmp_path / ".other.tmp")), out,
+                          probe=tmp)  # another output's: no raise

@@ -149,7 +149,7 @@ def _readme_snippet(model, folder, tmp_path) -> None:
     namespace: dict = {**env, "__name__": "readme"}
     assert 'EXPORT, FOLDER = "export/", "images/"\n' in code
     code = code.replace('EXPORT, FOLDER = "export/", "images/"\n', "")  # the test's own folders instead
-    assert len(code.strip().splitlines()) <= 19  # short enough to read at a glance
+    assert len(code.strip().splitlines()) <= 21  # short enough to read at a glance
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102  (the README's own code)
     ours = steps.score(folder, model, tmp_path / "run", report=False, backend="torch")
     table = pq.read_table(tmp_path / "run" / "scores.parquet").to_pylist()
@@ -162,9 +162,14 @@ def _readme_snippet(model, folder, tmp_path) -> None:
 
 
 def test_readme_snippet_scores_a_folder_like_anomaly_ae(mnist_model, mnist_folder, tmp_path):
+    from PIL import Image
+
     folder = tmp_path / "folder"
     shutil.copytree(mnist_folder / "0", folder / "0")
     shutil.copytree(mnist_folder / "7", folder / "7")
+    for k, src in enumerate(sorted((mnist_folder / "8").glob("*.png"))[:4]):  # see-through, upper-case names
+        gray = Image.open(src).convert("L")
+        Image.merge("LA", (gray, Image.new("L", gray.size, 128 + 40 * k))).save(folder / f"SEE{k}.PNG")
     _readme_snippet(mnist_model, folder, tmp_path)
 
 

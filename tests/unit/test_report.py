@@ -194,6 +194,20 @@ def test_rebuild_replaces_the_report_without_leftovers(unlabelled, tmp_path):
     assert sorted(f.name for f in run_dir.iterdir() if f.name.startswith(".")) == []
 
 
+def test_a_run_that_lost_its_examples_says_so_instead_of_no_item_flagged(labelled, tmp_path, caplog):
+    import logging
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(labelled, run_dir)
+    (run_dir / "examples.parquet").unlink()
+    with caplog.at_level(logging.WARNING):
+        report.build(run_dir)
+    text = (run_dir / "report.html").read_text()
+    assert json.loads((run_dir / "run.json").read_text())["counts"]["flagged"] > 0
+    assert "No item was flagged" not in text and "the run folder has lost its examples.parquet" in text
+    assert "examples.parquet is missing: the report shows no pictures" in caplog.text
+
+
 def test_labels_unknown_gives_drift_warning_and_folder_class_counts(labelled, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(labelled, run_dir)

@@ -80,3 +80,22 @@ def test_a_diverging_loss_names_the_learning_rate(monkeypatch):
     monkeypatch.setattr(type(model), "loss", lambda self, x, train, gen=None: self(x).sum() * float("nan"))
     with pytest.raises(ModelError, match=r"diverged.*train\.lr"):
         train(model, data(), None, MODEL, TrainConfig(epochs=2, min_steps_per_epoch=1, device="cpu"))
+
+
+@pytest.mark.parametrize("losses, warned", [([0.9, 0.6, 0.4, 0.3], True), ([0.9, 0.5, 0.49, 0.48], False)])
+def test_a_time_budget_that_stops_a_still_improving_training_says_so(monkeypatch, caplog, losses, warned):
+    import itertools
+    import logging
+    import types
+
+    clock = itertools.count(0, 10)  # every epoch takes 10 s: 3 epochs fit a half-minute budget
+    monkeypatch.setattr("anomaly_ae.train.time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    held_out = iter(losses)
+    monkeypatch.setattr("anomaly_ae.train.evaluate", lambda model, val, batch_size: next(held_out))
+    seen = []
+    cfg = TrainConfig(epochs=8, batch_size=16, min_steps_per_epoch=1, device="cpu", max_minutes=0.5)
+    with caplog.at_level(logging.WARNING):
+        hist = train(fresh(), data(), data(8, seed=1), MODEL, cfg, progress=lambda done, total, **_: seen.append(total))
+    assert hist.stopped_by_time and len(hist.val_loss) == 3 and hist.still_improving is warned
+    assert ("likely undertrained" in caplog.text) is warned
+    assert seen == [3, 3, 3]  # the epochs the budget leaves room for, not the 8 asked for

@@ -51,6 +51,12 @@ def ensure_model(p: Pipeline) -> None:
         get_run_logger().info("%s has no model yet; ingesting and training it first", p.name)
         tasks.ingest(p)
         tasks.train(p)
+        return
+    why = steps.unlike_its_pipeline(p.dataset_dir, p.model_dir, p.normal, p.detector)
+    if why:
+        get_run_logger().warning("The model %s is not the one %s describes (%s): the inbox scores with it as it is; "
+                                 "`anomaly-ae run %s` trains and calibrates it as the file says", p.model_dir,
+                                 p.path, why, p.path)
 
 
 # How many of the latest committed runs a flow run checks for a report left unbuilt.

@@ -147,6 +147,29 @@ def _told(summary: dict) -> dict:
     return summary
 
 
+def unlike_its_pipeline(dataset: str | Path, model: str | Path, normal: list[str] | None, config) -> str | None:
+    """How the model at `model` differs from what a pipeline file says it is (trained on `dataset`'s
+    `normal` classes with `config`, its threshold for ``config.threshold.target_fpr``), e.g. after
+    it was trained again by hand; None when it does not, or when either is not there to compare."""
+    from anomaly_ae.dataset import Dataset
+
+    if not (Path(dataset) / "images.parquet").exists() or not (Path(model) / "model.pt").exists():
+        return None
+    try:
+        ds = Dataset(dataset)
+        classes, split, _ = _normal_rows(ds, normal)
+        found, ckpt = _existing_model(Path(model), _fingerprint(ds.meta.get("fingerprint"), classes, split,
+                                                                _weights_config(config, ds.shape)))
+    except DataError:
+        return None
+    if found != "same":
+        return "it was trained otherwise: " + (_why_retrain(ckpt, ds, classes, config, None) if ckpt else "it is damaged")
+    target = (ckpt.get("threshold") or {}).get("target_fpr")
+    if target is not None and target != config.threshold.target_fpr:
+        return f"its threshold is for a target FPR of {target:g}, the pipeline's {config.threshold.target_fpr:g}"
+    return None
+
+
 def _why_retrain(ckpt: dict, ds, classes: list[str], config, extra_ids) -> str:
     """How a model's training differs from this one's: the dataset (another, or ingested again), the
     normal classes, the reviewed false alarms, or the settings (each named, as it was and is now)."""

@@ -248,3 +248,22 @@ def test_files_that_could_not_be_scored_are_named_in_a_warning(tmp_path, caplog)
                         (tmp_path / "run", "is a run folder (what `anomaly-ae score` writes): open its report.html")]:
         with pytest.raises(DataError, match=re.escape(said)):
             steps.info(wrong)
+
+
+def test_a_model_unlike_its_pipeline_file_is_told_apart(tmp_path):
+    """The inbox scores with the pipeline's model folder as it is: a model trained or calibrated
+    otherwise by hand is named, with what differs."""
+    import dataclasses
+
+    from anomaly_ae.config import ThresholdConfig
+    from tests.conftest import TINY, noise_workspace
+
+    work = noise_workspace(tmp_path)
+    assert steps.unlike_its_pipeline(work["dataset"], work["model"], None, TINY) is None
+    stricter = dataclasses.replace(TINY, threshold=ThresholdConfig(target_fpr=0.05))
+    said = steps.unlike_its_pipeline(work["dataset"], work["model"], None, stricter)
+    assert said == "its threshold is for a target FPR of 0.01, the pipeline's 0.05"
+    longer = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, epochs=TINY.train.epochs + 1))
+    said = steps.unlike_its_pipeline(work["dataset"], work["model"], None, longer)
+    assert said.startswith("it was trained otherwise: train.epochs was")
+    assert steps.unlike_its_pipeline(work["dataset"], tmp_path / "none", None, TINY) is None

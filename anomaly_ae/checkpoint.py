@@ -73,7 +73,8 @@ def write(folder: Path, ckpt: dict) -> Path:
     torch.save(ckpt, buf)
     data = buf.getvalue()
     summary = {k: v for k, v in ckpt.items() if k not in ("state_dict", "calibration_scores", "held_out_scores",
-                                                               "calibration_hashes", "reviewed_hashes")}
+                                                               "calibration_hashes", "reviewed_hashes",
+                                                               "seen_hashes")}
     summary["sha256"] = hashlib.sha256(data).hexdigest()
     summary["n_parameters"] = int(sum(v.numel() for v in ckpt["state_dict"].values()))
     target = folder / "model.pt"

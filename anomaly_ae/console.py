@@ -123,6 +123,9 @@ def print_model_summary(s: dict, verb: str) -> None:
         f"Model {s['model']}{verb}: {s['kind']} on {', '.join(s['normal_classes'] or []) or 'all images'} "
         f"({facts.images(s)}, {facts.epochs(s)} on {s['device']}, {s['seconds']:.1f} s); threshold "
         f"{s['threshold']:.4g} for target FPR {s['target_fpr']:g} from {s['n_calibration']} held-out images.")
+    if s.get("stopped") == "time, still improving":
+        out_console.print("Its training was stopped by the time budget while the held-out loss still fell fast: it is "
+                          "likely undertrained (train it again with more --max-minutes).")
 
 
 def describe_preprocess(p: dict) -> str:

@@ -201,3 +201,25 @@ def training_rows(ds: Dataset, trained: dict, normal_classes: list[str]) -> np.n
 def training_hashes(ds: Dataset, trained: dict, normal_classes: list[str]) -> set[str]:
     """The sha256 of the images of `ds` that trained or calibrated the model (`training_rows`)."""
     return set(ds.index()["sha256"].take(training_rows(ds, trained, normal_classes)).to_pylist())
+
+
+# A model keeps this many hex digits of the sha256 of each image that trained or calibrated it: 64
+# bits, enough to tell a batch's images apart from a training set's, a few bytes per image.
+SEEN_DIGITS = 16
+
+
+def seen_hashes(hashes) -> list[str]:
+    """What a model keeps of the sha256 of its training and calibration images (``seen_hashes``)."""
+    return sorted({h[:SEEN_DIGITS] for h in hashes})
+
+
+def seen_by(meta: dict) -> set[str] | None:
+    """The images that trained or calibrated a model, as `seen_hashes` prefixes: those it keeps, or
+    for a model that keeps none, those of its dataset while it is there unchanged; None: unknown."""
+    if meta.get("seen_hashes") is not None:
+        return set(meta["seen_hashes"])
+    trained = meta.get("data") or {}
+    ds = training_dataset(trained, trained.get("dataset") or "", None) if trained.get("dataset") else None
+    if ds is None:
+        return None
+    return set(seen_hashes(training_hashes(ds, trained, meta.get("normal_classes") or [])))

@@ -201,6 +201,7 @@ def atomic_dir(final: Path | str, *, overwrite: bool = False, kind: str | None =
     if overwrite and kind is None:
         raise ValueError("atomic_dir(overwrite=True) needs the kind of folder it may replace")
     check_name_lengths(final)
+    _refuse_the_working_folder(final)
     tmp, creating = None, True
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -220,6 +221,16 @@ def atomic_dir(final: Path | str, *, overwrite: bool = False, kind: str | None =
     finally:
         if tmp is not None and tmp.exists():
             _remove(tmp)
+
+
+def _refuse_the_working_folder(final: Path) -> None:
+    """A folder is written by replacing it: the folder a command runs in (or one holding it) would be
+    swapped out from under the shell that started it."""
+    here = Path.cwd().resolve()
+    where = final.resolve()
+    if where == here or where in here.parents:
+        raise DataError(f"{final} is the folder this command runs in{'' if where == here else ' (or holds it)'}: "
+                        f"writing it would replace that folder. Choose a new folder, e.g. --out {final / 'out'}.")
 
 
 def _swap_in(tmp: Path, final: Path) -> None:

@@ -14,8 +14,10 @@ import math
 from collections import Counter
 from pathlib import Path
 
-# Modes Pillow opens gray or colour images as (a palette image may be either: not judged).
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+from anomaly_ae.imaging import GRAY_MODES
+
+# Modes Pillow opens colour images as (gray ones: imaging.GRAY_MODES; a palette image may be either:
+# not judged).
 COLOUR_MODES = {"RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV"}
 # How many sizes a summary keeps (the most common), and how many files of a batch are opened.
 KEEP_SIZES, SAMPLE = 8, 64
@@ -57,10 +59,10 @@ def _shape_known(size: tuple[int, int], trained: dict) -> bool:
             and lo_a / slack_aspect <= w / h <= hi_a * slack_aspect)
 
 
-def unlike(trained: dict | None, batch: dict) -> list[str]:
+def unlike(trained: dict | None, batch: dict | None) -> list[str]:
     """Sentences (empty: nothing to say) on how the images summarised in `batch` (`summarise`)
-    differ from the training images summarised in `trained` (None: unknown, nothing said)."""
-    if not trained or not trained.get("sizes") or not batch.get("sizes"):
+    differ from the training images summarised in `trained` (either None: unknown, nothing said)."""
+    if not trained or not batch or not trained.get("sizes") or not batch.get("sizes"):
         return []
     out = []
     n = sum(c for *_, c in batch["sizes"])
@@ -100,7 +102,7 @@ def of_files(paths: list[Path], sample: int = SAMPLE) -> dict | None:
             continue
     if not heights:
         return None
-    return {**summarise(heights, widths, modes), "sampled": f" (a sample of {len(heights)})" if total > sample else ""}
+    return {**summarise(heights, widths, modes), "sampled": f" sampled from the batch's {total}" if total > sample else ""}
 
 
 def of_rows(ds, rows) -> dict | None:

@@ -129,7 +129,7 @@ def train(model: torch.nn.Module, data: torch.Tensor, val: torch.Tensor | None, 
         if cfg.max_minutes and epoch == start_epoch:
             planned = _plan_for_budget(sched, cfg, epoch, hist.seconds, steps_per_epoch)
         if progress:
-            progress(epoch + 1, planned, loss=hist.train_loss[-1], held_out=hist.val_loss[-1])
+            progress(epoch + 1, max(planned, epoch + 1), loss=hist.train_loss[-1], held_out=hist.val_loss[-1])
         if state_path is not None:
             _save_state(state_path, epoch + 1, model, opt, sched, gen, hist, best)
         if epoch - hist.best_epoch >= cfg.patience:

@@ -222,26 +222,30 @@ def _normal_scores(det, data, normal, split):
 def _without_training_images(det, data, scores, hashes):
     """(scores, hashes) less the images that trained or calibrated the model, found by content (a
     sub-folder of its training folder, or copies elsewhere): their scores would set the threshold too
-    low. Found only while the model's dataset is there to say which images those were.
+    low. Known from the model itself (models trained before it kept them: while its dataset is there).
 
     Raises:
         DataError: every image is one of them.
     """
     import numpy as np
 
-    from anomaly_ae.dataset import training_dataset, training_hashes
+    from anomaly_ae.dataset import SEEN_DIGITS, seen_by
 
     trained = det.meta_.get("data") or {}
-    ds = training_dataset(trained, trained.get("dataset") or "", None) if trained.get("dataset") else None
-    learned = training_hashes(ds, trained, det.meta_.get("normal_classes") or []) if ds is not None else set()
-    seen = np.array([h in learned for h in hashes], dtype=bool)
+    learned = seen_by(det.meta_)
+    if learned is None:
+        if trained.get("dataset"):
+            log.warning("Cannot tell whether the images of %s trained the model: its dataset %s is gone or was "
+                        "ingested again since. Make sure they are normal images the model never saw, or their scores "
+                        "set the threshold too low", data, trained["dataset"])
+        return scores, hashes
+    seen = np.array([h[:SEEN_DIGITS] in learned for h in hashes], dtype=bool)
     if not seen.any():
         return scores, hashes
     if seen.all():
-        raise DataError(f"All {len(hashes)} images of {data} trained or calibrated the model (found by content in its "
-                        f"dataset {trained['dataset']}): their scores would set the threshold too low. Calibrate on "
-                        "normal images the model never saw.")
-    log.warning("%d of the %d images of %s trained or calibrated the model (found by content in its dataset %s): left "
-                "out, so they cannot set the threshold too low; calibrating on the other %d", int(seen.sum()),
-                len(hashes), data, trained["dataset"], int((~seen).sum()))
+        raise DataError(f"All {len(hashes)} images of {data} trained or calibrated the model (found by content): their "
+                        "scores would set the threshold too low. Calibrate on normal images the model never saw.")
+    log.warning("%d of the %d images of %s trained or calibrated the model (found by content): left out, so they "
+                "cannot set the threshold too low; calibrating on the other %d", int(seen.sum()), len(hashes), data,
+                int((~seen).sum()))
     return scores[~seen], [h for h, s in zip(hashes, seen) if not s]

@@ -102,26 +102,26 @@ def score(input: str | Path, model: str | Path, out: str | Path, config=None, *,
 def _items_the_model_saw(det, split: str | None, scores: Path) -> dict | None:
     """{"split", "scored_split", "n_items"[, "recalibration"]}: how many scored items are images that
     trained or calibrated the model, matched by content: the normal classes of the split it trained
-    on, in its dataset (the dataset itself, the folder it came from, or copies elsewhere; not counted
-    when the dataset is gone or has changed), and the images of its last ``calibrate --data`` and
-    the reviewed false alarms calibration took ("recalibration" counts those). None when there are none."""
+    on, in its dataset (the dataset itself, the folder it came from, or copies elsewhere: the model
+    keeps them; a model trained before it did counts them only while its dataset is there
+    unchanged), and the images of its last ``calibrate --data`` and the reviewed false alarms
+    calibration took ("recalibration" counts those). None when there are none."""
     import pyarrow.parquet as pq
 
-    from anomaly_ae.dataset import training_dataset, training_hashes
+    from anomaly_ae.dataset import SEEN_DIGITS, seen_by
 
     trained = det.meta_.get("data") or {}
-    ds = training_dataset(trained, trained.get("dataset") or "", None) if trained.get("dataset") else None
-    learned = training_hashes(ds, trained, det.meta_.get("normal_classes") or []) if ds is not None else set()
+    learned = seen_by(det.meta_) or set()
     recalibrated = set(det.meta_.get("calibration_hashes") or ()).union(
         *(det.meta_.get("reviewed_hashes") or {}).values())  # calibrate --data, and --reviews
     if not learned and not recalibrated:
         return None
     hashes = pq.read_table(scores, columns=["sha256"])["sha256"].to_pylist()
-    n = sum(h in learned or h in recalibrated for h in hashes)
+    n = sum(h[:SEEN_DIGITS] in learned or h in recalibrated for h in hashes)
     if not n:
         return None
-    saw = {"split": trained.get("split") if any(h in learned for h in hashes) else None, "scored_split": split,
-           "n_items": n}
+    saw = {"split": trained.get("split") if any(h[:SEEN_DIGITS] in learned for h in hashes) else None,
+           "scored_split": split, "n_items": n}
     again = sum(h in recalibrated for h in hashes)
     return {**saw, "recalibration": again} if again else saw
 

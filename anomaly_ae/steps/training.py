@@ -162,12 +162,13 @@ def unlike_its_pipeline(dataset: str | Path, model: str | Path, normal: list[str
                                                                 _weights_config(config, ds.shape)))
     except DataError:
         return None
-    if found != "same":
-        return "it was trained otherwise: " + (_why_retrain(ckpt, ds, classes, config, None) if ckpt else "it is damaged")
+    if ckpt is None:
+        return "it is damaged"
+    why = [] if found == "same" else ["it was trained otherwise: " + _why_retrain(ckpt, ds, classes, config, None)]
     target = (ckpt.get("threshold") or {}).get("target_fpr")
     if target is not None and target != config.threshold.target_fpr:
-        return f"its threshold is for a target FPR of {target:g}, the pipeline's {config.threshold.target_fpr:g}"
-    return None
+        why.append(f"its threshold is for a target FPR of {target:g}, the pipeline's {config.threshold.target_fpr:g}")
+    return "; ".join(why) or None
 
 
 def _why_retrain(ckpt: dict, ds, classes: list[str], config, extra_ids) -> str:
@@ -192,11 +193,15 @@ def _why_retrain(ckpt: dict, ds, classes: list[str], config, extra_ids) -> str:
         chosen = {"score.method"} if now.get("score.method") == "auto" else set()  # recorded as chosen, not as asked
         if now.get("model.kind") == "auto":
             chosen |= {k for k in then if k.startswith("model.")} | {"train.lr"}
-        reasons += [f"{key} was {then.get(key)}, now {now.get(key)}" for key in sorted(set(then) | set(now))
+        reasons += [f"{key} was {_shown(then.get(key))}, now {_shown(now.get(key))}" for key in sorted(set(then) | set(now))
                     if then.get(key) != now.get(key) and key not in chosen]
     except Exception:  # a configuration of another version: the reasons above stand
         pass
     return "; ".join(reasons) or "it was trained from other data or settings"
+
+
+def _shown(value) -> str:
+    return "not set" if value is None else str(value)
 
 
 def _flat(d: dict) -> dict:
@@ -226,6 +231,7 @@ def _fit_into(tmp: Path, ds, config, rows: tuple, data: dict, classes: list[str]
     import numpy as np
 
     from anomaly_ae.configfile import dump_toml
+    from anomaly_ae.dataset import seen_hashes
     from anomaly_ae.detector import AutoencoderDetector
     from anomaly_ae.fsio import atomic_write_text
     from anomaly_ae.likeness import of_rows
@@ -241,7 +247,9 @@ def _fit_into(tmp: Path, ds, config, rows: tuple, data: dict, classes: list[str]
             "fingerprint": data["fingerprint"], "split": data["split"], "n_train": len(fit),
             "n_calibration": len(cal), "train_sha256": _fingerprint(index["sha256"].take(fit).to_pylist()),
             "n_reviewed_normals": 0 if extra is None else len(extra), "sources": of_rows(ds, fit)}
-    det.save(tmp, preprocess=ds.meta["preprocess"], classes=ds.classes, normal_classes=classes, data=data)
+    seen = seen_hashes(index["sha256"].take(np.concatenate([fit, cal])).to_pylist())  # found by content later
+    det.save(tmp, preprocess=ds.meta["preprocess"], classes=ds.classes, normal_classes=classes, data=data,
+             seen_hashes=seen)
     atomic_write_text(tmp / "config.toml", dump_toml(config.as_trained().to_dict()))
 
 

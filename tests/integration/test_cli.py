@@ -84,7 +84,7 @@ def test_ingest_of_12_bit_images_with_a_crop_as_info_shows_it(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["ingest", "/no/such/folder"], "does not exist"),
-    (["info", "/no/such/dataset"], "not an anomaly-ae dataset"),
+    (["info", "/no/such/dataset"], "does not exist"),
     (["ingest", "sample:nothing"], "Unknown bundled sample"),
     (["score", ".", "--model", "/no/model"], "No model"),
 ])

@@ -169,6 +169,12 @@ def test_dot_names_the_folder_it_leads_to(tmp_path, monkeypatch, spelling):
     (tmp_path / "notes.txt").write_text("x")
     monkeypatch.chdir(tmp_path / "sub" / "inner" if spelling.startswith("..") else tmp_path)
     target = Path("sub") if spelling in ("sub/.", "sub/./") else Path(spelling).resolve()
+    if target != Path("sub"):  # the working folder, or a folder holding it: never swapped out from under the shell
+        for kind in ("run", None):
+            with pytest.raises(DataError, match=f"^{target} is the folder this command runs in"), \
+                    atomic_dir(spelling, overwrite=kind is not None, kind=kind):
+                pass
+        return
     with pytest.raises(DataError, match=f"^{target} is not a run folder written by anomaly-ae: it holds"), \
             atomic_dir(spelling, overwrite=True, kind="run"):
         pass
@@ -176,10 +182,13 @@ def test_dot_names_the_folder_it_leads_to(tmp_path, monkeypatch, spelling):
         pass
 
 
-def test_dot_that_is_a_run_folder_is_replaced(tmp_path, monkeypatch):
+def test_the_folder_a_command_runs_in_is_never_replaced(tmp_path, monkeypatch):
+    """Even a run folder: replacing it would leave the shell that ran the command in a deleted folder."""
     monkeypatch.chdir(run_folder(tmp_path / "run"))
-    write_run(".")
-    assert (tmp_path / "run" / "run.json").read_text() == "new" and os.listdir(tmp_path) == ["run"]
+    with pytest.raises(DataError, match="is the folder this command runs in: writing it would replace"):
+        write_run(".")
+    assert (tmp_path / "run" / "run.json").read_text() != "new" and os.listdir(tmp_path) == ["run"]
+    assert os.path.samefile(".", tmp_path / "run")
 
 
 @pytest.mark.parametrize("length", [200, 207, 220, 227, 240, 250, 255])

@@ -23,6 +23,7 @@ def test_sizes_and_colours_unlike_the_training_images_are_named():
     assert likeness.unlike(likeness.summarise([64], [64], ["RGB"]), likeness.summarise([64], [64], ["L"]))[0] \
         .startswith("1 of 1 images are gray; the model was trained on colour images")
     assert likeness.unlike(None, other) == [] and likeness.unlike(trained, {"sizes": []}) == []
+    assert likeness.unlike(trained, None) == []  # no file of the batch could be opened
     bigger = likeness.summarise([256], [256], ["L"])  # the same aspect, twice the resolution: another scale
     assert "256x256" in likeness.unlike(trained, bigger)[0]
 
@@ -42,7 +43,7 @@ def test_a_batch_of_files_is_judged_on_a_sample_of_headers(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not an image")
     paths = sorted(tmp_path.iterdir())
     s = likeness.of_files(paths, sample=4)
-    assert sum(n for *_, n in s["sizes"]) <= 4 and s["sizes"][0][:2] == [20, 30] and "a sample of" in s["sampled"]
+    assert sum(n for *_, n in s["sizes"]) <= 4 and s["sizes"][0][:2] == [20, 30] and s["sampled"] == " sampled from the batch's 11"
     whole = likeness.of_files(paths)
     assert whole["sizes"] == [[20, 30, 10]] and whole["sampled"] == "" and whole["gray"] == 10
 

@@ -186,13 +186,16 @@ def test_a_symbolic_link_above_out_is_followed(work):
 
 
 def test_cli_out_dot_and_out_link_exit_2_without_a_traceback(work, tmp_path):
-    """`--out .` is refused as the folder it is (its full path named); `--out LINK --overwrite` too."""
+    """`--out .` (or a folder above it) is refused as the folder the command runs in (its full path
+    named); `--out LINK --overwrite` as a link."""
     paths = fresh_copies(work, ["notes.txt"])
     (tmp_path / "latest").symlink_to(paths["run"])
     before = {name: snapshot(p) for name, p in paths.items()}
     exe = Path(sys.executable).with_name("anomaly-ae")
-    for cwd, out, message in [(paths["foreign"], ".", f"{paths['foreign']} is not a run folder written by anomaly-ae"),
-                              (paths["foreign"], "./", f"{paths['foreign']} is not a run folder written"),
+    for cwd, out, message in [(paths["foreign"], ".", f"{paths['foreign']} is the folder this command runs in"),
+                              (paths["foreign"], "./", f"{paths['foreign']} is the folder this command runs in"),
+                              (paths["foreign"], "..", f"{paths['foreign'].parent} is the folder this command runs in "
+                                                       "(or holds it)"),
                               (tmp_path, "latest", f"latest is a symbolic link (to {paths['run']})")]:
         proc = subprocess.run([str(exe), "score", str(paths["input"]), "--model", str(paths["model"]), "--out", out,
                                "--overwrite", "--device", "cpu"], capture_output=True, text=True, cwd=cwd,

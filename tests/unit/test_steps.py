@@ -100,7 +100,7 @@ def test_the_folder_a_model_was_ingested_from_counts_as_its_training_data(tmp_pa
     assert json.loads((tmp_path / "test" / "run.json").read_text())["model_saw"] is None
     with pytest.raises(DataError, match="is the dataset the model was trained on"):
         steps.calibrate(tmp_path / "m", data=folder)
-    with pytest.raises(DataError, match=r"All 24 images of .* trained or calibrated the model \(found by content"):
+    with pytest.raises(DataError, match=r"All 24 images of .* trained or calibrated the model \(found by content\)"):
         steps.calibrate(tmp_path / "m", data=folder / "train" / "good")  # its training folder's own sub-folder
     import shutil
 
@@ -112,6 +112,19 @@ def test_the_folder_a_model_was_ingested_from_counts_as_its_training_data(tmp_pa
     with caplog.at_level(logging.WARNING):
         assert steps.calibrate(tmp_path / "m", data=mixed)["n_calibration"] == 6
     assert "4 of the 10 images of" in caplog.text and "calibrating on the other 6" in caplog.text
+    (tmp_path / "ds").rename(tmp_path / "moved")  # the model keeps what it saw: found without its dataset too
+    assert steps.calibrate(tmp_path / "m", data=mixed)["n_calibration"] == 6
+    from anomaly_ae import checkpoint
+
+    shutil.copytree(tmp_path / "m", tmp_path / "old")  # a model of a version that kept none: no check, a warning
+    ckpt = checkpoint.read(tmp_path / "old")
+    del ckpt["seen_hashes"]
+    checkpoint.write(tmp_path / "old", ckpt)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert steps.calibrate(tmp_path / "old", data=mixed)["n_calibration"] == 10
+    assert f"Cannot tell whether the images of {mixed} trained the model: its dataset" in caplog.text
+    (tmp_path / "moved").rename(tmp_path / "ds")
     for typo in ("Good", "nope"):  # a class asked for by name and absent: never every image, anomalies included
         with pytest.raises(DataError, match=rf"Class '{typo}' is not in {folder} \(split test\)\. Classes: bright, good\."):
             steps.calibrate(tmp_path / "m", data=folder, split="test", normal=[typo])

@@ -218,8 +218,13 @@ def seen_by(meta: dict) -> set[str] | None:
     for a model that keeps none, those of its dataset while it is there unchanged; None: unknown."""
     if meta.get("seen_hashes") is not None:
         return set(meta["seen_hashes"])
-    trained = meta.get("data") or {}
-    ds = training_dataset(trained, trained.get("dataset") or "", None) if trained.get("dataset") else None
+    ds = own_dataset(meta)
     if ds is None:
         return None
-    return set(seen_hashes(training_hashes(ds, trained, meta.get("normal_classes") or [])))
+    return set(seen_hashes(training_hashes(ds, meta.get("data") or {}, meta.get("normal_classes") or [])))
+
+
+def own_dataset(meta: dict) -> Dataset | None:
+    """The dataset a model (its metadata `meta`) was trained on, while it is there unchanged; else None."""
+    trained = meta.get("data") or {}
+    return training_dataset(trained, trained["dataset"], None) if trained.get("dataset") else None

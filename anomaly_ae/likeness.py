@@ -133,9 +133,9 @@ def of_training(meta: dict) -> dict | None:
     trained = meta.get("data") or {}
     if trained.get("sources"):
         return trained["sources"]
-    from anomaly_ae.dataset import training_dataset, training_rows
+    from anomaly_ae.dataset import own_dataset, training_rows
 
-    ds = training_dataset(trained, trained.get("dataset") or "", None) if trained.get("dataset") else None
+    ds = own_dataset(meta)
     if ds is None:
         return None
     return of_rows(ds, training_rows(ds, trained, meta.get("normal_classes") or []))

@@ -7,6 +7,11 @@ softplus (the order kept, every score positive: exported scores are checked rela
 anomaly map is the mean of the members' maps, each divided by its typical peak on the same
 held-back images; its reconstruction is the first member's (the reconstruction kind's).
 
+A member may look at the whole image shrunk (`anomaly_ae.shrink`: its ``shrink`` factor, 1 for full
+size): it scores the shrunk images, and its map is grown back to the full size. The members' scores
+are combined by their mean, or by their maximum (``combine``): a member blind to some anomalies
+dilutes the others' view of them in a mean, not in a maximum.
+
 Why not keep the best candidate alone: no made-up anomaly measured tells which candidate will find
 the real anomalies best, and the mean of all of them did better than every choice rule measured
 (bench/README.md).
@@ -26,6 +31,7 @@ MIN_SPREAD = 1e-12
 MIN_RELATIVE_SPREAD = 1e-5  # about a hundred times float32 rounding
 # The checkpoint keys an ensemble writes itself (the rest of a checkpoint is metadata).
 ENSEMBLE_KEYS = DETECTOR_KEYS | {"members", "standardisation"}
+COMBINE = ("mean", "max")
 
 
 def softplus(x: np.ndarray) -> np.ndarray:
@@ -38,13 +44,20 @@ class Ensemble(Calibrated):
 
     CHECKPOINT_KEYS = ENSEMBLE_KEYS
 
-    def __init__(self, config, members: list, centres, scales, map_scales):
+    def __init__(self, config, members: list, centres, scales, map_scales, shrinks=None, combine: str = "mean"):
         if not members:
             raise ModelError("An ensemble needs at least one member.")
+        if combine not in COMBINE:
+            raise ModelError(f"An ensemble combines its members' scores by {' or '.join(COMBINE)}, not {combine!r}.")
         self.config = config
         self.members_ = list(members)
         self.centres_, self.scales_, self.map_scales_ = (np.asarray(v, dtype=np.float64).reshape(len(members))
                                                          for v in (centres, scales, map_scales))
+        self.shrinks_ = [int(k) for k in (shrinks or [1] * len(members))]
+        if len(self.shrinks_) != len(members) or min(self.shrinks_) < 1 or self.shrinks_[0] != 1:
+            raise ModelError(f"An ensemble's shrink factors {self.shrinks_} do not fit its {len(members)} members "
+                             "(one each, 1 or more, the first 1).")
+        self.combine_ = combine
         first = self.members_[0]
         self.shape_, self.device_, self.tile_ = first.shape_, first.device_, None
         self.history_ = {**first.history_, "seconds": float(sum(m.history_.get("seconds", 0.0) for m in members))}
@@ -52,20 +65,31 @@ class Ensemble(Calibrated):
         self.created_ = getattr(first, "created_", None)
 
     @classmethod
-    def standardised_on(cls, config, members: list, held_back: np.ndarray) -> Ensemble:
-        """The ensemble of `members` standardised on `held_back` normal images (not calibration's)."""
+    def standardised_on(cls, config, members: list, held_back: np.ndarray, shrinks=None,
+                        combine: str = "mean") -> Ensemble:
+        """The ensemble of `members` standardised on `held_back` normal images (not calibration's);
+        `shrinks`: each member's shrink factor (None: all at full size)."""
+        from anomaly_ae.shrink import shrink_images
+
         centres, scales, peaks = [], [], []
-        for m in members:
-            scores, peak = _scores_and_peaks(m, held_back)
+        for m, k in zip(members, shrinks or [1] * len(members)):
+            scores, peak = _scores_and_peaks(m, shrink_images(held_back, k))
             centres.append(scores.mean())
             spread = max(float(scores.std()), MIN_RELATIVE_SPREAD * abs(float(scores.mean())))
             scales.append(spread if spread > MIN_SPREAD else 1.0)  # all zero: its scores as they are
             peaks.append(max(float(peak.mean()), MIN_SPREAD))
-        return cls(config, members, centres, scales, peaks)
+        return cls(config, members, centres, scales, peaks, shrinks, combine)
 
     @property
     def kinds(self) -> list[str]:
         return [m.config.model.kind for m in self.members_]
+
+    @property
+    def labels(self) -> list[str]:
+        """Each member's kind, and for a shrunk one the size it looks at (`member_label`)."""
+        from anomaly_ae.shrink import member_label
+
+        return [member_label(k, self.shape_, f) for k, f in zip(self.kinds, self.shrinks_)]
 
     @property
     def kind(self) -> str:
@@ -77,16 +101,29 @@ class Ensemble(Calibrated):
 
     def _combine(self, member_scores: list[np.ndarray]) -> np.ndarray:
         z = [(s - c) / d for s, c, d in zip(member_scores, self.centres_, self.scales_)]
-        return softplus(np.mean(z, axis=0))
+        return softplus(np.max(z, axis=0) if self.combine_ == "max" else np.mean(z, axis=0))
+
+    def _inputs(self, images: np.ndarray) -> list[np.ndarray]:
+        """The images each member scores: as they are, or shrunk."""
+        from anomaly_ae.arrays import check_images
+        from anomaly_ae.shrink import shrink_images
+
+        if max(self.shrinks_) > 1:
+            images = check_images(images, self.shape_)
+        return [shrink_images(images, k) for k in self.shrinks_]
 
     def score_samples(self, images: np.ndarray) -> np.ndarray:
         """Anomaly score per image (higher = more anomalous)."""
-        return self._combine([m.score_samples(images) for m in self.members_])
+        return self._combine([m.score_samples(x) for m, x in zip(self.members_, self._inputs(images))])
 
     def score_with_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(scores, the first member's reconstructions (n,h,w,c), the members' mean map (n,h,w))."""
-        parts = [m.score_with_maps(images) for m in self.members_]
-        maps = np.mean([p[2] / s for p, s in zip(parts, self.map_scales_)], axis=0).astype(np.float32)
+        from anomaly_ae.shrink import grow_maps
+
+        parts = [m.score_with_maps(x) for m, x in zip(self.members_, self._inputs(images))]
+        h, w = self.shape_[:2]
+        maps = np.mean([grow_maps(p[2], k, h, w) / s for p, k, s in zip(parts, self.shrinks_, self.map_scales_)],
+                       axis=0).astype(np.float32)
         return self._combine([p[0] for p in parts]), parts[0][1], maps
 
     def encode(self, images: np.ndarray) -> np.ndarray:
@@ -97,7 +134,9 @@ class Ensemble(Calibrated):
         ``input_note`` says which members' tables are for one tile of the image (None: none are)."""
         parts = [m.layer_summary() for m in self.members_]
         layers = [{**row, "layer": f"{kind}.{row['layer']}"} for kind, p in zip(self.kinds, parts) for row in p["layers"]]
-        partial = [f"{kind}'s for one {'x'.join(map(str, p['input']))} part of the image" for kind, p in zip(self.kinds, parts)
+        size = ["x".join(map(str, p["input"])) for p in parts]
+        partial = [f"{kind}'s for the whole image shrunk to {sz}" if k > 1 else f"{kind}'s for one {sz} part of the image"
+                   for kind, p, k, sz in zip(self.kinds, parts, self.shrinks_, size)
                    if list(p["input"]) != list(self.shape_)]
         return {"layers": layers, "input": list(self.shape_), "parameters": sum(p["parameters"] for p in parts),
                 "input_note": "; ".join(partial) or None}
@@ -110,10 +149,11 @@ class Ensemble(Calibrated):
                    for k, v in m.model_.state_dict().items()}
         return self.checkpoint_with(
             weights,
-            members=[{"config": m.config.to_dict(), "history": m.history_, "collapse": dict(m.collapse_)}
-                     for m in self.members_],
+            members=[{"config": m.config.to_dict(), "history": m.history_, "collapse": dict(m.collapse_),
+                      **({"shrink": k} if k > 1 else {})} for m, k in zip(self.members_, self.shrinks_)],
             standardisation={"centres": self.centres_.tolist(), "scales": self.scales_.tolist(),
-                             "map_scales": self.map_scales_.tolist()})
+                             "map_scales": self.map_scales_.tolist(),
+                             **({"combine": self.combine_} if self.combine_ != "mean" else {})})
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, member_class, device: str = "auto") -> Ensemble:
@@ -124,18 +164,22 @@ class Ensemble(Calibrated):
         """
         from anomaly_ae.config import DetectorConfig
         from anomaly_ae.errors import ConfigError
+        from anomaly_ae.shrink import shrunk_shape
 
         try:
             config = DetectorConfig.from_dict(ckpt["config"])
             std = ckpt["standardisation"]
-            members = []
+            members, shrinks = [], []
             for i, entry in enumerate(ckpt["members"]):
                 prefix = f"{i}."
                 weights = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-                m = member_class.restore(entry["config"], ckpt["image_shape"], weights, device)
+                shrinks.append(int(entry.get("shrink", 1)))
+                shape = shrunk_shape(tuple(ckpt["image_shape"]), shrinks[-1])
+                m = member_class.restore(entry["config"], shape, weights, device)
                 m.history_, m.collapse_ = entry["history"], entry.get("collapse", {})
                 members.append(m)
-            det = cls(config, members, std["centres"], std["scales"], std["map_scales"])
+            det = cls(config, members, std["centres"], std["scales"], std["map_scales"], shrinks,
+                      std.get("combine", "mean"))
         except (KeyError, TypeError, ValueError, ConfigError) as exc:
             raise ModelError(f"The checkpoint's ensemble is damaged ({type(exc).__name__}: {exc}). "
                              "Retrain the model.") from None

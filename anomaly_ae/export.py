@@ -67,15 +67,21 @@ class EnsembleGraph(nn.Module):
     def __init__(self, det):
         super().__init__()
         self.members = nn.ModuleList(ScoringGraph(m) for m in det.members_)
+        self.shrinks, self.combine, self.size = list(det.shrinks_), det.combine_, tuple(det.shape_[:2])
         for name in ("centres", "scales", "map_scales"):
             self.register_buffer(name, torch.tensor(getattr(det, name + "_"), dtype=torch.float32))
 
     def forward(self, images: torch.Tensor):
         from torch.nn import functional as F
 
-        outs = [g(images) for g in self.members]
-        z = torch.stack([(o[0].float() - self.centres[i]) / self.scales[i] for i, o in enumerate(outs)]).mean(0)
-        maps = torch.stack([o[1].float() / self.map_scales[i] for i, o in enumerate(outs)]).mean(0)
+        from anomaly_ae.shrink import grow_tensor, shrink_tensor
+
+        x = images.float()  # uint8 values: the shrunk members' pixels are computed exactly
+        outs = [g(shrink_tensor(x, k) if k > 1 else images) for g, k in zip(self.members, self.shrinks)]
+        z = torch.stack([(o[0].float() - self.centres[i]) / self.scales[i] for i, o in enumerate(outs)])
+        z = z.amax(0) if self.combine == "max" else z.mean(0)
+        maps = torch.stack([grow_tensor(o[1].float(), k, *self.size) / self.map_scales[i]
+                            for i, (o, k) in enumerate(zip(outs, self.shrinks))]).mean(0)
         return F.softplus(z), maps, outs[0][2]
 
 
@@ -232,7 +238,7 @@ def metadata(det, graph: bytes, gap: float) -> dict:
         "threshold_info": det.threshold_info_,
         "calibration_scores": cal.tolist(),
         "calibration_sha256": hashlib.sha256(cal.tobytes()).hexdigest(),
-        "preprocess": det.meta_["preprocess"], "kind": det.kind, "members": getattr(det, "kinds", None),
+        "preprocess": det.meta_["preprocess"], "kind": det.kind, "members": getattr(det, "labels", None),
         "score": {"method": det.score_method,
                   "top_fraction": det.config.score.top_fraction,
                   "sigma": det.config.score.sigma},

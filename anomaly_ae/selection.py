@@ -13,7 +13,11 @@ patches of digits; on real defects the order was often the reverse. Together the
 any rule that keeps one (measured in bench/README.md on digits, CIFAR-10, inspection images shrunk
 to 64 pixels, and the PIPED, ELPV and DeepPCB images at full size).
 
-On large images the candidates are the reconstruction kind (tiled) and the discriminative one.
+On large images the candidates are the reconstruction kind (tiled) and the discriminative one, both
+at full resolution, and the discriminative kind once more on the whole image shrunk to at most
+``shrink.COARSE_SIDE`` a side (`anomaly_ae.shrink`), which sees defects that span the image; their
+scores are combined by the highest standardised score, so that the members blind to small defects
+(the coarse one) or to large ones do not dilute the one that sees them.
 Images at most ``WHOLE_IMAGE_SIDE`` a side may hold anomalies of the whole content (another digit,
 another object), which local defects cannot show: there the reconstruction kind takes the whole
 image and the geometric kind is a third candidate. Each candidate's AUROC on simulated defects (and,
@@ -41,6 +45,8 @@ SELECTION_SEED = 424_242
 # geometric kind is a candidate too; larger ones are tiled (full resolution, as for small defects in
 # large images).
 WHOLE_IMAGE_SIDE = 64
+# The kind of the candidate that looks at large images shrunk whole (`coarse_candidate`).
+COARSE_KIND = "draem"
 TILE, TILED_LATENT = 32, 128
 # Fewer held-back images than this give rough standardisations (and judgements): a warning says so.
 FEW_IMAGES = 20
@@ -51,6 +57,8 @@ MIN_HELD_BACK = 2
 # saved models record it).
 JUDGES = {"defects": "simulated defects", "shuffled": "shuffled patches (simulated defects beside, not judged)",
           "mean": "simulated defects and shuffled patches (mean)"}
+# How an ensemble's standardised scores become one, in words.
+COMBINED = {"mean": "mean", "max": "highest"}
 
 
 def fit_auto(det, images: np.ndarray, validation: np.ndarray | None, **fit_options):
@@ -74,6 +82,16 @@ def fit_auto(det, images: np.ndarray, validation: np.ndarray | None, **fit_optio
         chosen = det
     chosen.meta_ = {**getattr(det, "meta_", {}), "selection": record}
     return chosen
+
+
+def coarse_candidate(shape: tuple[int, ...], model: ModelConfig) -> tuple[ModelConfig, int] | None:
+    """(the configuration, the shrink factor) of the candidate that looks at whole images shrunk,
+    for images of `shape` larger than ``WHOLE_IMAGE_SIDE`` a side; None for smaller ones."""
+    from anomaly_ae.shrink import factor_for
+
+    if max(shape[:2]) <= WHOLE_IMAGE_SIDE:
+        return None
+    return dataclasses.replace(model, kind=COARSE_KIND, tile=0), factor_for(shape)
 
 
 def candidates(shape: tuple[int, ...], model: ModelConfig) -> list[ModelConfig]:
@@ -126,44 +144,53 @@ def choose(detector_class, config: DetectorConfig, images: np.ndarray, validatio
     if len(validation) < FEW_IMAGES:
         log.warning("auto weighs its candidates on only %d held-back images: each one's share of the score "
                     "may be off; pick a kind (model.kind, --model), or add images", len(validation))
+    from anomaly_ae.shrink import member_label, shrink_images
+
     tried = []
-    models = candidates(images.shape[1:], config.model)
-    whole = any(m.kind == "geometric" for m in models)  # judged on anomalies of the whole image
+    models = [(m, 1) for m in candidates(images.shape[1:], config.model)]
+    coarse = coarse_candidate(images.shape[1:], config.model)
+    models += [coarse] if coarse else []
+    whole = any(m.kind == "geometric" for m, _ in models)  # judged on anomalies of the whole image
     # A time budget is shared out: every candidate gets its part.
     train = dataclasses.replace(config.train, max_minutes=config.train.max_minutes / len(models))
     failed = []
-    for model in models:
+    for model, k in models:
         cfg = dataclasses.replace(config, model=model, train=train)
+        label = member_label(model.kind, images.shape[1:], k)
+        named = {"kind": model.kind, "tile": model.tile, **({"shrink": k, "label": label} if k > 1 else {})}
         t0 = time.perf_counter()
         try:
-            det = detector_class(cfg).fit(images, validation, progress=_labelled(progress, model.kind),
-                                         state_path=_state_for(state_path, model.kind), resume=resume)
+            det = detector_class(cfg).fit(shrink_images(images, k), shrink_images(validation, k),
+                                         progress=_labelled(progress, label), resume=resume,
+                                         state_path=_state_for(state_path, model.kind + ("-coarse" if k > 1 else "")))
         except ModelError as exc:  # e.g. a collapsed candidate: the others may still do
-            log.warning("candidate %s left out: %s", model.kind, exc)
-            failed.append({"kind": model.kind, "tile": model.tile, "synthetic_auroc": None, "error": str(exc)})
+            log.warning("candidate %s left out: %s", label, exc)
+            failed.append({**named, "synthetic_auroc": None, "error": str(exc)})
             continue
-        defects = synthetic_auroc(det, validation)
+        defects = synthetic_auroc(det, shrink_images(validation, k))
         shuffled = shuffled_auroc(det, validation) if whole else None
-        record = {"kind": model.kind, "tile": model.tile, "synthetic_auroc": defects, "shuffled_auroc": shuffled,
+        record = {**named, "synthetic_auroc": defects, "shuffled_auroc": shuffled,
                   "judged": defects if shuffled is None else shuffled,
                   "seconds": time.perf_counter() - t0}
-        log.info("candidate %s: %s on %d held-back images", model.kind, describe(record), len(validation))
-        tried.append((det, record))
-    if not tried:
-        raise ModelError("model.kind auto: no candidate could be trained: "
-                         + "; ".join(f"{f['kind']}: {f['error']}" for f in failed))
+        log.info("candidate %s: %s on %d held-back images", label, describe(record), len(validation))
+        tried.append((det, record, k))
+    if not any(k == 1 for _, _, k in tried):  # the shrunk one alone cannot give full-size maps
+        raise ModelError("model.kind auto: no candidate could be trained at full size: "
+                         + "; ".join(f"{describe(f)}: {f['error']}" for f in failed))
     judge = "shuffled" if whole else "defects"
-    record = {"candidates": [r for _, r in tried] + failed, "judge": judge, "n_images": len(validation)}
+    record = {"candidates": [r for _, r, _ in tried] + failed, "judge": judge, "n_images": len(validation)}
     if len(tried) == 1:
         record.update(chosen=tried[0][1]["kind"], rule="the only candidate that could be trained")
         return tried[0][0], record
     from anomaly_ae.ensemble import Ensemble
 
-    ensemble = Ensemble.standardised_on(config, [d for d, _ in tried], validation)
-    record.update(chosen="ensemble", members=[r["kind"] for _, r in tried],
+    combine = "max" if coarse else "mean"
+    ensemble = Ensemble.standardised_on(config, [d for d, _, _ in tried], validation, shrinks=[k for _, _, k in tried],
+                                        combine=combine)
+    record.update(chosen="ensemble", members=[r.get("label", r["kind"]) for _, r, _ in tried], combine=combine,
                   ensemble={"shuffled_auroc": shuffled_auroc(ensemble, validation) if whole else None,
                             "synthetic_auroc": synthetic_auroc(ensemble, validation)},
-                  rule=f"every candidate kept: the mean of their scores, each standardised on the "
+                  rule=f"every candidate kept: the {COMBINED[combine]} of their scores, each standardised on the "
                        f"{len(validation)} held-back images")
     return ensemble, record
 
@@ -181,7 +208,8 @@ def explain(selection: dict) -> str:
     tried = ", ".join(describe(c) for c in selection["candidates"])
     together = together_auroc(selection)
     if together is not None:
-        tried += f"; together {together:.3f}: their scores, each standardised on the held-back images, averaged"
+        how = "the highest taken" if selection.get("combine") == "max" else "averaged"
+        tried += f"; together {together:.3f}: their scores, each standardised on the held-back images, {how}"
     return f"auto chose {chosen_text(selection)} ({judged_on(selection)}: {tried})"
 
 
@@ -206,13 +234,13 @@ def describe(candidate: dict) -> str:
     measured too (`judged_on` says which the first figure is); 'kind left out' for a candidate that
     could not be trained."""
     if candidate.get("synthetic_auroc") is None:
-        return f"{candidate['kind']} left out"
+        return f"{candidate.get('label', candidate['kind'])} left out"
     parts = []
     if candidate.get("shuffled_auroc") is not None:
         parts.append(f"defects {candidate['synthetic_auroc']:.3f}, shuffled {candidate['shuffled_auroc']:.3f}")
     if candidate.get("seconds") is not None:
         parts.append(f"{candidate['seconds']:.0f} s")
-    return f"{candidate['kind']} {_judged(candidate):.3f}" + (f" ({'; '.join(parts)})" if parts else "")
+    return f"{candidate.get('label', candidate['kind'])} {_judged(candidate):.3f}" + (f" ({'; '.join(parts)})" if parts else "")
 
 
 def _judged(rec: dict) -> float:

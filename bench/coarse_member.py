@@ -9,6 +9,7 @@ and of the members with a coarse one added (the mean of the standardised scores,
 combines, and their maximum).
 
     python -m bench.coarse_member surfaces elpv      # generated 256-px surfaces (two draws), ELPV
+    python -m bench.coarse_member piped deeppcb --coarse draem   # one coarse kind only
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def _config(kind: str, epochs: int | None = None):
     return c if not epochs else dataclasses.replace(c, train=dataclasses.replace(c.train, epochs=epochs))
 
 
-def measure(name: str, fit: np.ndarray, test: np.ndarray, y: np.ndarray, epochs: int | None = None) -> dict:
+def measure(name: str, fit: np.ndarray, test: np.ndarray, y: np.ndarray, epochs: int | None = None,
+            kinds: tuple[str, ...] = ("draem", "ae")) -> dict:
     from sklearn.metrics import roc_auc_score
 
     from anomaly_ae.arrays import split_validation
@@ -49,7 +51,8 @@ def measure(name: str, fit: np.ndarray, test: np.ndarray, y: np.ndarray, epochs:
     out.update({k: roc_auc_score(y, v) for k, v in z.items()})
     members = list(z.values())
     small = [resize_images(a, SIDE) for a in (fit, test, held_back)]
-    for kind in ("draem", "ae"):
+    out["max of auto's members"] = roc_auc_score(y, np.max(members, axis=0))
+    for kind in kinds:
         t0 = time.perf_counter()
         coarse = AutoencoderDetector(_config(kind, epochs)).fit(small[0])
         out[f"fit_{kind}@{SIDE}"] = time.perf_counter() - t0
@@ -58,13 +61,17 @@ def measure(name: str, fit: np.ndarray, test: np.ndarray, y: np.ndarray, epochs:
         out[f"{kind}@{SIDE}"] = roc_auc_score(y, zc)
         out[f"mean with {kind}@{SIDE}"] = roc_auc_score(y, np.mean(members + [zc], axis=0))
         out[f"max with {kind}@{SIDE}"] = roc_auc_score(y, np.max(members + [zc], axis=0))
-    out["max of auto's members"] = roc_auc_score(y, np.max(members, axis=0))
     print(name, json.dumps({k: round(v, 3) for k, v in out.items()}), flush=True)
     return out
 
 
 def main(argv=None) -> None:
-    which = sys.argv[1:] if argv is None else argv
+    which = list(sys.argv[1:] if argv is None else argv)
+    kinds: tuple[str, ...] = ("draem", "ae")
+    if "--coarse" in which:
+        at = which.index("--coarse")
+        kinds = tuple(which[at + 1].split(","))
+        del which[at: at + 2]
     if "surfaces" in which:
         from tests.unit.test_draem import surfaces
 
@@ -72,7 +79,7 @@ def main(argv=None) -> None:
             train = surfaces(96, s, side=256)
             ok, bad = surfaces(60, 10 * s + 1, side=256), surfaces(60, 10 * s + 2, defect=True, side=256)
             measure(f"surfaces256 seed {s}", train, np.concatenate([ok, bad]), np.r_[np.zeros(60), np.ones(60)] > 0,
-                    epochs=15)
+                    epochs=15, kinds=kinds)
     from bench.quality import _datasets, _load_task
 
     tasks = _datasets(Path("../shared/data"), None)
@@ -81,7 +88,7 @@ def main(argv=None) -> None:
             continue
         for task, source, options, normal in tasks[name]:
             fit, _, test, y, _ = _load_task(source, options, normal)
-            measure(f"{name} {task}", fit, test, y)
+            measure(f"{name} {task}", fit, test, y, kinds=kinds)
 
 
 if __name__ == "__main__":  # decode workers import this module: the work must not run again there

@@ -13,6 +13,7 @@ from sklearn.metrics import roc_auc_score
 from anomaly_ae.config import DetectorConfig, ModelConfig
 from anomaly_ae.detector import AutoencoderDetector
 from anomaly_ae.ensemble import Ensemble, softplus
+from anomaly_ae.errors import ModelError
 from tests.unit.test_detector import split_digit
 
 AUTO = DetectorConfig(model=ModelConfig(kind="auto"))
@@ -89,6 +90,27 @@ def test_a_blind_member_costs_the_ensemble():
     ok = normal[150:]
     print(f"AUROC seer {_auroc(seer, ok, bright):.3f}, with a blind member {_auroc(det, ok, bright):.3f}")
     assert _auroc(det, ok, bright) < _auroc(seer, ok, bright) - 0.02  # averaging is no free lunch
+
+
+def test_by_the_highest_standardised_score_a_blind_member_costs_less():
+    """What `auto` keeps on large images, where one member is blind to small defects and another to
+    large ones: the highest standardised score, not the mean, so the one that sees is not diluted."""
+    normal, bright, _ = _cases(2)
+    blind = Seer("draem", lambda x: np.random.default_rng(len(x) + 7).normal(0, 1, len(x)), 1.0, 0.0)
+    seer = Seer("ae", _brightness, 1.0, 0.0)
+    mean = Ensemble.standardised_on(AUTO, [seer, blind], normal[:150])
+    highest = Ensemble.standardised_on(AUTO, [seer, blind], normal[:150], combine="max")
+    x = bright[:7]
+    z = [(m.score_samples(x) - c) / d for m, c, d in zip(highest.members_, highest.centres_, highest.scales_)]
+    np.testing.assert_allclose(highest.score_samples(x), softplus(np.max(z, axis=0)), rtol=1e-12)
+    ok = normal[150:]
+    alone, by_mean, by_max = _auroc(seer, ok, bright), _auroc(mean, ok, bright), _auroc(highest, ok, bright)
+    print(f"AUROC seer {alone:.3f}, with a blind member: mean {by_mean:.3f}, highest {by_max:.3f}")
+    assert by_max > by_mean + 0.01  # (measured: 0.928 alone, mean 0.846, highest 0.868)
+    with pytest.raises(ModelError, match="by mean or max, not 'median'"):
+        Ensemble.standardised_on(AUTO, [seer, blind], normal[:150], combine="median")
+    with pytest.raises(ModelError, match="the first 1"):
+        Ensemble(AUTO, [seer, blind], [0, 0], [1, 1], [1, 1], shrinks=[2, 1])
 
 
 def test_a_member_that_scores_every_normal_image_alike_does_not_take_over():

@@ -146,7 +146,7 @@ def _our_method(spec: str):
             from anomaly_ae.selection import together_auroc
 
             together = sel.get("ensemble") and {"together": round(together_auroc(sel), 3)}
-            return {"kind": sel["chosen"], **{c["kind"]: c["synthetic_auroc"] and round(c.get("judged", c["synthetic_auroc"]), 3)
+            return {"kind": sel["chosen"], **{c.get("label", c["kind"]): c["synthetic_auroc"] and round(c.get("judged", c["synthetic_auroc"]), 3)
                                                       for c in sel["candidates"]}, **(together or {})}
 
         def pixel_auroc(self, images, masks, y):

@@ -196,7 +196,7 @@ def _json_kind(value) -> str:
 def summary(out: Path, ckpt: dict, cached: bool) -> dict:
     """What `train` and `info` say of a model: kind, training, threshold, and how it was chosen."""
     h, t = ckpt["history"], ckpt["threshold"]
-    from anomaly_ae.shrink import member_label
+    from anomaly_ae.shrink import member_tag
 
     kind = "ensemble" if "members" in ckpt else ckpt["config"]["model"]["kind"]
     return {"model": str(out), "cached": cached, "kind": kind,
@@ -211,6 +211,6 @@ def summary(out: Path, ckpt: dict, cached: bool) -> dict:
             "target_fpr": t["target_fpr"], "guaranteed_fpr": t.get("guaranteed_fpr"),
             "collapse": ckpt.get("collapse"), "selection": ckpt.get("selection"),
             # An ensemble's members trained apart: each one's epochs (its training record above is the first's).
-            "member_epochs": {member_label(m["config"]["model"]["kind"], ckpt["image_shape"], m.get("shrink", 1)):
+            "member_epochs": {member_tag(m["config"]["model"]["kind"], ckpt["image_shape"], m.get("shrink", 1)):
                               len(m["history"]["train_loss"]) for m in ckpt["members"]} if "members" in ckpt else None,
             "score_choice": ckpt.get("score_choice"), "preprocess": ckpt.get("preprocess")}

@@ -130,11 +130,15 @@ class Ensemble(Calibrated):
         raise ModelError("This model is an ensemble of several kinds: it has no single code per image.")
 
     def layer_summary(self) -> dict:
-        """Every member's layer table, one after the other (each layer named after its member's kind);
-        ``input_note`` says which members' tables are for one tile of the image (None: none are)."""
+        """Every member's layer table, one after the other (each layer named after its member: its
+        kind, or kind@HxW for a shrunk one); ``input_note`` says which members' tables are for one
+        tile of the image or the image shrunk (None: none are)."""
         parts = [m.layer_summary() for m in self.members_]
-        layers = [{**row, "layer": f"{kind}.{row['layer']}"} for kind, p in zip(self.kinds, parts) for row in p["layers"]]
         size = ["x".join(map(str, p["input"])) for p in parts]
+        from anomaly_ae.shrink import member_tag
+
+        names = [member_tag(kind, self.shape_, k) for kind, k in zip(self.kinds, self.shrinks_)]
+        layers = [{**row, "layer": f"{name}.{row['layer']}"} for name, p in zip(names, parts) for row in p["layers"]]
         partial = [f"{kind}'s for the whole image shrunk to {sz}" if k > 1 else f"{kind}'s for one {sz} part of the image"
                    for kind, p, k, sz in zip(self.kinds, parts, self.shrinks_, size)
                    if list(p["input"]) != list(self.shape_)]

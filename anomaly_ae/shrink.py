@@ -37,6 +37,14 @@ def member_label(kind: str, image_shape, shrink: int = 1) -> str:
     return f"{kind} on the whole image at {w}x{h}"
 
 
+def member_tag(kind: str, image_shape, shrink: int = 1) -> str:
+    """A member's short name, for lists and layer names: its kind, or kind@WxH for a shrunk member."""
+    if shrink <= 1:
+        return kind
+    h, w = shrunk_shape(tuple(image_shape), shrink)[:2]
+    return f"{kind}@{w}x{h}"
+
+
 def shrink_images(images: np.ndarray, factor: int) -> np.ndarray:
     """uint8 images (n, h, w, c) shrunk by `factor`: each pixel the rounded mean of its block."""
     if factor == 1:

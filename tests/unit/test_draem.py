@@ -159,6 +159,8 @@ def test_auto_keeps_the_candidates_of_large_images_together_judged_on_defects(su
     assert record["combine"] == det.combine_ == "max" and "the highest of their scores" in record["rule"]
     assert det.layer_summary()["input_note"].startswith("ae's for one 32x32x1 part of the image")  # info says so
     assert det.layer_summary()["input_note"].endswith("draem's for the whole image shrunk to 36x36x1")
+    names = [row["layer"] for row in det.layer_summary()["layers"]]
+    assert names[-1].startswith("draem@36x36.") and any(n.startswith("draem.") for n in names)  # told apart
     assert record["ensemble"]["shuffled_auroc"] is None and 0.0 <= record["ensemble"]["synthetic_auroc"] <= 1.0
     scores, recon, maps = det.score_with_maps(large[:4])
     assert scores.shape == (4,) and maps.shape == (4, 72, 72)

@@ -47,3 +47,11 @@ def test_maps_grow_back_to_the_full_size_block_by_block():
     assert (grown[:, 20:, :16] == np.repeat(maps[:, 4:5, :], 4, axis=2)[:, :, :16]).all()  # rows left over: the last
     np.testing.assert_array_equal(grow_tensor(torch.from_numpy(maps), 4, 23, 17).numpy(), grown)
     assert grow_maps(maps, 1, 5, 4) is maps
+
+
+def test_a_shrunk_member_is_named_by_the_size_it_looks_at():
+    from anomaly_ae.shrink import member_label, member_tag
+
+    assert member_label("draem", (300, 300, 1), 5) == "draem on the whole image at 60x60"
+    assert member_tag("draem", (480, 640, 3), 10) == "draem@64x48"  # width x height, as sizes are said
+    assert member_label("ae", (300, 300, 1)) == member_tag("ae", (300, 300, 1)) == "ae"

@@ -23,6 +23,7 @@ import torch
 from anomaly_ae import __version__
 from anomaly_ae.errors import DataError, ModelError
 from anomaly_ae.fsio import atomic_write_files, json_text
+from anomaly_ae.shrink import member_tag
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +197,6 @@ def _json_kind(value) -> str:
 def summary(out: Path, ckpt: dict, cached: bool) -> dict:
     """What `train` and `info` say of a model: kind, training, threshold, and how it was chosen."""
     h, t = ckpt["history"], ckpt["threshold"]
-    from anomaly_ae.shrink import member_tag
 
     kind = "ensemble" if "members" in ckpt else ckpt["config"]["model"]["kind"]
     return {"model": str(out), "cached": cached, "kind": kind,

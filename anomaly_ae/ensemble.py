@@ -23,6 +23,7 @@ import numpy as np
 
 from anomaly_ae.calibrated import DETECTOR_KEYS, Calibrated
 from anomaly_ae.errors import ModelError
+from anomaly_ae.shrink import grow_maps, member_label, member_tag, shrink_images, shrunk_shape
 
 # Smallest spread a member's score (and map) is divided by, absolute and, for the score, as a share
 # of the member's typical score: a member that scores every held-back image (nearly) alike must
@@ -69,7 +70,6 @@ class Ensemble(Calibrated):
                         combine: str = "mean") -> Ensemble:
         """The ensemble of `members` standardised on `held_back` normal images (not calibration's);
         `shrinks`: each member's shrink factor (None: all at full size)."""
-        from anomaly_ae.shrink import shrink_images
 
         centres, scales, peaks = [], [], []
         for m, k in zip(members, shrinks or [1] * len(members)):
@@ -87,7 +87,6 @@ class Ensemble(Calibrated):
     @property
     def labels(self) -> list[str]:
         """Each member's kind, and for a shrunk one the size it looks at (`member_label`)."""
-        from anomaly_ae.shrink import member_label
 
         return [member_label(k, self.shape_, f) for k, f in zip(self.kinds, self.shrinks_)]
 
@@ -106,7 +105,6 @@ class Ensemble(Calibrated):
     def _inputs(self, images: np.ndarray) -> list[np.ndarray]:
         """The images each member scores: as they are, or shrunk."""
         from anomaly_ae.arrays import check_images
-        from anomaly_ae.shrink import shrink_images
 
         if max(self.shrinks_) > 1:
             images = check_images(images, self.shape_)
@@ -118,7 +116,6 @@ class Ensemble(Calibrated):
 
     def score_with_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(scores, the first member's reconstructions (n,h,w,c), the members' mean map (n,h,w))."""
-        from anomaly_ae.shrink import grow_maps
 
         parts = [m.score_with_maps(x) for m, x in zip(self.members_, self._inputs(images))]
         h, w = self.shape_[:2]
@@ -131,11 +128,10 @@ class Ensemble(Calibrated):
 
     def layer_summary(self) -> dict:
         """Every member's layer table, one after the other (each layer named after its member: its
-        kind, or kind@HxW for a shrunk one); ``input_note`` says which members' tables are for one
+        kind, or kind@WxH for a shrunk one); ``input_note`` says which members' tables are for one
         tile of the image or the image shrunk (None: none are)."""
         parts = [m.layer_summary() for m in self.members_]
         size = ["x".join(map(str, p["input"])) for p in parts]
-        from anomaly_ae.shrink import member_tag
 
         names = [member_tag(kind, self.shape_, k) for kind, k in zip(self.kinds, self.shrinks_)]
         layers = [{**row, "layer": f"{name}.{row['layer']}"} for name, p in zip(names, parts) for row in p["layers"]]
@@ -168,7 +164,6 @@ class Ensemble(Calibrated):
         """
         from anomaly_ae.config import DetectorConfig
         from anomaly_ae.errors import ConfigError
-        from anomaly_ae.shrink import shrunk_shape
 
         try:
             config = DetectorConfig.from_dict(ckpt["config"])

@@ -197,7 +197,6 @@ def _json_kind(value) -> str:
 def summary(out: Path, ckpt: dict, cached: bool) -> dict:
     """What `train` and `info` say of a model: kind, training, threshold, and how it was chosen."""
     h, t = ckpt["history"], ckpt["threshold"]
-
     kind = "ensemble" if "members" in ckpt else ckpt["config"]["model"]["kind"]
     return {"model": str(out), "cached": cached, "kind": kind,
             "score": ckpt["config"]["score"]["method"], "normal_classes": ckpt.get("normal_classes"),

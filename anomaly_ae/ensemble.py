@@ -70,7 +70,6 @@ class Ensemble(Calibrated):
                         combine: str = "mean") -> Ensemble:
         """The ensemble of `members` standardised on `held_back` normal images (not calibration's);
         `shrinks`: each member's shrink factor (None: all at full size)."""
-
         centres, scales, peaks = [], [], []
         for m, k in zip(members, shrinks or [1] * len(members)):
             scores, peak = _scores_and_peaks(m, shrink_images(held_back, k))
@@ -87,7 +86,6 @@ class Ensemble(Calibrated):
     @property
     def labels(self) -> list[str]:
         """Each member's kind, and for a shrunk one the size it looks at (`member_label`)."""
-
         return [member_label(k, self.shape_, f) for k, f in zip(self.kinds, self.shrinks_)]
 
     @property
@@ -116,7 +114,6 @@ class Ensemble(Calibrated):
 
     def score_with_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(scores, the first member's reconstructions (n,h,w,c), the members' mean map (n,h,w))."""
-
         parts = [m.score_with_maps(x) for m, x in zip(self.members_, self._inputs(images))]
         h, w = self.shape_[:2]
         maps = np.mean([grow_maps(p[2], k, h, w) / s for p, k, s in zip(parts, self.shrinks_, self.map_scales_)],
@@ -132,7 +129,6 @@ class Ensemble(Calibrated):
         tile of the image or the image shrunk (None: none are)."""
         parts = [m.layer_summary() for m in self.members_]
         size = ["x".join(map(str, p["input"])) for p in parts]
-
         names = [member_tag(kind, self.shape_, k) for kind, k in zip(self.kinds, self.shrinks_)]
         layers = [{**row, "layer": f"{name}.{row['layer']}"} for name, p in zip(names, parts) for row in p["layers"]]
         partial = [f"{kind}'s for the whole image shrunk to {sz}" if k > 1 else f"{kind}'s for one {sz} part of the image"

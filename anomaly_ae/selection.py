@@ -36,6 +36,7 @@ import numpy as np
 from anomaly_ae.arrays import check_images, split_validation
 from anomaly_ae.config import DetectorConfig, ModelConfig
 from anomaly_ae.errors import ModelError
+from anomaly_ae.shrink import factor_for, member_label, shrink_images
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,9 @@ WHOLE_IMAGE_SIDE = 64
 # The kind of the candidate that looks at large images shrunk whole (`coarse_candidate`).
 COARSE_KIND = "draem"
 TILE, TILED_LATENT = 32, 128
+# Fewest seconds of a time budget a candidate gets when the ones before it spent the whole budget
+# (it then trains one epoch: a candidate is never left out for time).
+MIN_SHARE_S = 1.0
 # Fewer held-back images than this give rough standardisations (and judgements): a warning says so.
 FEW_IMAGES = 20
 # Fewest it can weigh on at all: a member's spread needs two scores (one gives none, and a score
@@ -87,8 +91,6 @@ def fit_auto(det, images: np.ndarray, validation: np.ndarray | None, **fit_optio
 def coarse_candidate(shape: tuple[int, ...], model: ModelConfig) -> tuple[ModelConfig, int] | None:
     """(the configuration, the shrink factor) of the candidate that looks at whole images shrunk,
     for images of `shape` larger than ``WHOLE_IMAGE_SIDE`` a side; None for smaller ones."""
-    from anomaly_ae.shrink import factor_for
-
     if max(shape[:2]) <= WHOLE_IMAGE_SIDE:
         return None
     return dataclasses.replace(model, kind=COARSE_KIND, tile=0), factor_for(shape)
@@ -144,20 +146,27 @@ def choose(detector_class, config: DetectorConfig, images: np.ndarray, validatio
     if len(validation) < FEW_IMAGES:
         log.warning("auto weighs its candidates on only %d held-back images: each one's share of the score "
                     "may be off; pick a kind (model.kind, --model), or add images", len(validation))
-    from anomaly_ae.shrink import member_label, shrink_images
-
-    tried = []
     models = [(m, 1) for m in candidates(images.shape[1:], config.model)]
     coarse = coarse_candidate(images.shape[1:], config.model)
     models += [coarse] if coarse else []
     whole = any(m.kind == "geometric" for m, _ in models)  # judged on anomalies of the whole image
-    # A time budget is shared out: every candidate gets its part.
-    train = dataclasses.replace(config.train, max_minutes=config.train.max_minutes / len(models))
-    failed = []
-    for model, k in models:
+    # The shrunk candidate, the cheapest, trains first: under a time budget what it leaves goes to
+    # the others (each candidate gets an equal part of the time left, its judging counted).
+    order = [i for i, (_, k) in enumerate(models) if k > 1] + [i for i, (_, k) in enumerate(models) if k == 1]
+    budget_s, start = 60 * config.train.max_minutes, time.perf_counter()
+    done, failed = {}, {}
+    for n, i in enumerate(order):
+        model, k = models[i]
+        train = config.train
+        if budget_s:
+            share_s = max(budget_s - (time.perf_counter() - start), MIN_SHARE_S) / (len(models) - n)
+            train = dataclasses.replace(train, max_minutes=share_s / 60)
         cfg = dataclasses.replace(config, model=model, train=train)
         label = member_label(model.kind, images.shape[1:], k)
         named = {"kind": model.kind, "tile": model.tile, **({"shrink": k, "label": label} if k > 1 else {})}
+        if budget_s:
+            log.info("candidate %s: training for at most %.1f of the %g minutes", label, train.max_minutes,
+                     config.train.max_minutes)
         t0 = time.perf_counter()
         try:
             det = detector_class(cfg).fit(shrink_images(images, k), shrink_images(validation, k),
@@ -165,7 +174,7 @@ def choose(detector_class, config: DetectorConfig, images: np.ndarray, validatio
                                          state_path=_state_for(state_path, model.kind + ("-coarse" if k > 1 else "")))
         except ModelError as exc:  # e.g. a collapsed candidate: the others may still do
             log.warning("candidate %s left out: %s", label, exc)
-            failed.append({**named, "synthetic_auroc": None, "error": str(exc)})
+            failed[i] = {**named, "synthetic_auroc": None, "error": str(exc)}
             continue
         defects = synthetic_auroc(det, shrink_images(validation, k))
         shuffled = shuffled_auroc(det, validation) if whole else None
@@ -173,7 +182,11 @@ def choose(detector_class, config: DetectorConfig, images: np.ndarray, validatio
                   "judged": defects if shuffled is None else shuffled,
                   "seconds": time.perf_counter() - t0}
         log.info("candidate %s: %s on %d held-back images", label, describe(record), len(validation))
-        tried.append((det, record, k))
+        done[i] = (det, record, k)
+    # Kept and recorded in the candidates' own order: the first member (the reconstruction kind) at
+    # full size gives the ensemble's reconstructions.
+    tried = [done[i] for i in sorted(done)]
+    failed = [failed[i] for i in sorted(failed)]
     if not any(k == 1 for _, _, k in tried):  # the shrunk one alone cannot give full-size maps
         raise ModelError("model.kind auto: no candidate could be trained at full size: "
                          + "; ".join(f"{describe(f)}: {f['error']}" for f in failed))

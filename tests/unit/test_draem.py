@@ -281,6 +281,40 @@ def test_auto_needs_a_candidate_at_full_size(surface_sets, monkeypatch):
         selection.choose(AutoencoderDetector, _fast("auto", epochs=1, allow_collapsed=True), large[:36], large[36:])
 
 
+@pytest.mark.parametrize("ae_seconds, draem_share", [(480, 600), (2000, 1)])
+def test_auto_shares_the_time_left_the_cheap_shrunk_candidate_first(monkeypatch, ae_seconds, draem_share):
+    """Under a time budget the shrunk candidate trains first, and each candidate gets an equal part of
+    the time left, so that what the cheap one leaves goes to the full-size ones; once the budget is
+    spent the last still trains (one epoch, on the fewest seconds). Records keep the candidates' order."""
+    from anomaly_ae import selection
+    from anomaly_ae.errors import ModelError
+
+    now, trained = [0.0], []
+    spends = {("draem", 64): 120, ("ae", 128): ae_seconds, ("draem", 128): 0}
+
+    class Clocked:  # trains by moving the clock on; every kind but the full-size ae "collapses"
+        def __init__(self, config):
+            self.config = config
+
+        def fit(self, images, validation, **_):
+            kind = self.config.model.kind
+            trained.append((kind, images.shape[1], round(60 * self.config.train.max_minutes, 3)))
+            now[0] += spends[kind, images.shape[1]]
+            if kind != "ae":
+                raise ModelError("collapsed (made to, for the test)")
+            return self
+
+    monkeypatch.setattr(selection.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(selection, "synthetic_auroc", lambda det, images: 0.9)
+    images = np.zeros((40, 128, 128, 1), np.uint8)
+    cfg = _fast("auto", max_minutes=20)
+    det, record = selection.choose(Clocked, cfg, images[:30], images[30:])
+    assert trained == [("draem", 64, 400.0), ("ae", 128, 540.0), ("draem", 128, draem_share)]
+    assert det.config.model.kind == "ae" and record["chosen"] == "ae"
+    assert [c.get("label", c["kind"]) for c in record["candidates"]] == \
+        ["ae", "draem", "draem on the whole image at 64x64"]
+
+
 def test_auto_explains_what_it_chose_and_how_each_candidate_was_judged():
     from anomaly_ae.selection import describe, explain, judged_on
 

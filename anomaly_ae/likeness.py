@@ -59,21 +59,29 @@ def _shape_known(size: tuple[int, int], trained: dict) -> bool:
             and lo_a / slack_aspect <= w / h <= hi_a * slack_aspect)
 
 
-def unlike(trained: dict | None, batch: dict | None) -> list[str]:
+def unlike(trained: dict | None, batch: dict | None, crop: tuple[int, int, int, int] | None = None) -> list[str]:
     """Sentences (empty: nothing to say) on how the images summarised in `batch` (`summarise`)
-    differ from the training images summarised in `trained` (either None: unknown, nothing said)."""
+    differ from the training images summarised in `trained` (either None: unknown, nothing said).
+    `crop`: the model's crop region (top, left, height, width), cut out of every image at the same
+    place instead of resizing it (None: images are resized)."""
     if not trained or not batch or not trained.get("sizes") or not batch.get("sizes"):
         return []
     out = []
     n = sum(c for *_, c in batch["sizes"])
     odd = [(h, w, c) for h, w, c in batch["sizes"] if not _shape_known((h, w), trained)]
-    if odd:
-        n_odd = sum(c for *_, c in odd)
-        shown = ", ".join(f"{w}x{h}" for h, w, _ in odd[:3]) + (" ..." if len(odd) > 3 else "")
-        known = ", ".join(f"{w}x{h}" for h, w, _ in trained["sizes"][:3]) + (" ..." if len(trained["sizes"]) > 3 else "")
-        out.append(f"{n_odd} of {n} images{batch.get('sampled', '')} are {shown} (width x height); the model was trained "
-                   f"on {known} images: they were resized to its size, so their details (and any defect) appear at "
-                   "another scale or stretched")
+    known = _shown(trained["sizes"])
+    region = crop and f"crop region (top, left, height, width: {', '.join(map(str, crop))})"
+    small = [s for s in odd if crop and (s[0] < crop[0] + crop[2] or s[1] < crop[1] + crop[3])]
+    cut = [s for s in odd if s not in small]
+    if cut:
+        how = (f"the model's {region} is cut out of them at the same place, so it may frame another part of the scene"
+               if crop else "they were resized to its size, so their details (and any defect) appear at another "
+               "scale or stretched")
+        out.append(f"{_count(cut)} of {n} images{batch.get('sampled', '')} are {_shown(cut)} (width x height); "
+                   f"the model was trained on {known} images: {how}")
+    if small:
+        out.append(f"{_count(small)} of {n} images{batch.get('sampled', '')} are {_shown(small)} (width x height), "
+                   f"too small for the model's {region}: they are rejected")
     if trained.get("colour") == 0 and batch.get("colour"):
         out.append(f"{batch['colour']} of {n} images{batch.get('sampled', '')} are colour; the model was trained on "
                    "gray images: they were converted to gray")
@@ -81,6 +89,14 @@ def unlike(trained: dict | None, batch: dict | None) -> list[str]:
         out.append(f"{batch['gray']} of {n} images{batch.get('sampled', '')} are gray; the model was trained on "
                    "colour images: their gray was copied into every channel")
     return out
+
+
+def _count(sizes: list) -> int:
+    return sum(c for *_, c in sizes)
+
+
+def _shown(sizes: list) -> str:
+    return ", ".join(f"{w}x{h}" for h, w, _ in sizes[:3]) + (" ..." if len(sizes) > 3 else "")
 
 
 def of_files(paths: list[Path], sample: int = SAMPLE) -> dict | None:

@@ -61,7 +61,7 @@ def score(input: str | Path, model: str | Path, out: str | Path, config=None, *,
     with (folder_lock(out, "Run folder"),
           atomic_dir(out, overwrite=overwrite, kind="run", protect=protect) as tmp):
         parts = scoring.plan(input, policy, cfg.partitions, cfg.split, files=files)
-        unlike = likeness.unlike(likeness.of_training(det.meta_), likeness.of_parts(parts))
+        unlike = likeness.unlike(likeness.of_training(det.meta_), likeness.of_parts(parts), policy.crop)
         normal = scoring.normal_names(det.meta_.get("normal_classes") or [])
         normal = normal if scoring.labels_known(parts, normal) else None
         part_dirs = [tmp / ".parts" / f"{k:05d}" for k in range(len(parts))]

@@ -69,3 +69,34 @@ def test_score_warns_and_records_images_unlike_the_training_images(tmp_path, cap
         steps.score(tmp_path / "good", tmp_path / "m", tmp_path / "same", report=False)
     assert json.loads((tmp_path / "same" / "run.json").read_text())["unlike_training"] == []
     assert "trained on" not in caplog.text
+
+
+def test_a_model_with_a_crop_region_says_it_cuts_or_rejects_images_of_another_size(tmp_path, caplog):
+    """A crop region is cut out at the same pixels, never resized: that is what is said of other sizes."""
+    trained = likeness.summarise([128] * 4, [128] * 4, ["L"] * 4)
+    crop = (10, 20, 100, 100)  # needs 110 rows and 120 columns
+    batch = likeness.summarise([200, 200, 105], [256, 256, 300], ["L"] * 3)
+    said = likeness.unlike(trained, batch, crop)
+    assert said == [
+        "2 of 3 images are 256x200 (width x height); the model was trained on 128x128 images: the model's crop region "
+        "(top, left, height, width: 10, 20, 100, 100) is cut out of them at the same place, so it may frame another "
+        "part of the scene",
+        "1 of 3 images are 300x105 (width x height), too small for the model's crop region (top, left, height, "
+        "width: 10, 20, 100, 100): they are rejected"]
+    assert not any("resized" in s for s in said)
+
+    rng = np.random.default_rng(0)  # the same, scored with a model trained with a crop region
+    for k in range(24):
+        write_png(tmp_path / "good" / f"{k:02d}.png", rng.integers(0, 120, (16, 16), dtype=np.uint8))
+    steps.ingest(str(tmp_path / "good"), tmp_path / "ds", crop="2,2,12,12")
+    steps.train(tmp_path / "ds", tmp_path / "m", config=TINY)
+    for k in range(2):
+        write_png(tmp_path / "new" / f"wide{k}.png", rng.integers(0, 120, (16, 24), dtype=np.uint8))
+        write_png(tmp_path / "new" / f"small{k}.png", rng.integers(0, 120, (10, 10), dtype=np.uint8))
+    with caplog.at_level(logging.WARNING):
+        steps.score(tmp_path / "new", tmp_path / "m", tmp_path / "run", report=False)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert "resized" not in caplog.text and len(run["unlike_training"]) == 2
+    assert "2 of 4 images are 24x16" in run["unlike_training"][0] and "cut out of them" in run["unlike_training"][0]
+    assert "2 of 4 images are 10x10" in run["unlike_training"][1] and "rejected" in run["unlike_training"][1]
+    assert run["counts"]["rejects"] == 2

@@ -150,22 +150,23 @@ def choose(detector_class, config: DetectorConfig, images: np.ndarray, validatio
     coarse = coarse_candidate(images.shape[1:], config.model)
     models += [coarse] if coarse else []
     whole = any(m.kind == "geometric" for m, _ in models)  # judged on anomalies of the whole image
-    # The shrunk candidate, the cheapest, trains first: under a time budget what it leaves goes to
-    # the others (each candidate gets an equal part of the time left, its judging counted).
+    # A time budget is the candidates' epochs (choosing each one's score and judging it come on
+    # top). The shrunk candidate, the cheapest, trains first; each gets an equal part of the training
+    # time left, so that what one leaves unused (stopped early, fewer epochs than fit) goes to the next.
     order = [i for i, (_, k) in enumerate(models) if k > 1] + [i for i, (_, k) in enumerate(models) if k == 1]
-    budget_s, start = 60 * config.train.max_minutes, time.perf_counter()
+    budget_s, trained_s = 60 * config.train.max_minutes, 0.0
     done, failed = {}, {}
     for n, i in enumerate(order):
         model, k = models[i]
         train = config.train
         if budget_s:
-            share_s = max(budget_s - (time.perf_counter() - start), MIN_SHARE_S) / (len(models) - n)
+            share_s = max(budget_s - trained_s, MIN_SHARE_S) / (len(models) - n)
             train = dataclasses.replace(train, max_minutes=share_s / 60)
         cfg = dataclasses.replace(config, model=model, train=train)
         label = member_label(model.kind, images.shape[1:], k)
         named = {"kind": model.kind, "tile": model.tile, **({"shrink": k, "label": label} if k > 1 else {})}
         if budget_s:
-            log.info("candidate %s: training for at most %.1f of the %g minutes", label, train.max_minutes,
+            log.info("candidate %s: training for at most %.3g of the %.3g minutes", label, train.max_minutes,
                      config.train.max_minutes)
         t0 = time.perf_counter()
         try:
@@ -173,9 +174,14 @@ def choose(detector_class, config: DetectorConfig, images: np.ndarray, validatio
                                          progress=_labelled(progress, label), resume=resume,
                                          state_path=_state_for(state_path, model.kind + ("-coarse" if k > 1 else "")))
         except ModelError as exc:  # e.g. a collapsed candidate: the others may still do
+            trained_s += time.perf_counter() - t0  # its epochs and what it did after them: all that is known
             log.warning("candidate %s left out: %s", label, exc)
             failed[i] = {**named, "synthetic_auroc": None, "error": str(exc)}
             continue
+        trained_s += det.history_["seconds"]  # its epochs alone: what the budget bounds
+        if det.history_.get("still_improving"):  # the warning just logged named the share, not the budget
+            log.warning("the budget above was candidate %s's share of the %.3g minutes (--max-minutes, train.max_minutes) "
+                        "that auto's %d candidates train in", label, config.train.max_minutes, len(models))
         defects = synthetic_auroc(det, shrink_images(validation, k))
         shuffled = shuffled_auroc(det, validation) if whole else None
         record = {**named, "synthetic_auroc": defects, "shuffled_auroc": shuffled,

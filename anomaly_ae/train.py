@@ -137,7 +137,7 @@ def train(model: torch.nn.Module, data: torch.Tensor, val: torch.Tensor | None, 
             break
         if cfg.max_minutes and hist.seconds * (epoch + 2) / (epoch + 1) > 60 * cfg.max_minutes and epoch + 1 < cfg.epochs:
             hist.stopped_by_time = True
-            log.info("stopping after epoch %d: the next would pass the %g-minute budget", epoch + 1, cfg.max_minutes)
+            log.info("stopping after epoch %d: the next would pass the %.3g-minute budget", epoch + 1, cfg.max_minutes)
             _say_if_still_improving(hist, cfg)
             break
     model.load_state_dict(best)
@@ -150,7 +150,7 @@ def _plan_for_budget(sched, cfg: TrainConfig, epoch: int, seconds: float, steps_
     per_epoch = seconds / (epoch + 1)
     epochs = max(epoch + 1, min(cfg.epochs, int(60 * cfg.max_minutes / max(per_epoch, 1e-9))))
     sched.T_max = epochs * steps_per_epoch
-    log.info("%.0f s an epoch: %d epochs fit the %g-minute budget", per_epoch, epochs, cfg.max_minutes)
+    log.info("%.0f s an epoch: %d epochs fit the %.3g-minute budget", per_epoch, epochs, cfg.max_minutes)
     return epochs
 
 
@@ -167,7 +167,7 @@ def _say_if_still_improving(hist: History, cfg: TrainConfig) -> None:
     drop = (val[-2] - val[-1]) / val[-2]
     if drop > STILL_IMPROVING:
         hist.still_improving = True
-        log.warning("training stopped at the %g-minute budget after %d of %d epochs while the held-out loss still "
+        log.warning("training stopped at the %.3g-minute budget after %d of %d epochs while the held-out loss still "
                     "fell (by %.0f%% in the last epoch): the model is likely undertrained and may miss what a "
                     "longer training finds. Give it more time (--max-minutes), or fewer or smaller images (--size)",
                     cfg.max_minutes, len(val), cfg.epochs, 100 * drop)

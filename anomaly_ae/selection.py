@@ -158,16 +158,15 @@ def choose(detector_class, config: DetectorConfig, images: np.ndarray, validatio
     done, failed = {}, {}
     for n, i in enumerate(order):
         model, k = models[i]
+        label = member_label(model.kind, images.shape[1:], k)
+        named = {"kind": model.kind, "tile": model.tile, **({"shrink": k, "label": label} if k > 1 else {})}
         train = config.train
         if budget_s:
             share_s = max(budget_s - trained_s, MIN_SHARE_S) / (len(models) - n)
             train = dataclasses.replace(train, max_minutes=share_s / 60)
-        cfg = dataclasses.replace(config, model=model, train=train)
-        label = member_label(model.kind, images.shape[1:], k)
-        named = {"kind": model.kind, "tile": model.tile, **({"shrink": k, "label": label} if k > 1 else {})}
-        if budget_s:
             log.info("candidate %s: training for at most %.3g of the %.3g minutes", label, train.max_minutes,
                      config.train.max_minutes)
+        cfg = dataclasses.replace(config, model=model, train=train)
         t0 = time.perf_counter()
         try:
             det = detector_class(cfg).fit(shrink_images(images, k), shrink_images(validation, k),

@@ -202,7 +202,7 @@ def summary(out: Path, ckpt: dict, cached: bool) -> dict:
             "score": ckpt["config"]["score"]["method"], "normal_classes": ckpt.get("normal_classes"),
             "n_train": ckpt.get("data", {}).get("n_train"), "n_calibration": t["n_calibration"],
             "n_reviewed_normals": ckpt.get("data", {}).get("n_reviewed_normals", 0),
-            "epochs": len(h["train_loss"]), "best_epoch": h["best_epoch"] + 1,
+            "epochs": _epochs(h), "kept": h.get("kept"), "best_epoch": h["best_epoch"] + 1,
             "train_loss": h["train_loss"][h["best_epoch"]], "held_out_loss": h["val_loss"][h["best_epoch"]],
             "seconds": h["seconds"], "device": h["device"], "threshold": t["threshold"],
             "stopped": "early" if h.get("stopped_early") else ("time, still improving" if h.get("still_improving")
@@ -211,5 +211,10 @@ def summary(out: Path, ckpt: dict, cached: bool) -> dict:
             "collapse": ckpt.get("collapse"), "selection": ckpt.get("selection"),
             # An ensemble's members trained apart: each one's epochs (its training record above is the first's).
             "member_epochs": {member_tag(m["config"]["model"]["kind"], ckpt["image_shape"], m.get("shrink", 1)):
-                              len(m["history"]["train_loss"]) for m in ckpt["members"]} if "members" in ckpt else None,
+                              _epochs(m["history"]) for m in ckpt["members"]} if "members" in ckpt else None,
             "score_choice": ckpt.get("score_choice"), "preprocess": ckpt.get("preprocess")}
+
+
+def _epochs(history: dict) -> int:
+    """Epochs a model trained: none for the nearest kind, which keeps images instead (``kept``)."""
+    return 0 if history.get("kept") is not None else len(history["train_loss"])

@@ -221,10 +221,13 @@ def train(
     kind: Annotated[str | None, typer.Option("--model", help="ae (classic), denoising, vae, draem (learns to outline "
                                               "simulated defects: for subtle defects on textured surfaces), geometric "
                                               "(also learns which way images are turned: for natural images, where "
-                                              "the anomaly is what the whole image shows) or auto (trains ae, tiled "
-                                              "above 64 pixels a side, and draem, and on images up to 64 a side also "
-                                              "geometric, and keeps them all together: each one's score standardised "
-                                              "on held-back training images, averaged) "
+                                              "the anomaly is what the whole image shows), nearest (no network: the "
+                                              "nearest good training image is the reconstruction; for parts that look "
+                                              "the same from item to item) or auto (trains ae, tiled above 64 pixels a "
+                                              "side, and draem; on images up to 64 a side also geometric, on larger "
+                                              "ones also draem and nearest on the whole image shrunk to 64; and keeps "
+                                              "them all together: each one's score standardised on held-back training "
+                                              "images, then averaged, or on larger images the highest) "
                                               "\\[default: ae].")] = None,
     latent_dim: Annotated[int | None, typer.Option(min=1, help="Size of the bottleneck "
                                                    f"\\[default: {_MODEL.latent_dim}].")] = None,

@@ -20,7 +20,7 @@ def require(ok: bool, key: str, message: str) -> None:
 
 
 # "auto" trains the candidates and keeps them all together (selection.py).
-MODEL_KINDS = ("ae", "denoising", "vae", "draem", "geometric", "auto")
+MODEL_KINDS = ("ae", "denoising", "vae", "draem", "geometric", "nearest", "auto")
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,8 @@ class ModelConfig:
     """Which autoencoder and how big."""
 
     # ae | denoising | vae | draem (discriminative, trained on simulated defects) | geometric (also
-    # learns which way images are turned: for natural images, where the anomaly is the whole image) | auto
+    # learns which way images are turned: for natural images, where the anomaly is the whole image) |
+    # nearest (no network: the nearest normal training image is the reconstruction) | auto
     kind: str = "ae"
     latent_dim: int = 32
     # Channels of the first stage and the most of any stage; 0: sized from the input (32 / 256, and
@@ -55,6 +56,8 @@ class ModelConfig:
                 f"must be 0 (whole image) or 8..8192 pixels, got {self.tile}")
         require(self.tile == 0 or self.kind != "geometric", "model.tile",
                 "must be 0 for the geometric kind (it learns which way whole images are turned)")
+        require(self.tile == 0 or self.kind != "nearest", "model.tile",
+                "must be 0 for the nearest kind (it compares whole images)")
 
     def resolved(self, height: int, width: int) -> ModelConfig:
         """This configuration with the widths left at 0 sized for inputs (images, or tiles) of

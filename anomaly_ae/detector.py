@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -29,7 +30,7 @@ from anomaly_ae.measures import anomaly_map, blur, image_scores
 from anomaly_ae.models import build_model
 from anomaly_ae.runid import utc_now
 from anomaly_ae.tiles import TILES_PER_IMAGE, grid_tiles, is_tiled, reconstruct, tile_shape
-from anomaly_ae.train import train
+from anomaly_ae.train import History, evaluate, train
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +97,12 @@ class AutoencoderDetector(Calibrated):
         if val is not None and self._segments and len(val) < MIN_VAL_DEFECTS:
             # Each held-out image carries one simulated defect a pass: repeat the few there are.
             val = val.repeat(-(-MIN_VAL_DEFECTS // len(val)), 1, 1, 1)
-        self.history_ = train(self.model_, data, val, m, cfg.train, progress=progress,
-                              state_path=state_path, resume=resume, tile=tile,
-                              crops_per_image=DRAEM_CROPS_PER_IMAGE if self._segments else TILES_PER_IMAGE).to_dict()
+        if self._remembers:
+            self.history_ = self._remember(data, val)
+        else:
+            self.history_ = train(self.model_, data, val, m, cfg.train, progress=progress,
+                                  state_path=state_path, resume=resume, tile=tile,
+                                  crops_per_image=DRAEM_CROPS_PER_IMAGE if self._segments else TILES_PER_IMAGE).to_dict()
         if self._orients:  # its score's standardisation: the held-back images (never calibration's), if enough
             from anomaly_ae.geometric import MIN_STATS_IMAGES
 
@@ -123,6 +127,21 @@ class AutoencoderDetector(Calibrated):
             scorechoice.resolve(self, validation)
         return self
 
+    def _remember(self, data: torch.Tensor, val: torch.Tensor | None) -> dict:
+        """The nearest kind's "training": keep the images (uint8 on the device); its history is one
+        pass whose losses are the mean squared error to the nearest kept image, of up to
+        SCORE_BATCH training images and of the held-out ones."""
+        t0 = time.perf_counter()
+        kept = self.model_.remember(data, self.config.train.seed)
+        if kept < len(data):
+            log.info("the nearest kind keeps a seeded draw of %d of the %d training images (at most %d pixel values)",
+                     kept, len(data), self.model_.bank.numel())
+        held = val if val is not None else data[:SCORE_BATCH]
+        history = History(train_loss=[evaluate(self.model_, data[:SCORE_BATCH], SCORE_BATCH)],
+                          val_loss=[evaluate(self.model_, held, SCORE_BATCH)], device=str(self.device_))
+        history.seconds = time.perf_counter() - t0
+        return {**history.to_dict(), "kept": kept}  # no epochs: how many images it keeps instead
+
     def _model_input(self) -> tuple[int, int, int]:
         """(height, width, channels) of the network's input: a tile for tiled models."""
         th, tw = self._training_tile() or self.shape_[:2]
@@ -134,6 +153,10 @@ class AutoencoderDetector(Calibrated):
             from anomaly_ae.geometric import GeometricAutoencoder
 
             return build_model(self.config.model, self._model_input(), GeometricAutoencoder)
+        if self._remembers:
+            from anomaly_ae.nearest import NearestNormal
+
+            return build_model(self.config.model, self._model_input(), NearestNormal)
         return build_model(self.config.model, self._model_input())
 
     def layer_summary(self) -> dict:
@@ -148,7 +171,7 @@ class AutoencoderDetector(Calibrated):
     def _scoring_tile(self) -> tuple[int, int] | None:
         """(height, width) of the tiles the model reconstructs images from, or None for whole images
         (the discriminative kind, being fully convolutional, always scores whole images)."""
-        if self._segments or self._orients or not is_tiled(self.shape_, self.config.model.tile):
+        if self._segments or self._orients or self._remembers or not is_tiled(self.shape_, self.config.model.tile):
             return None
         return tile_shape(self.shape_, self.config.model.tile)
 
@@ -162,6 +185,11 @@ class AutoencoderDetector(Calibrated):
     def _orients(self) -> bool:
         """True for the geometric kind: its image score is its own (`GeometricAutoencoder.image_scores`)."""
         return self.config.model.kind == "geometric"
+
+    @property
+    def _remembers(self) -> bool:
+        """True for the nearest kind: no network, its reconstruction is the nearest training image."""
+        return self.config.model.kind == "nearest"
 
     @property
     def kind(self) -> str:
@@ -249,7 +277,7 @@ class AutoencoderDetector(Calibrated):
         """
         self._require_fitted()
         if self._segments or self.tile_ or not hasattr(self.model_, "encode"):
-            raise ModelError("This model has no single code per image (it is tiled, or of the discriminative kind).")
+            raise ModelError("This model has no single code per image (it is tiled, or of the discriminative or the nearest kind).")
         images = check_images(images, self.shape_)
         self.model_.eval()
         out = []

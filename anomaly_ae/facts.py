@@ -38,7 +38,7 @@ def train(s: dict) -> str:
             "time, still improving": "stopped by the time budget while still improving: likely undertrained"
             }.get(s.get("stopped"), "all epochs")
     chosen = f" (auto chose it: {chosen_text(s['selection'])})" if s.get("selection") else ""
-    if s.get("member_epochs"):  # several models, each trained to its own best epoch
+    if s.get("member_epochs") or s.get("kept") is not None:  # several models, or one that keeps images
         return (f"trained {s['kind']}{chosen} on {images(s)}: {epochs(s)}, {s['seconds']:.0f} s on "
                 f"{s['device']}; {threshold(s)}")
     return (f"trained {s['kind']}{chosen} on {images(s)}: {s['epochs']} epochs ({stop}), best epoch "
@@ -47,7 +47,10 @@ def train(s: dict) -> str:
 
 
 def epochs(s: dict) -> str:
-    """``12 epochs``, or for an ensemble each member's: ``epochs ae 26, draem 30, geometric 18``."""
+    """``12 epochs``, or for an ensemble each member's: ``epochs ae 26, draem 30, geometric 18``, or for
+    the nearest kind the images it keeps: ``no epochs, it keeps 186 of them``."""
+    if s.get("kept") is not None:
+        return f"no epochs, it keeps {s['kept']} of them"
     if s.get("member_epochs"):
         return "epochs " + ", ".join(f"{kind} {n}" for kind, n in s["member_epochs"].items())
     return f"{s['epochs']} epochs"

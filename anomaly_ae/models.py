@@ -353,12 +353,12 @@ def layer_table(module: nn.Module, shape: tuple[int, int, int]) -> list[dict]:
         return hook
 
     for name, mod in module.named_modules():
-        if name and not any(True for _ in mod.children()):
-            hooks.append(mod.register_forward_hook(record(name)))
+        if not any(True for _ in mod.children()) and (name or mod is module):  # a module of no layers: itself
+            hooks.append(mod.register_forward_hook(record(name or "memory")))
     was_training = module.training
     try:
         module.eval()
-        p = next(module.parameters(), None)
+        p = next(module.parameters(), next(module.buffers(), None))
         x = torch.zeros(1, shape[2], shape[0], shape[1], device=p.device if p is not None else "cpu")
         with torch.no_grad():
             getattr(module, "reconstruct_and_segment", module)(x)

@@ -14,10 +14,12 @@ any rule that keeps one (measured in bench/README.md on digits, CIFAR-10, inspec
 to 64 pixels, and the PIPED, ELPV and DeepPCB images at full size).
 
 On large images the candidates are the reconstruction kind (tiled) and the discriminative one, both
-at full resolution, and the discriminative kind once more on the whole image shrunk to at most
-``shrink.COARSE_SIDE`` a side (`anomaly_ae.shrink`), which sees defects that span the image; their
-scores are combined by the highest standardised score, so that the members blind to small defects
-(the coarse one) or to large ones do not dilute the one that sees them.
+at full resolution, and two on the whole image shrunk to at most ``shrink.COARSE_SIDE`` a side
+(`anomaly_ae.shrink`), which see defects that span the image: the discriminative kind once more,
+and the nearest kind (`anomaly_ae.nearest`: the image against the nearest normal training image,
+for parts that look the same from item to item). Their scores are combined by the highest
+standardised score, so that the members blind to small defects (the coarse ones) or to large ones
+do not dilute the one that sees them.
 Images at most ``WHOLE_IMAGE_SIDE`` a side may hold anomalies of the whole content (another digit,
 another object), which local defects cannot show: there the reconstruction kind takes the whole
 image and the geometric kind is a third candidate. Each candidate's AUROC on simulated defects (and,
@@ -46,8 +48,8 @@ SELECTION_SEED = 424_242
 # geometric kind is a candidate too; larger ones are tiled (full resolution, as for small defects in
 # large images).
 WHOLE_IMAGE_SIDE = 64
-# The kind of the candidate that looks at large images shrunk whole (`coarse_candidate`).
-COARSE_KIND = "draem"
+# The kinds of the candidates that look at large images shrunk whole (`coarse_candidates`).
+COARSE_KINDS = ("draem", "nearest")
 TILE, TILED_LATENT = 32, 128
 # Fewest seconds of a time budget a candidate gets when the ones before it spent the whole budget
 # (it then trains one epoch: a candidate is never left out for time).
@@ -88,12 +90,12 @@ def fit_auto(det, images: np.ndarray, validation: np.ndarray | None, **fit_optio
     return chosen
 
 
-def coarse_candidate(shape: tuple[int, ...], model: ModelConfig) -> tuple[ModelConfig, int] | None:
-    """(the configuration, the shrink factor) of the candidate that looks at whole images shrunk,
-    for images of `shape` larger than ``WHOLE_IMAGE_SIDE`` a side; None for smaller ones."""
+def coarse_candidates(shape: tuple[int, ...], model: ModelConfig) -> list[tuple[ModelConfig, int]]:
+    """(the configuration, the shrink factor) of each candidate that looks at whole images shrunk,
+    for images of `shape` larger than ``WHOLE_IMAGE_SIDE`` a side; none for smaller ones."""
     if max(shape[:2]) <= WHOLE_IMAGE_SIDE:
-        return None
-    return dataclasses.replace(model, kind=COARSE_KIND, tile=0), factor_for(shape)
+        return []
+    return [(dataclasses.replace(model, kind=kind, tile=0), factor_for(shape)) for kind in COARSE_KINDS]
 
 
 def candidates(shape: tuple[int, ...], model: ModelConfig) -> list[ModelConfig]:
@@ -147,13 +149,14 @@ def choose(detector_class, config: DetectorConfig, images: np.ndarray, validatio
         log.warning("auto weighs its candidates on only %d held-back images: each one's share of the score "
                     "may be off; pick a kind (model.kind, --model), or add images", len(validation))
     models = [(m, 1) for m in candidates(images.shape[1:], config.model)]
-    coarse = coarse_candidate(images.shape[1:], config.model)
-    models += [coarse] if coarse else []
+    coarse = coarse_candidates(images.shape[1:], config.model)
+    models += coarse
     whole = any(m.kind == "geometric" for m, _ in models)  # judged on anomalies of the whole image
     # A time budget is the candidates' epochs (choosing each one's score and judging it come on
-    # top). The shrunk candidate, the cheapest, trains first; each gets an equal part of the training
-    # time left, so that what one leaves unused (stopped early, fewer epochs than fit) goes to the next.
-    order = [i for i, (_, k) in enumerate(models) if k > 1] + [i for i, (_, k) in enumerate(models) if k == 1]
+    # top). The shrunk candidates, the cheapest (the nearest kind trains nothing), train first; each
+    # gets an equal part of the training time left, so that what one leaves unused (stopped early,
+    # fewer epochs than fit, nothing to train) goes to the next.
+    order = sorted(range(len(models)), key=lambda i: (models[i][1] == 1, models[i][0].kind != "nearest"))
     budget_s, trained_s = 60 * config.train.max_minutes, 0.0
     done, failed = {}, {}
     for n, i in enumerate(order):

@@ -80,15 +80,22 @@ def main(argv=None) -> None:
             ok, bad = surfaces(60, 10 * s + 1, side=256), surfaces(60, 10 * s + 2, defect=True, side=256)
             measure(f"surfaces256 seed {s}", train, np.concatenate([ok, bad]), np.r_[np.zeros(60), np.ones(60)] > 0,
                     epochs=15, kinds=kinds)
+    for label, fit, test, y in shared_tasks(which):
+        measure(label, fit, test, y, kinds=kinds)
+
+
+def shared_tasks(names: list[str]):
+    """(name and task, fit images, test images, test is-anomaly) of every task of the named
+    `bench.quality` datasets in ../shared/data ('surfaces', generated, is the caller's)."""
     from bench.quality import _datasets, _load_task
 
     tasks = _datasets(Path("../shared/data"), None)
-    for name in which:
+    for name in names:
         if name == "surfaces":
             continue
         for task, source, options, normal in tasks[name]:
             fit, _, test, y, _ = _load_task(source, options, normal)
-            measure(f"{name} {task}", fit, test, y, kinds=kinds)
+            yield f"{name} {task}", fit, test, y
 
 
 if __name__ == "__main__":  # decode workers import this module: the work must not run again there

@@ -104,8 +104,8 @@ def _load_task(source: str, options: dict, normal: str, with_classes: bool = Fal
 
 def is_tiled_spec(spec: str) -> bool:
     """A method spec of ours that works on full-resolution images: one that sets model.tile, and
-    the discriminative kind (fully convolutional) or auto, which may choose either."""
-    return "/tile=" in spec or spec.split("/")[0].split(":")[0] in ("draem", "auto")
+    the discriminative kind (fully convolutional), the nearest kind (no network to size) or auto."""
+    return "/tile=" in spec or spec.split("/")[0].split(":")[0] in ("draem", "auto", "nearest")
 
 
 def _our_method(spec: str):

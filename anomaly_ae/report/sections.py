@@ -39,8 +39,11 @@ def summary(data: RunData) -> str:
         kind, method = "draem (discriminative)", "smoothed top-k of the defect probability map"
     elif model.get("kind") == "geometric":
         kind, method = "geometric", "how badly it tells which way the image is turned, or its reconstruction error"
+    noun = "autoencoder"
+    if model.get("kind") == "nearest":
+        noun = "kind (no network: the nearest good training image is the reconstruction)"
     tiles = f", in {int(model['tile'])}-pixel tiles" if model.get("tile") else ""
-    facts = [("Model", f"{kind} autoencoder, score: {method}, images {shape} (height&times;width&times;channels)"
+    facts = [("Model", f"{kind} {noun}, score: {method}, images {shape} (height&times;width&times;channels)"
                        f"{tiles}"),
              *_selection_fact(model.get("selection")),
              ("Trained on", f'<span class="path">{escape(str(model.get("dataset") or "n/a"))}</span>'),

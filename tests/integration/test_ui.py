@@ -197,6 +197,24 @@ def test_model_page_shows_the_layers_latent_view_and_reconstructions(workspace, 
     assert f'href="/runs/{k3}/model"' in c.get(f"/runs/{k3}").text
 
 
+def test_model_page_of_the_nearest_kind_says_what_it_keeps(mnist_ds, tmp_path):
+    """A model with no network (the nearest kind): its page says how many images it keeps, not epochs."""
+    from starlette.testclient import TestClient
+
+    from anomaly_ae.config import DetectorConfig, ModelConfig
+    from anomaly_ae.ui.app import create_app
+
+    line = tmp_path / "near"
+    trained = steps.train(mnist_ds, line / "model", normal=["0"], config=DetectorConfig(model=ModelConfig(kind="nearest")))
+    steps.score(mnist_ds, line / "model", line / "runs" / "r1", split="test", report=False)
+    c = TestClient(create_app([tmp_path], who="tester"), follow_redirects=False)
+    [run] = c.get("/api/runs").json()
+    page = c.get(f"/runs/{run['key']}/model")
+    assert page.status_code == 200
+    assert f"{trained['n_train']} training images, {trained['kept']} of them kept" in page.text and "epochs on" not in page.text
+    assert 0 < trained["kept"] <= trained["n_train"] and trained["epochs"] == 0
+
+
 def test_an_auroc_that_counts_training_images_is_marked(workspace, tmp_path):
     """A run whose metrics count images the model trained on (run.json's model_saw) shows it by its
     AUROC on the runs page and the run page; the other runs do not."""

@@ -151,17 +151,20 @@ def test_auto_keeps_the_candidates_of_large_images_together_judged_on_defects(su
     large = np.pad(train[:48], ((0, 0), (4, 4), (4, 4), (0, 0)), mode="reflect")  # 72x72: tiled
     det = AutoencoderDetector(_fast("auto", epochs=1, allow_collapsed=True)).fit(large)  # (1 epoch: kept however bad)
     record = det.meta_["selection"]
-    assert [c["kind"] for c in record["candidates"]] == ["ae", "draem", "draem"] and record["judge"] == "defects"
+    assert [c["kind"] for c in record["candidates"]] == ["ae", "draem", "draem", "nearest"] and record["judge"] == "defects"
     assert all(c["judged"] == c["synthetic_auroc"] and c["shuffled_auroc"] is None for c in record["candidates"])
-    coarse = "draem on the whole image at 36x36"  # the third looks at the whole image shrunk by 2
-    assert record["chosen"] == "ensemble" and isinstance(det, Ensemble) and record["members"] == ["ae", "draem", coarse]
+    coarse = [f"{kind} on the whole image at 36x36" for kind in ("draem", "nearest")]  # the image shrunk by 2
+    assert record["chosen"] == "ensemble" and isinstance(det, Ensemble) and record["members"] == ["ae", "draem", *coarse]
     assert det.members_[0].tile_ and not det.members_[1].tile_  # the reconstruction member tiled
-    assert det.shrinks_ == [1, 1, 2] and det.members_[2].shape_ == (36, 36, 1) and det.labels == record["members"]
+    assert det.shrinks_ == [1, 1, 2, 2] and det.members_[2].shape_ == (36, 36, 1) and det.labels == record["members"]
+    assert det.members_[3].model_.bank.shape == (len(large) - record["n_images"], 36 * 36)  # the fit images, shrunk
     assert record["combine"] == det.combine_ == "max" and "the highest of their scores" in record["rule"]
     assert det.layer_summary()["input_note"].startswith("ae's for one 32x32x1 part of the image")  # info says so
-    assert det.layer_summary()["input_note"].endswith("draem's for the whole image shrunk to 36x36x1")
+    assert det.layer_summary()["input_note"].endswith("draem's for the whole image shrunk to 36x36x1; "
+                                                      "nearest's for the whole image shrunk to 36x36x1")
     names = [row["layer"] for row in det.layer_summary()["layers"]]
-    assert names[-1].startswith("draem@36x36.") and any(n.startswith("draem.") for n in names)  # told apart
+    assert names[-1] == "nearest@36x36.memory" and any(n.startswith("draem@36x36.") for n in names)  # told apart
+    assert any(n.startswith("draem.") for n in names)
     assert record["ensemble"]["shuffled_auroc"] is None and 0.0 <= record["ensemble"]["synthetic_auroc"] <= 1.0
     scores, recon, maps = det.score_with_maps(large[:4])
     assert scores.shape == (4,) and maps.shape == (4, 72, 72)
@@ -219,7 +222,7 @@ def test_on_large_surfaces_auto_finds_the_small_defects_the_plain_ae_misses(auto
     found, missed = _auroc(auto, ok, bad), _auroc(plain, ok, bad)
     print(f"{LARGE_SIDE}-pixel surfaces: auto AUROC {found:.3f}, plain AE {missed:.3f}")
     assert auto.meta_["selection"]["members"][:2] == ["ae", "draem"] and auto.members_[0].tile_
-    assert auto.shrinks_ == [1, 1, 4]  # and the whole image at 64x64
+    assert auto.shrinks_ == [1, 1, 4, 4]  # and the whole image at 64x64, twice
     assert found >= AUTO_FLOOR and missed < PLAIN_CEILING and found - missed > 0.2
 
 
@@ -247,7 +250,7 @@ def test_auto_keeps_the_only_candidate_that_trains(surface_sets, monkeypatch):
     real_fit = AutoencoderDetector.fit
 
     def fit(self, *args, **kwargs):
-        if self.config.model.kind == "draem":
+        if self.config.model.kind in ("draem", "nearest"):
             raise ModelError("collapsed (made to, for the test)")
         return real_fit(self, *args, **kwargs)
 
@@ -258,9 +261,10 @@ def test_auto_keeps_the_only_candidate_that_trains(surface_sets, monkeypatch):
     det, record = selection.choose(AutoencoderDetector, cfg, large[:36], large[36:])
     assert isinstance(det, AutoencoderDetector) and det.config.model.kind == "ae" and record["chosen"] == "ae"
     assert record["rule"] == "the only candidate that could be trained" and "members" not in record
-    assert [c.get("error") for c in record["candidates"]] == [None] + ["collapsed (made to, for the test)"] * 2
+    assert [c.get("error") for c in record["candidates"]] == [None] + ["collapsed (made to, for the test)"] * 3
     assert selection.explain(record).startswith("auto chose ae (AUROC on simulated defects in 12 held-back images: ae ")
-    assert selection.explain(record).endswith(", draem left out, draem on the whole image at 36x36 left out)")
+    assert selection.explain(record).endswith(", draem left out, draem on the whole image at 36x36 left out, "
+                                              "nearest on the whole image at 36x36 left out)")
 
 
 def test_auto_needs_a_candidate_at_full_size(surface_sets, monkeypatch):
@@ -292,7 +296,7 @@ def test_auto_shares_the_time_left_the_cheap_shrunk_candidate_first(monkeypatch,
     from anomaly_ae.errors import ModelError
 
     now, trained = [0.0], []
-    spends = {("draem", 64): 120, ("ae", 128): ae_seconds, ("draem", 128): 0}
+    spends = {("nearest", 64): 0, ("draem", 64): 120, ("ae", 128): ae_seconds, ("draem", 128): 0}
 
     class Clocked:  # trains by moving the clock on; every kind but the full-size ae "collapses"
         def __init__(self, config):
@@ -301,7 +305,8 @@ def test_auto_shares_the_time_left_the_cheap_shrunk_candidate_first(monkeypatch,
         def fit(self, images, validation, **_):
             kind = self.config.model.kind
             trained.append((kind, images.shape[1], round(60 * self.config.train.max_minutes, 3)))
-            now[0] += spends[kind, images.shape[1]] + 20  # its epochs, then 20 s of choosing its score
+            # its epochs, then 20 s of choosing its score (none for the nearest kind, which trains nothing)
+            now[0] += spends[kind, images.shape[1]] + (20 if kind != "nearest" else 0)
             if kind != "ae":
                 raise ModelError("collapsed (made to, for the test)")
             self.history_ = {"seconds": spends[kind, images.shape[1]], "still_improving": True}
@@ -318,13 +323,14 @@ def test_auto_shares_the_time_left_the_cheap_shrunk_candidate_first(monkeypatch,
     with caplog.at_level(logging.WARNING):
         det, record = selection.choose(Clocked, cfg, images[:30], images[30:])
     assert "the budget above was candidate ae's share of the 20 minutes (--max-minutes, train.max_minutes) that " \
-           "auto's 3 candidates train in" in caplog.text
-    # the shrunk one "collapsed" after 140 s (all of it counted: nothing says which part was epochs);
-    # ae's 480 s of epochs are counted, not its score's choosing nor its judging
-    assert trained == [("draem", 64, 400.0), ("ae", 128, 530.0), ("draem", 128, draem_share)]
+           "auto's 4 candidates train in" in caplog.text
+    # the nearest kind first, spending nothing: its share passes on; the shrunk draem "collapsed" after
+    # 140 s (all of it counted: nothing says which part was epochs); ae's 480 s of epochs are
+    # counted, not its score's choosing nor its judging
+    assert trained == [("nearest", 64, 300.0), ("draem", 64, 400.0), ("ae", 128, 530.0), ("draem", 128, draem_share)]
     assert det.config.model.kind == "ae" and record["chosen"] == "ae"
     assert [c.get("label", c["kind"]) for c in record["candidates"]] == \
-        ["ae", "draem", "draem on the whole image at 64x64"]
+        ["ae", "draem", "draem on the whole image at 64x64", "nearest on the whole image at 64x64"]
 
 
 def test_auto_explains_what_it_chose_and_how_each_candidate_was_judged():
@@ -363,12 +369,12 @@ def test_auto_tiles_the_reconstruction_candidate_on_large_images():
     assert [m.kind for m in large] == ["ae", "draem"]
     assert small[0].tile == 0 and large[0].tile > 0 and large[1].tile == 0
     assert [m.kind for m in candidates((28, 28, 1), ModelConfig(tile=16))] == ["ae", "draem"]  # geometric: whole only
-    from anomaly_ae.selection import coarse_candidate
+    from anomaly_ae.selection import coarse_candidates
 
-    assert coarse_candidate((64, 64, 3), ModelConfig()) is None  # small images are whole already
-    model, factor = coarse_candidate((300, 300, 1), ModelConfig(tile=32))
-    assert (model.kind, model.tile, factor) == ("draem", 0, 5)  # the whole cell at 60x60
-    assert coarse_candidate((480, 640, 3), ModelConfig())[1] == 10  # 48x64
+    assert coarse_candidates((64, 64, 3), ModelConfig()) == []  # small images are whole already
+    coarse = coarse_candidates((300, 300, 1), ModelConfig(tile=32))
+    assert [(m.kind, m.tile, k) for m, k in coarse] == [("draem", 0, 5), ("nearest", 0, 5)]  # the cell at 60x60
+    assert {k for _, k in coarse_candidates((480, 640, 3), ModelConfig())} == {10}  # 48x64
 
 
 def test_synthetic_auroc_tells_a_defect_finder_from_a_blind_one(surface_sets):

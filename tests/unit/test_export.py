@@ -30,6 +30,8 @@ CASES = [  # (kind, image shape, tile, score method)
     ("draem", (32, 32, 3), 0, "topk"),
     ("geometric", (32, 32, 3), 0, "mse"),  # 8 turns and flips
     ("geometric", (24, 40, 1), 0, "mse"),  # not square: 4
+    ("nearest", (28, 28, 1), 0, "topk"),  # no network: the nearest training image
+    ("nearest", (24, 40, 3), 0, "ssim"),
 ]
 
 

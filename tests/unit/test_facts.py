@@ -37,3 +37,10 @@ def test_an_ensemble_says_each_members_epochs():
     assert line.startswith("trained ensemble (auto chose it: ae + draem + geometric together) on 280 images: "
                            "epochs ae 26, draem 30, geometric 18, 105 s on cpu; threshold")
     assert "best epoch" not in line and facts.epochs({**model, "member_epochs": None}) == "26 epochs"
+
+
+def test_the_nearest_kind_says_how_many_images_it_keeps_not_epochs():
+    model = {"model": "m", "cached": False, "kind": "nearest", "n_train": 905, "epochs": 0, "kept": 186,
+             "stopped": None, "best_epoch": 1, "train_loss": 0.0, "held_out_loss": 0.01, "seconds": 0.4,
+             "device": "cpu", "threshold": 0.13, "target_fpr": 0.01, "guaranteed_fpr": 0.01, "n_calibration": 226}
+    assert facts.train(model).startswith("trained nearest on 905 images: no epochs, it keeps 186 of them, 0 s on cpu; ")

@@ -88,20 +88,28 @@ def _heat_scale(examples: list[dict]) -> float:
 
 
 # What the heat map shows: the reconstruction error, or for the discriminative kind (draem) the
-# probability of a defect that its segmentation network outputs.
+# probability of a defect that its segmentation network outputs; and what the middle panel is (for
+# the nearest kind, the nearest good training image).
+_RECONSTRUCTION = {"recon_title": "recon&shy;struction", "recon_alt": "Reconstruction by the autoencoder, {who}"}
 _MAP_WORDS = {
     "error": {"title": "error map", "legend": "Error map", "low": "no error", "high": "large error",
               "meaning": "dark = well reconstructed, bright = large error",
-              "alt": "Error heat map over the image, {who}; brighter means larger error"},
+              "alt": "Error heat map over the image, {who}; brighter means larger error", **_RECONSTRUCTION},
     "defect": {"title": "defect map", "legend": "Defect probability", "low": "looks normal",
                "high": "likely a defect", "meaning": "dark = looks normal, bright = likely a defect",
-               "alt": "Defect-probability heat map over the image, {who}; brighter means more likely a defect"},
+               "alt": "Defect-probability heat map over the image, {who}; brighter means more likely a defect",
+               **_RECONSTRUCTION},
+    "nearest": {"title": "difference map", "legend": "Difference from the nearest good image", "low": "the same",
+                "high": "large difference", "meaning": "dark = as the nearest good image, bright = unlike it",
+                "alt": "Heat map of the difference from the nearest good training image, {who}; brighter means "
+                       "more unlike it", "recon_title": "nearest good image",
+                "recon_alt": "The nearest good training image, {who}"},
 }
 
 
 def map_words(kind: str | None) -> dict:
-    """The words that name the heat map of a model `kind`."""
-    return _MAP_WORDS["defect" if kind == "draem" else "error"]
+    """The words that name the heat map (and the image beside it) of a model `kind`."""
+    return _MAP_WORDS["defect" if kind == "draem" else "nearest" if kind == "nearest" else "error"]
 
 
 def _legend(vmax: float, lut: np.ndarray, masks: bool, words: dict) -> str:
@@ -131,10 +139,10 @@ def _card(e: dict, rank: int | None, n: int, shape: list[int], vmax: float, lut:
     mask = np.frombuffer(e["mask"], np.uint8).reshape(h, w) if e.get("mask") else None
     imgs = example_panels(pixels, recon, error, mask, vmax, lut)
     who = f"item ranked {rank}" if rank else "item"
-    alts = [f"Original image, {who}", f"Reconstruction by the autoencoder, {who}",
+    alts = [f"Original image, {who}", words["recon_alt"].format(who=who),
             words["alt"].format(who=who)
             + ("; a cyan outline marks the ground-truth defect" if mask is not None else "")]
-    titles = ("original", "recon&shy;struction", words["title"])
+    titles = ("original", words["recon_title"], words["title"])
     panels = "".join(f'<figure><img src="data:image/png;base64,{b}" alt="{escape(a)}">'
                      f"<figcaption>{t}</figcaption></figure>" for b, a, t in zip(imgs, alts, titles))
     decision = '<span class="tag">FLAGGED</span>' if e.get("flagged") else "not flagged"

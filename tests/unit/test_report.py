@@ -275,6 +275,9 @@ def test_heat_map_is_named_for_what_the_model_kind_maps():
     assert defect["title"] == "defect map" and error["title"] == "error map" and map_words(None) == error
     assert "Defect probability" in _legend(0.9, heat_lut(), False, defect)
     assert "large error" in _legend(0.9, heat_lut(), True, error) and "cyan" in _legend(0.9, heat_lut(), True, error)
+    nearest = map_words("nearest")  # no network: the middle image is the nearest good one, not a reconstruction
+    assert nearest["recon_title"] == "nearest good image" and "nearest good" in nearest["recon_alt"]
+    assert error["recon_title"] == defect["recon_title"] == "recon&shy;struction"
 
 
 def test_a_small_batch_shows_each_item_once_and_says_what_it_knows(pipeline, unlabelled):

@@ -134,8 +134,10 @@ class AutoencoderDetector(Calibrated):
         t0 = time.perf_counter()
         kept = self.model_.remember(data, self.config.train.seed)
         if kept < len(data):
+            from anomaly_ae import nearest
+
             log.info("the nearest kind keeps a seeded draw of %d of the %d training images (at most %d pixel values)",
-                     kept, len(data), self.model_.bank.numel())
+                     kept, len(data), nearest.MAX_BANK_VALUES)
         held = val if val is not None else data[:SCORE_BATCH]
         history = History(train_loss=[evaluate(self.model_, data[:SCORE_BATCH], SCORE_BATCH)],
                           val_loss=[evaluate(self.model_, held, SCORE_BATCH)], device=str(self.device_))

@@ -11,13 +11,9 @@ one as a whole; on textures that shift from image to image every image is far fr
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import torch
 from torch import nn
-
-log = logging.getLogger(__name__)
 
 # The most pixel values (images x height x width x channels) the memory keeps: 16 MiB as stored
 # (uint8), 64 MiB as compared (float32). Larger training sets keep a seeded draw of their images.
@@ -47,7 +43,7 @@ class NearestNormal(nn.Module):
         """Keep the uint8 images (n, c, h, w), or a seeded draw of them when there are more than
         the memory holds; returns how many were kept."""
         n = len(images)
-        keep = bank_size(n, int(np.prod(self.shape)))
+        keep = bank_size(n, self.bank.shape[1])
         rows = torch.arange(n) if keep == n else torch.from_numpy(
             np.sort(np.random.default_rng(seed).choice(n, keep, replace=False)))
         self.bank = images[rows.to(images.device)].reshape(keep, -1).to(torch.uint8).contiguous()

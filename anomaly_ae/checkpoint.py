@@ -202,7 +202,7 @@ def summary(out: Path, ckpt: dict, cached: bool) -> dict:
             "score": ckpt["config"]["score"]["method"], "normal_classes": ckpt.get("normal_classes"),
             "n_train": ckpt.get("data", {}).get("n_train"), "n_calibration": t["n_calibration"],
             "n_reviewed_normals": ckpt.get("data", {}).get("n_reviewed_normals", 0),
-            "epochs": _epochs(h), "kept": h.get("kept"), "best_epoch": h["best_epoch"] + 1,
+            "epochs": _epochs(h), "kept": h.get("kept"), "compared_at": h.get("compared_at"), "best_epoch": h["best_epoch"] + 1,
             "train_loss": h["train_loss"][h["best_epoch"]], "held_out_loss": h["val_loss"][h["best_epoch"]],
             "seconds": h["seconds"], "device": h["device"], "threshold": t["threshold"],
             "stopped": "early" if h.get("stopped_early") else ("time, still improving" if h.get("still_improving")

@@ -133,6 +133,11 @@ class AutoencoderDetector(Calibrated):
         SCORE_BATCH training images and of the held-out ones."""
         t0 = time.perf_counter()
         kept = self.model_.remember(data, self.config.train.seed)
+        _, ch, cw = self.model_.compared
+        shrunk = {"compared_at": [ch, cw]} if self.model_.factor > 1 else {}
+        if shrunk:
+            log.info("the nearest kind compares the images shrunk to %dx%d, where its memory holds %d of them",
+                     cw, ch, kept)
         if kept < len(data):
             from anomaly_ae import nearest
 
@@ -142,7 +147,7 @@ class AutoencoderDetector(Calibrated):
         history = History(train_loss=[evaluate(self.model_, data[:SCORE_BATCH], SCORE_BATCH)],
                           val_loss=[evaluate(self.model_, held, SCORE_BATCH)], device=str(self.device_))
         history.seconds = time.perf_counter() - t0
-        return {**history.to_dict(), "kept": kept}  # no epochs: how many images it keeps instead
+        return {**history.to_dict(), "kept": kept, **shrunk}  # no epochs: how many images it keeps instead
 
     def _model_input(self) -> tuple[int, int, int]:
         """(height, width, channels) of the network's input: a tile for tiled models."""

@@ -48,9 +48,10 @@ def train(s: dict) -> str:
 
 def epochs(s: dict) -> str:
     """``12 epochs``, or for an ensemble each member's: ``epochs ae 26, draem 30, geometric 18``, or for
-    the nearest kind the images it keeps: ``no epochs, it keeps 186 of them``."""
+    the nearest kind the images it keeps: ``no epochs, it keeps 905 of them, compared at 100x100``."""
     if s.get("kept") is not None:
-        return f"no epochs, it keeps {s['kept']} of them"
+        at = s.get("compared_at")
+        return f"no epochs, it keeps {s['kept']} of them" + (f", compared at {at[1]}x{at[0]}" if at else "")
     if s.get("member_epochs"):
         return "epochs " + ", ".join(f"{kind} {n}" for kind, n in s["member_epochs"].items())
     return f"{s['epochs']} epochs"

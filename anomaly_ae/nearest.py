@@ -14,6 +14,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+from anomaly_ae.shrink import factor_for
 
 # The most pixel values (images x height x width x channels) the memory keeps: 16 MiB as stored
 # (uint8), 64 MiB as compared (float32). Larger training sets keep a seeded draw of their images.
@@ -25,46 +28,90 @@ def bank_size(n_images: int, values_per_image: int) -> int:
     return max(1, min(n_images, MAX_BANK_VALUES // max(1, values_per_image)))
 
 
+def compare_factor(n_images: int, shape: tuple[int, int, int]) -> int:
+    """The whole factor the memory compares `n_images` images of `shape` (c, h, w) shrunk by: the
+    smallest at which all of them fit, at most the one that brings the longest side to
+    `shrink.COARSE_SIDE` (beyond it a seeded draw is kept); 1 when they fit at full size."""
+    c, h, w = shape
+    most = factor_for((h, w))
+    for k in range(1, most + 1):
+        if n_images * c * (h // k) * (w // k) <= MAX_BANK_VALUES:
+            return k
+    return most
+
+
 class NearestNormal(nn.Module):
     """The nearest normal image, as a module: (n, c, h, w) in [0, 1] -> the stored training image
     closest to each (squared Euclidean distance of the pixels), as a reconstruction would be.
 
     The images are kept as uint8 (`bank`, one row each), exactly as the detector stores its
-    inputs, so a training image's own nearest image is itself (distance 0)."""
+    inputs, so a training image's own nearest image is itself (distance 0). With a ``factor`` above
+    1 they are kept and compared shrunk by it, and the reconstruction is the input whose
+    k x k block means are replaced by the nearest kept image's (see the module's docstring)."""
 
     OBJECTIVE_SETTINGS: tuple[str, ...] = ()
 
     def __init__(self, in_channels: int, height: int, width: int, **_widths):
         super().__init__()
         self.shape = (in_channels, height, width)
+        self.factor = 1  # the whole factor images are kept and compared shrunk by
         self.register_buffer("bank", torch.zeros(0, in_channels * height * width, dtype=torch.uint8))
+        self.register_buffer("shrink", torch.tensor(1, dtype=torch.int64))
+
+    @property
+    def compared(self) -> tuple[int, int, int]:
+        """(c, h, w) of the images as kept and compared."""
+        c, h, w = self.shape
+        return c, h // self.factor, w // self.factor
 
     def remember(self, images: torch.Tensor, seed: int) -> int:
-        """Keep the uint8 images (n, c, h, w), or a seeded draw of them when there are more than
-        the memory holds; returns how many were kept."""
+        """Keep the uint8 images (n, c, h, w), shrunk when they do not all fit the memory at full
+        size (`compare_factor`), or a seeded draw of them when they do not fit even shrunk; returns
+        how many were kept."""
         n = len(images)
-        keep = bank_size(n, self.bank.shape[1])
+        self.factor = compare_factor(n, self.shape)
+        self.shrink = torch.tensor(self.factor, dtype=torch.int64, device=self.shrink.device)
+        keep = bank_size(n, int(np.prod(self.compared)))
         rows = torch.arange(n) if keep == n else torch.from_numpy(
             np.sort(np.random.default_rng(seed).choice(n, keep, replace=False)))
-        self.bank = images[rows.to(images.device)].reshape(keep, -1).to(torch.uint8).contiguous()
+        kept = images[rows.to(images.device)]
+        if self.factor > 1:  # each pixel the mean of its block, rounded halves up: uint8 as stored
+            kept = torch.floor(F.avg_pool2d(kept.float(), self.factor) + 0.5)
+        self.bank = kept.reshape(keep, -1).to(torch.uint8).contiguous()
         return keep
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         stored = state_dict.get(prefix + "bank")
-        if stored is not None:  # as many images as were kept
+        if stored is not None:  # as many images as were kept, at the size they were kept at
             self.bank = torch.zeros_like(stored, device=self.bank.device)
+        # Models saved before images could be kept shrunk compare them at full size.
+        state_dict.setdefault(prefix + "shrink", torch.tensor(1, dtype=torch.int64))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.factor = int(self.shrink)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.factor
         # In float32 whatever the autocast (bf16 on a GPU would blur which image is nearest).
         with torch.autocast(x.device.type, enabled=False):
-            flat = x.float().flatten(1)
+            full = x.float()
+            coarse = F.avg_pool2d(full, k) if k > 1 else full
             bank = self.bank.float() / 255.0
             # |x - b|^2 = |x|^2 - 2 x.b + |b|^2; |x|^2 is the same for every b of a row.
-            distance = (bank * bank).sum(1).unsqueeze(0) - 2.0 * flat @ bank.t()
-            nearest = bank[distance.argmin(1)]
-        return nearest.reshape(-1, *self.shape).to(x.dtype)
+            distance = (bank * bank).sum(1).unsqueeze(0) - 2.0 * coarse.flatten(1) @ bank.t()
+            nearest = bank[distance.argmin(1)].reshape(-1, *self.compared)
+            if k > 1:  # the input with its coarse content replaced by the nearest image's
+                nearest = full + _grow(nearest - coarse, k, *self.shape[1:])
+        return nearest.to(x.dtype)
 
     def loss(self, x: torch.Tensor, train: bool, gen: torch.Generator | None = None) -> torch.Tensor:
         """The mean squared error to the nearest stored image (nothing is trained)."""
         return (x - self(x)).pow(2).mean()
+
+
+
+def _grow(maps: torch.Tensor, k: int, height: int, width: int) -> torch.Tensor:
+    """(n, c, h', w') back at (n, c, height, width), as `shrink.grow_tensor` grows a map."""
+    from anomaly_ae.shrink import grow_tensor
+
+    n, c, hh, ww = maps.shape
+    return grow_tensor(maps.reshape(n * c, hh, ww), k, height, width).reshape(n, c, height, width)

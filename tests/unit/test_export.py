@@ -46,6 +46,18 @@ def _images(shape, n, seed=0):
 @pytest.mark.parametrize("kind, shape, tile, method", CASES, ids=[f"{k}-{'x'.join(map(str, s))}-t{t}-{m}"
                                                                    for k, s, t, m in CASES])
 def test_exported_scores_and_decisions_equal_the_detectors(kind, shape, tile, method):
+    _check_parity(kind, shape, tile, method)
+
+
+def test_a_nearest_model_comparing_shrunk_images_exports_the_same_scores(monkeypatch):
+    from anomaly_ae import nearest
+
+    monkeypatch.setattr(nearest, "MAX_BANK_VALUES", 40 * 35 * 33)  # 71x67 images fit it only shrunk by 2
+    det = _check_parity("nearest", (71, 67, 1), 0, "topk")
+    assert det.model_.factor == 2 and det.model_.bank.shape[1] == 35 * 33
+
+
+def _check_parity(kind, shape, tile, method) -> AutoencoderDetector:
     cfg = DetectorConfig(model=ModelConfig(kind=kind, tile=tile, latent_dim=16, base_channels=8, max_channels=32),
                          train=TRAIN, score=ScoreConfig(method=method))
     normal = _images(shape, 40)
@@ -68,6 +80,7 @@ def test_exported_scores_and_decisions_equal_the_detectors(kind, shape, tile, me
         np.testing.assert_allclose(ov_scores, ours, rtol=PARITY_RTOL, atol=0)
         np.testing.assert_allclose(ov_maps, our_maps, rtol=1e-4, atol=1e-6)
         assert np.array_equal((ov_scores > threshold)[~near], (ours > threshold)[~near])
+    return det
 
 
 def _has(module: str) -> bool:

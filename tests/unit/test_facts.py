@@ -44,3 +44,5 @@ def test_the_nearest_kind_says_how_many_images_it_keeps_not_epochs():
              "stopped": None, "best_epoch": 1, "train_loss": 0.0, "held_out_loss": 0.01, "seconds": 0.4,
              "device": "cpu", "threshold": 0.13, "target_fpr": 0.01, "guaranteed_fpr": 0.01, "n_calibration": 226}
     assert facts.train(model).startswith("trained nearest on 905 images: no epochs, it keeps 186 of them, 0 s on cpu; ")
+    shrunk = {**model, "kept": 905, "compared_at": [100, 120]}  # all of them, compared smaller
+    assert facts.epochs(shrunk) == "no epochs, it keeps 905 of them, compared at 120x100"

@@ -18,23 +18,24 @@ SIDE = 48
 FAST = TrainConfig(device="cpu", seed=3)
 
 
-def cells(n: int, seed: int, defect: bool = False) -> np.ndarray:
+def cells(n: int, seed: int, defect: bool = False, side: int = SIDE) -> np.ndarray:
     """Gray cells in the same place (two bright bars across a grey field) with what good cells vary
     in: overall brightness, fine noise, and a few small dark grains anywhere; with `defect`, a soft
     dark region a few times a grain's size, somewhere in the cell."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:SIDE, 0:SIDE].astype(np.float32)
-    out = np.empty((n, SIDE, SIDE, 1), np.uint8)
+    u = side / SIDE  # every length scales with the side
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
+    out = np.empty((n, side, side, 1), np.uint8)
     for i in range(n):
-        img = np.full((SIDE, SIDE), 0.5, np.float32)
-        img[:, 14:17] = img[:, 31:34] = 0.8
+        img = np.full((side, side), 0.5, np.float32)
+        img[:, round(14 * u):round(17 * u)] = img[:, round(31 * u):round(34 * u)] = 0.8
         for _ in range(rng.integers(2, 5)):
-            cy, cx = rng.uniform(0, SIDE, 2)
-            img -= 0.25 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 1.2**2))
+            cy, cx = rng.uniform(0, side, 2)
+            img -= 0.25 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (1.2 * u) ** 2))
         if defect:
-            cy, cx, r = *rng.uniform(8, SIDE - 8, 2), rng.uniform(5, 8)
+            cy, cx, r = *rng.uniform(8 * u, side - 8 * u, 2), rng.uniform(5, 8) * u
             img -= 0.1 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r**2))
-        img = img * rng.uniform(0.9, 1.1) + 0.02 * rng.standard_normal((SIDE, SIDE))
+        img = img * rng.uniform(0.9, 1.1) + 0.02 * rng.standard_normal((side, side))
         out[i, ..., 0] = np.clip(img * 255, 0, 255).astype(np.uint8)
     return out
 
@@ -85,6 +86,35 @@ def test_a_large_training_set_keeps_a_seeded_draw_that_fits_the_memory(monkeypat
     assert "keeps a seeded draw of 25 of the 150 training images" in caplog.text
     c = _fitted("mse", seed=4)
     assert not np.array_equal(a.model_.bank.numpy(), c.model_.bank.numpy())
+
+
+def test_images_too_many_for_the_memory_at_full_size_are_all_kept_and_compared_shrunk(monkeypatch, caplog, tmp_path):
+    from anomaly_ae import checkpoint, nearest
+
+    big = 2 * SIDE  # twice the side: shrunk by 2 they are the cells above
+    monkeypatch.setattr(nearest, "MAX_BANK_VALUES", 150 * SIDE * SIDE)
+    cfg = DetectorConfig(model=ModelConfig(kind="nearest"), train=FAST, score=ScoreConfig(method="mse"))
+    train = cells(150, 3, side=big)
+    with caplog.at_level(logging.INFO, logger="anomaly_ae.detector"):
+        det = AutoencoderDetector(cfg).fit(train, cells(30, 103, side=big))
+    assert det.model_.factor == 2 and det.model_.bank.shape == (150, SIDE * SIDE)  # every image, none drawn
+    assert "compares the images shrunk to 48x48, where its memory holds 150 of them" in caplog.text
+    assert "seeded draw" not in caplog.text
+    scores, recon, maps = det.score_with_maps(train[:20])
+    # A kept image: only its blocks' rounding departs from it (at most half a grey level).
+    assert np.abs(recon - train[:20] / 255.0).max() <= 0.5 / 255 + 1e-6 and scores.max() < 1e-5
+    good, bad = cells(60, 7, side=big), cells(60, 8, defect=True, side=big)
+    scores, _, maps = det.score_with_maps(np.concatenate([good, bad]))
+    auc = roc_auc_score(np.r_[np.zeros(60), np.ones(60)], scores)
+    assert auc >= FLOOR, auc  # measured 0.96 (0.95 with a memory that holds them at full size)
+    assert maps.shape == (120, big, big)
+    det.calibrate(cells(40, 11, side=big))
+    det.save(tmp_path / "m")
+    back = AutoencoderDetector.load(tmp_path / "m", device="cpu")
+    assert back.model_.factor == 2
+    np.testing.assert_array_equal(back.score_samples(bad[:10]), det.score_samples(bad[:10]))
+    said = checkpoint.summary(tmp_path / "m", checkpoint.read(tmp_path / "m"), cached=False)
+    assert (said["kept"], said["compared_at"]) == (150, [SIDE, SIDE])
 
 
 def test_a_saved_nearest_model_scores_the_same_when_loaded(tmp_path):

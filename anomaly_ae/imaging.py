@@ -324,14 +324,19 @@ def read_bit_depth(img: Image.Image, policy: Preprocess) -> int | None:
 
 
 def to_pixels(img: Image.Image, policy: Preprocess) -> np.ndarray:
-    """Apply the policy: crop, flatten, convert channels, resize. Returns (H, W, C) uint8."""
+    """Apply the policy: crop, flatten, convert channels, resize. Returns (H, W, C) uint8 (read-only)."""
+    return np.frombuffer(to_pixel_bytes(img, policy), np.uint8).reshape(policy.shape)
+
+
+def to_pixel_bytes(img: Image.Image, policy: Preprocess) -> bytes:
+    """`to_pixels`' values as bytes (H x W x C, row by row), taken from the image directly: a
+    quarter of the time a decode worker spends on a small image went to the array in between."""
     img = _flatten(policy.cut(img), read_bit_depth(img, policy))
     if img.mode != policy.channels:
         img = img.convert(policy.channels)
     if img.size != (policy.width, policy.height):
         img = img.resize((policy.width, policy.height), RESIZE_METHODS[policy.resize])
-    arr = np.asarray(img, dtype=np.uint8)
-    return arr.reshape(policy.height, policy.width, policy.n_channels)
+    return img.tobytes()
 
 
 def mask_pixels(data: bytes, policy: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -38,7 +38,7 @@ from anomaly_ae.imaging import (
     sha256_hex,
 )
 from anomaly_ae.parallel import Chunk, Decoded, decode_chunks, decode_one
-from anomaly_ae.schema import SCHEMAS, TableWriter, fixed_binary, rejects_columns, write_table
+from anomaly_ae.schema import SCHEMAS, TableWriter, column, fixed_binary, rejects_columns, write_table
 from anomaly_ae.sources.base import Item, Listing, assign_test_split, require_items
 
 log = logging.getLogger(__name__)
@@ -195,8 +195,8 @@ class _Rows:
         """The row group as an Arrow table (pixels as one buffer, no per-image copies)."""
         n = len(self)
         pixels = fixed_binary(b"".join(self.blobs), n)
-        masks = pa.array(self.masks, pa.binary()) if any(m is not None for m in self.masks) else pa.nulls(n, pa.binary())
-        cols = {k: pa.array(v, SCHEMAS["images"][1].field(k).type) for k, v in self.cols.items()}
+        masks = column(self.masks, pa.binary()) if any(m is not None for m in self.masks) else pa.nulls(n, pa.binary())
+        cols = {k: column(v, SCHEMAS["images"][1].field(k).type) for k, v in self.cols.items()}
         return pa.table({**cols, "pixels": pixels, "mask": masks})
 
 

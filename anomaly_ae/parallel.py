@@ -30,7 +30,7 @@ from anomaly_ae.imaging import (
     read_bit_depth,
     read_file_bytes,
     sha256_hex,
-    to_pixels,
+    to_pixel_bytes,
 )
 
 log = logging.getLogger(__name__)
@@ -115,10 +115,10 @@ def decode_one(path, mask_path, policy: Preprocess, max_pixels: int) -> Decoded:
                 mask = mask_pixels(read_file_bytes(mask_path), policy, max_pixels).tobytes()
             except Rejected as exc:
                 raise Rejected(f"its mask {os.fsdecode(mask_path)!r} is unusable: {exc}") from None
-        pixels = to_pixels(img, policy)
+        pixels = to_pixel_bytes(img, policy)
         bits = read_bit_depth(img, policy)  # (the maximum from NumPy: Pillow has none for big-endian 16-bit)
         over = bits is not None and img.mode[:1] == "I" and int(np.asarray(img).max(initial=0)) >= 2 ** bits
-        return Decoded(pixels.tobytes(), mask, img.height, img.width, img.mode,
+        return Decoded(pixels, mask, img.height, img.width, img.mode,
                        sha256_hex(data), is_gray(img), over_range=over)
     except Rejected as exc:
         return Decoded(None, None, 0, 0, "", "", False, str(exc))

@@ -122,9 +122,37 @@ def fixed_binary(data: bytes, n: int) -> pa.BinaryArray:
     return pa.BinaryArray.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(data)])
 
 
+def column(values: list, type_: pa.DataType) -> pa.Array:
+    """An Arrow array of Python values (None for null) built from its buffers, for the string,
+    binary and int32 columns ingest writes: pyarrow's own conversion of a list imports pandas on
+    its first use, a quarter of a second of every ingest. Other types, and values of another kind
+    (or out of int32's range), go to pyarrow's conversion, whose errors they raise."""
+    n = len(values)
+    valid = np.fromiter((v is not None for v in values), bool, n)
+    nulls = n - int(valid.sum())
+    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little").tobytes()) if nulls else None
+    kind = str if type_ == pa.string() else bytes if type_ == pa.binary() else int if type_ == pa.int32() else None
+    if kind is None or not all(v is None or type(v) is kind for v in values):
+        return pa.array(values, type_)
+    if kind is int:
+        numbers = np.array([0 if v is None else v for v in values], np.int64)
+        if n and (numbers.min() < -(2**31) or numbers.max() >= 2**31):
+            return pa.array(values, type_)
+        return pa.Array.from_buffers(type_, n, [bitmap, pa.py_buffer(numbers.astype(np.int32))], nulls)
+    try:
+        parts = [b"" if v is None else v.encode() if kind is str else v for v in values]
+    except UnicodeEncodeError:  # (a name that is not valid text)
+        return pa.array(values, type_)
+    ends = np.cumsum(np.fromiter(map(len, parts), np.int64, n))
+    if n and ends[-1] >= 2**31:  # past what one array's 32-bit offsets address
+        return pa.array(values, type_)
+    offsets = np.concatenate([np.zeros(1, np.int32), ends.astype(np.int32)])
+    return pa.Array.from_buffers(type_, n, [bitmap, pa.py_buffer(offsets), pa.py_buffer(b"".join(parts))], nulls)
+
+
 def rejects_columns(rejects: list[tuple[str, str]]) -> dict:
     """The rejects table's columns from (source, reason) pairs."""
-    return {"source": [s for s, _ in rejects], "reason": [r for _, r in rejects]}
+    return {"source": column([s for s, _ in rejects], _S), "reason": column([r for _, r in rejects], _S)}
 
 
 def write_options(name: str) -> dict:

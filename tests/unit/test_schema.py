@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -45,3 +46,46 @@ def test_wrong_table_and_newer_version_are_refused(tmp_path):
     (tmp_path / "junk.parquet").write_bytes(b"junk")
     with pytest.raises(SchemaError, match="not a readable Parquet"):
         read_meta(tmp_path / "junk.parquet")
+
+
+@pytest.mark.parametrize("values, type_", [
+    (["a", "bé", None, ""], pa.string()),
+    ([b"x", None, b"yz", b""], pa.binary()),
+    ([1, None, -3, 2**31 - 1, -(2**31)], pa.int32()),
+    ([], pa.string()),
+    ([None] * 9, pa.int32()),
+    ([np.int64(5), 2, None], pa.int32()),  # values of another kind: pyarrow's conversion
+    ([1.5, None], pa.int32()),
+    ([1.5, None], pa.float64()),  # a type it does not build itself
+])
+def test_columns_built_from_buffers_equal_pyarrows_conversion(values, type_):
+    from anomaly_ae.schema import column
+
+    built = column(values, type_)
+    built.validate(full=True)
+    assert built.type == type_ and built.equals(pa.array(values, type_))
+    assert built.null_count == sum(v is None for v in values)
+
+
+@pytest.mark.parametrize("values, type_", [(["\udcff"], pa.string()), ([2**31], pa.int32())])
+def test_a_column_refuses_what_pyarrow_refuses(values, type_):
+    from anomaly_ae.schema import column
+
+    with pytest.raises((ValueError, pa.ArrowInvalid, pa.ArrowTypeError, OverflowError)):
+        column(values, type_)
+
+
+def test_ingest_leaves_pandas_unimported(tmp_path):
+    """pyarrow imports pandas the first time it converts a list: ingest builds its columns itself."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    for i in range(5):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    code = ("import sys; from anomaly_ae import steps; "
+            f"steps.ingest({str(tmp_path)!r}, {str(tmp_path / 'ds')!r}, workers=1); "
+            "print('pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stderr[-2000:]

@@ -1,0 +1,71 @@
+"""Ingest against decode-only, this tree against an earlier revision, in alternating rounds.
+
+On a shared 2-core machine one ingest of 100,000 PNGs swings by a second from run to run, more
+than most changes to ingest gain. This checks out `BASE` (a git revision) in a temporary worktree
+and runs, round after round: the decode-only pass (`bench.speed.decode_only_rate`), then
+`anomaly-ae ingest` of the same folder from this tree and from `BASE` (the order alternating), and
+prints each round and the medians: the ratio to decode-only of each, and new time / base time.
+
+    python -m bench.ingest_ab BASE [--rounds 10] [--images 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.speed import WORK, decode_only_rate, mnist_pngs
+
+HERE = Path(__file__).resolve().parent.parent
+CLI = 'import sys; import flows.cli as c; sys.argv[0] = "anomaly-ae"; c.main()'
+
+
+def ingest_seconds(tree: Path, folder: Path, out: Path) -> float:
+    """Wall seconds of `anomaly-ae ingest folder` with the package imported from `tree`."""
+    shutil.rmtree(out, ignore_errors=True)
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", CLI, "ingest", str(folder), "--out", str(out)], check=True,
+                   capture_output=True, env=env, cwd=tempfile.gettempdir())
+    return time.perf_counter() - t0
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("base", help="the git revision to compare with")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--images", type=int, default=100_000)
+    args = p.parse_args(argv)
+    folder = mnist_pngs(WORK / "mnist_pngs", args.images)
+    files = sorted(str(f) for f in folder.rglob("*.png"))
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / "base"
+        subprocess.run(["git", "-C", str(HERE), "worktree", "add", "--detach", str(base), args.base], check=True,
+                       capture_output=True)
+        try:
+            times: dict[str, list[float]] = {"decode-only": [], "base": [], "new": []}
+            for r in range(args.rounds):
+                times["decode-only"].append(len(files) / decode_only_rate(files))
+                trees = [("new", HERE), ("base", base)]
+                for name, tree in trees if r % 2 == 0 else trees[::-1]:
+                    times[name].append(ingest_seconds(tree, folder, Path(tmp) / "ds"))
+                d, b, n = (times[k][-1] for k in ("decode-only", "base", "new"))
+                print(f"round {r}: decode-only {d:.2f} s, base {b:.2f} s ({d / b:.2f}x), new {n:.2f} s ({d / n:.2f}x)",
+                      flush=True)
+        finally:
+            subprocess.run(["git", "-C", str(HERE), "worktree", "remove", "--force", str(base)], capture_output=True)
+    m = {k: statistics.median(v) for k, v in times.items()}
+    print(f"median of {args.rounds} rounds, {len(files)} files: decode-only {m['decode-only']:.2f} s, "
+          f"base ({args.base}) {m['base']:.2f} s = {m['decode-only'] / m['base']:.2f}x, "
+          f"new {m['new']:.2f} s = {m['decode-only'] / m['new']:.2f}x; new / base time {m['new'] / m['base']:.2f}")
+
+
+if __name__ == "__main__":  # decode workers import this module: the work must not run again there
+    main()

@@ -108,7 +108,6 @@ class NearestNormal(nn.Module):
         return (x - self(x)).pow(2).mean()
 
 
-
 def _grow(maps: torch.Tensor, k: int, height: int, width: int) -> torch.Tensor:
     """(n, c, h', w') back at (n, c, height, width), as `shrink.grow_tensor` grows a map."""
     from anomaly_ae.shrink import grow_tensor

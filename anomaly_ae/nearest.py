@@ -7,6 +7,15 @@ store the images, and it cannot learn to reproduce a defect. It suits images tha
 part in the same place (a cell, a board, a label), where a defective item departs from every good
 one as a whole; on textures that shift from image to image every image is far from every other.
 `auto` keeps it as a member on the whole image shrunk (measured in bench/README.md).
+
+When the training images do not all fit its memory at full size, it keeps them all shrunk (each
+pixel the rounded mean of a k x k block, the smallest whole k at which they fit, down to the size
+`auto`'s shrunk members look at) rather than a draw of them: a memory that holds every good image at
+a coarser size finds nearer ones (on ELPV's cells, measured in bench/README.md). Inputs are then
+compared shrunk the same way, and the reconstruction is the input with its block means replaced by
+the nearest kept image's, so the heat map is the coarse difference at full size. The rows and
+columns past the last whole block (fewer than k at the bottom and right edges) are not compared:
+their map repeats the nearest block's.
 """
 
 from __future__ import annotations
@@ -19,8 +28,10 @@ from torch.nn import functional as F
 from anomaly_ae.shrink import factor_for
 
 # The most pixel values (images x height x width x channels) the memory keeps: 16 MiB as stored
-# (uint8), 64 MiB as compared (float32). Larger training sets keep a seeded draw of their images.
+# (uint8), 64 MiB as compared (float32). Larger training sets are kept shrunk (`compare_factor`),
+# and a seeded draw of them where even the smallest size allowed does not hold them all.
 MAX_BANK_VALUES = 2**24
+SHRINK_BATCH = 64  # images shrunk at a time when they are kept shrunk
 
 
 def bank_size(n_images: int, values_per_image: int) -> int:
@@ -33,7 +44,7 @@ def compare_factor(n_images: int, shape: tuple[int, int, int]) -> int:
     smallest at which all of them fit, at most the one that brings the longest side to
     `shrink.COARSE_SIDE` (beyond it a seeded draw is kept); 1 when they fit at full size."""
     c, h, w = shape
-    most = factor_for((h, w))
+    most = min(factor_for((h, w)), h, w)  # (a block never larger than the short side)
     for k in range(1, most + 1):
         if n_images * c * (h // k) * (w // k) <= MAX_BANK_VALUES:
             return k
@@ -47,7 +58,8 @@ class NearestNormal(nn.Module):
     The images are kept as uint8 (`bank`, one row each), exactly as the detector stores its
     inputs, so a training image's own nearest image is itself (distance 0). With a ``factor`` above
     1 they are kept and compared shrunk by it, and the reconstruction is the input whose
-    k x k block means are replaced by the nearest kept image's (see the module's docstring)."""
+    k x k block means are replaced by the nearest kept image's (see the module's docstring); a
+    training image's is then itself to within the blocks' rounding (half a grey level)."""
 
     OBJECTIVE_SETTINGS: tuple[str, ...] = ()
 
@@ -74,10 +86,16 @@ class NearestNormal(nn.Module):
         keep = bank_size(n, int(np.prod(self.compared)))
         rows = torch.arange(n) if keep == n else torch.from_numpy(
             np.sort(np.random.default_rng(seed).choice(n, keep, replace=False)))
-        kept = images[rows.to(images.device)]
-        if self.factor > 1:  # each pixel the mean of its block, rounded halves up: uint8 as stored
-            kept = torch.floor(F.avg_pool2d(kept.float(), self.factor) + 0.5)
-        self.bank = kept.reshape(keep, -1).to(torch.uint8).contiguous()
+        rows = rows.to(images.device)
+        if self.factor == 1:
+            self.bank = images[rows].reshape(keep, -1).to(torch.uint8).contiguous()
+            return keep
+        # Each pixel the mean of its block, rounded halves up, uint8 as stored; a batch at a time, so
+        # that a large training set is never copied whole in float32.
+        self.bank = torch.empty(keep, int(np.prod(self.compared)), dtype=torch.uint8, device=images.device)
+        for lo in range(0, keep, SHRINK_BATCH):
+            part = images[rows[lo: lo + SHRINK_BATCH]].float()
+            self.bank[lo: lo + SHRINK_BATCH] = torch.floor(F.avg_pool2d(part, self.factor) + 0.5).flatten(1)
         return keep
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

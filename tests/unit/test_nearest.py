@@ -8,6 +8,7 @@ import logging
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import roc_auc_score
 
 from anomaly_ae.config import DetectorConfig, ModelConfig, ScoreConfig, TrainConfig
@@ -115,6 +116,28 @@ def test_images_too_many_for_the_memory_at_full_size_are_all_kept_and_compared_s
     np.testing.assert_array_equal(back.score_samples(bad[:10]), det.score_samples(bad[:10]))
     said = checkpoint.summary(tmp_path / "m", checkpoint.read(tmp_path / "m"), cached=False)
     assert (said["kept"], said["compared_at"]) == (150, [SIDE, SIDE])
+
+
+def test_a_model_saved_before_images_could_be_kept_shrunk_loads_at_full_size():
+    from anomaly_ae.nearest import NearestNormal
+
+    old = NearestNormal(1, SIDE, SIDE)
+    old.remember(torch.from_numpy(cells(20, 1)).permute(0, 3, 1, 2), seed=0)
+    state = old.state_dict()
+    del state["shrink"]  # what such a model holds: its memory only
+    back = NearestNormal(1, SIDE, SIDE)
+    back.load_state_dict(state)
+    assert back.factor == 1 and torch.equal(back.bank, old.bank)
+
+
+def test_very_thin_images_are_never_shrunk_past_their_short_side(monkeypatch):
+    from anomaly_ae import nearest
+
+    monkeypatch.setattr(nearest, "MAX_BANK_VALUES", 100)
+    assert nearest.compare_factor(10, (1, 400, 4)) == 4  # not 7 (400 / 64): a block 4 wide at most
+    memory = nearest.NearestNormal(1, 400, 4)
+    memory.remember(torch.zeros(10, 1, 400, 4, dtype=torch.uint8), seed=0)
+    assert memory(torch.zeros(2, 1, 400, 4)).shape == (2, 1, 400, 4)
 
 
 def test_a_saved_nearest_model_scores_the_same_when_loaded(tmp_path):

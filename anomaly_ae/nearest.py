@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from anomaly_ae.shrink import factor_for
+from anomaly_ae.shrink import factor_for, grow_tensor, shrink_tensor
 
 # The most pixel values (images x height x width x channels) the memory keeps: 16 MiB as stored
 # (uint8), 64 MiB as compared (float32). Larger training sets are kept shrunk (`compare_factor`),
@@ -90,12 +90,12 @@ class NearestNormal(nn.Module):
         if self.factor == 1:
             self.bank = images[rows].reshape(keep, -1).to(torch.uint8).contiguous()
             return keep
-        # Each pixel the mean of its block, rounded halves up, uint8 as stored; a batch at a time, so
-        # that a large training set is never copied whole in float32.
+        # Shrunk as `shrink.shrink_images` shrinks (exact integers), uint8 as stored; a batch at a
+        # time, so that a large training set is never copied whole in float32.
         self.bank = torch.empty(keep, int(np.prod(self.compared)), dtype=torch.uint8, device=images.device)
         for lo in range(0, keep, SHRINK_BATCH):
-            part = images[rows[lo: lo + SHRINK_BATCH]].float()
-            self.bank[lo: lo + SHRINK_BATCH] = torch.floor(F.avg_pool2d(part, self.factor) + 0.5).flatten(1)
+            part = images[rows[lo: lo + SHRINK_BATCH]].permute(0, 2, 3, 1).float()
+            self.bank[lo: lo + SHRINK_BATCH] = shrink_tensor(part, self.factor).permute(0, 3, 1, 2).flatten(1)
         return keep
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -128,7 +128,5 @@ class NearestNormal(nn.Module):
 
 def _grow(maps: torch.Tensor, k: int, height: int, width: int) -> torch.Tensor:
     """(n, c, h', w') back at (n, c, height, width), as `shrink.grow_tensor` grows a map."""
-    from anomaly_ae.shrink import grow_tensor
-
     n, c, hh, ww = maps.shape
     return grow_tensor(maps.reshape(n * c, hh, ww), k, height, width).reshape(n, c, height, width)

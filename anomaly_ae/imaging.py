@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import warnings
 import zlib
 from dataclasses import dataclass, replace
@@ -203,8 +204,16 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
 
 def read_file_bytes(path) -> bytes:
     """The file's bytes, or `Rejected` with a reason a user understands."""
+    return read_file(path)[0]
+
+
+def read_file(path) -> tuple[bytes, tuple[int, int]]:
+    """The file's bytes and its (size, modification time in ns) as read, or `Rejected` with a
+    reason a user understands. The two numbers are those a dataset's fingerprint holds, looked
+    up on the open file (no second lookup by name)."""
     try:
         with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
             data = fh.read()
     except FileNotFoundError:
         raise Rejected("file disappeared before it could be read (deleted or renamed)") from None
@@ -216,7 +225,7 @@ def read_file_bytes(path) -> bytes:
         raise Rejected(f"could not read the file: {exc.strerror or exc}") from None
     if not data:
         raise Rejected("empty file (0 bytes)")
-    return data
+    return data, (st.st_size, st.st_mtime_ns)
 
 
 def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:

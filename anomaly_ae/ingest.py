@@ -17,9 +17,9 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -65,10 +65,12 @@ def rows_per_group(policy: Preprocess) -> int:
     return int(np.clip(ROW_GROUP_BYTES // (policy.height * policy.width * policy.n_channels), 64, 8192))
 
 
-def fingerprint(listing: Listing, config: IngestConfig) -> str:
-    """A hash of what the dataset is made from: the files' names, sizes and times, and the settings."""
-    payload = json.dumps([DECODE_VERSION, listing.description.get("spec"), listing.fingerprint_parts,
-                          *config.fingerprint_parts()], default=str)
+def fingerprint(listing: Listing, config: IngestConfig, known: dict | None = None) -> str:
+    """A hash of what the dataset is made from: the files' names, sizes and times, and the settings.
+    `known`: {path: (size, modification time in ns)} of files already looked at (not looked up again)."""
+    parts = listing.fingerprint_parts_knowing(known or {})
+    payload = json.dumps([DECODE_VERSION, listing.description.get("spec"), parts, *config.fingerprint_parts()],
+                         default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -103,25 +105,17 @@ def ingest(
             assign_test_split(listing.items, config.test_fraction, config.seed)
         else:
             log.warning("test_fraction ignored: the source already has its own splits")
-    # The fingerprint (a folder's file sizes and times: a system call per file) is gathered on a
-    # thread while the images decode, not before.
-    background = ThreadPoolExecutor(1, thread_name_prefix="fingerprint")
-    try:
-        fingerprint_job = background.submit(fingerprint, listing, config)
-        extra = {"options": dataclasses.asdict(config), "anomaly_ae_version": __version__,
-                 "source": listing.description}
-        policy = _initial_policy(listing.items, request, max_pixels)
-        with atomic_dir(out, overwrite=overwrite, kind="dataset", protect=protect) as tmp:
-            for _ in range(3):  # at most a size and a channel revision
-                try:
-                    meta = _write(tmp, listing, policy, request, max_pixels, workers, progress, extra, fingerprint_job)
-                    break
-                except _Revise as rev:
-                    log.info("images differ from the first one; restarting with %s", rev.policy)
-                    policy = rev.policy
-            atomic_write_json(tmp / "dataset.json", meta)
-    finally:
-        background.shutdown(wait=False, cancel_futures=True)
+    extra = {"options": dataclasses.asdict(config), "anomaly_ae_version": __version__, "source": listing.description}
+    policy = _initial_policy(listing.items, request, max_pixels)
+    with atomic_dir(out, overwrite=overwrite, kind="dataset", protect=protect) as tmp:
+        for _ in range(3):  # at most a size and a channel revision
+            try:
+                meta = _write(tmp, listing, config, policy, request, max_pixels, workers, progress, extra)
+                break
+            except _Revise as rev:
+                log.info("images differ from the first one; restarting with %s", rev.policy)
+                policy = rev.policy
+        atomic_write_json(tmp / "dataset.json", meta)
     return meta
 
 
@@ -211,17 +205,17 @@ def _revision(request: PolicyRequest, policy: Preprocess, chunk: Chunk) -> Prepr
     return None
 
 
-def _write(tmp: Path, listing: Listing, policy: Preprocess, request: PolicyRequest,
-           max_pixels: int, workers, progress, extra: dict, fingerprint_job: Future) -> dict:
+def _write(tmp: Path, listing: Listing, config: IngestConfig, policy: Preprocess, request: PolicyRequest,
+           max_pixels: int, workers, progress, extra: dict) -> dict:
     writer = TableWriter(tmp / "images.parquet", "images")
     try:
-        counts, rejects, n_masks = _write_rows(writer, listing, policy, request, max_pixels, workers, progress)
+        counts, rejects, n_masks, known = _write_rows(writer, listing, policy, request, max_pixels, workers, progress)
         if writer.rows == 0:
             reasons = Counter(r for _, r in rejects).most_common(3)
             raise DataError(f"None of the {len(listing.items)} images could be used. Most common reasons: "
                             + "; ".join(f"{r} ({n})" for r, n in reasons))
         meta = {**_metadata(listing, policy, counts, n_masks, rejects, rows_per_group(policy)), **extra,
-                "fingerprint": fingerprint_job.result()}
+                "fingerprint": fingerprint(listing, config, known)}
         writer.set_metadata(meta)
     finally:
         writer.close()
@@ -230,8 +224,10 @@ def _write(tmp: Path, listing: Listing, policy: Preprocess, request: PolicyReque
 
 
 def _write_rows(writer: TableWriter, listing: Listing, policy: Preprocess, request: PolicyRequest,
-                max_pixels: int, workers, progress) -> tuple[Counter, list, int]:
-    """Stream the images into `writer` row group by row group; returns counts, rejects, masks."""
+                max_pixels: int, workers, progress) -> tuple[Counter, list, int, dict]:
+    """Stream the images into `writer` row group by row group; returns counts, rejects, masks and
+    the files' facts as read ({path: (size, modification time in ns) or None})."""
+    known: dict = {}
     counts: Counter = Counter()
     rejects = [(i.key, i.reject_reason) for i in listing.items if i.reject_reason]
     usable = [i for i in listing.items if not i.reject_reason]
@@ -249,6 +245,9 @@ def _write_rows(writer: TableWriter, listing: Listing, policy: Preprocess, reque
             depth.add(chunk, policy)
             counts.update((i.split or UNSPLIT, i.class_name or UNLABELLED) for i in ok)
             n_masks += sum(chunk.has_mask)
+            known.update(zip((i.path for i in items), chunk.file_stats))
+            if any(chunk.mask_stats):
+                known.update((os.fspath(i.mask_path), st) for i, st in zip(items, chunk.mask_stats) if st)
             if len(rows) >= rows_per_group(policy):
                 writer.write(rows.table())
                 rows = _Rows(policy)
@@ -258,7 +257,7 @@ def _write_rows(writer: TableWriter, listing: Listing, policy: Preprocess, reque
     if len(rows):
         writer.write(rows.table())
     depth.tell(policy)
-    return counts, rejects, n_masks
+    return counts, rejects, n_masks, known
 
 
 class _BitDepth:

@@ -28,7 +28,7 @@ from anomaly_ae.imaging import (
     mask_pixels,
     open_image,
     read_bit_depth,
-    read_file_bytes,
+    read_file,
     sha256_hex,
     to_pixel_bytes,
 )
@@ -52,15 +52,18 @@ class Decoded(NamedTuple):
     gray: bool
     reason: str | None = None
     over_range: bool = False  # a high bit-depth image brighter than the policy's bit depth holds (clipped)
+    file_stat: tuple | None = None  # (size, modification time in ns) of the file as read; None if unread
+    mask_stat: tuple | None = None  # the same for its mask file
 
 
 @dataclass
 class Chunk:
     """The decoded files of one chunk, packed for a cheap trip between processes.
 
-    `reasons` has one entry per file (None when decoded); every other list has one entry per
-    decoded file, and `pixels` / `masks` hold their bytes back to back (a zero mask where a
-    file has none).
+    `reasons`, `file_stats` and `mask_stats` have one entry per file (a reason, or None when
+    decoded; the (size, modification time) of the file and of its mask as read, or None); every
+    other list has one entry per decoded file, and `pixels` / `masks` hold their bytes back to
+    back (a zero mask where a file has none).
     """
 
     reasons: list = field(default_factory=list)
@@ -73,6 +76,8 @@ class Chunk:
     sha256: list = field(default_factory=list)
     gray: list = field(default_factory=list)
     over_range: list = field(default_factory=list)
+    file_stats: list = field(default_factory=list)
+    mask_stats: list = field(default_factory=list)
 
     @classmethod
     def pack(cls, decoded: list[Decoded], mask_size: int) -> Chunk:
@@ -82,7 +87,7 @@ class Chunk:
                    b"".join(d.mask or bytes(mask_size) for d in ok) if any(d.mask for d in ok) else b"",
                    [d.mask is not None for d in ok], [d.orig_height for d in ok], [d.orig_width for d in ok],
                    [d.orig_mode for d in ok], [d.sha256 for d in ok], [d.gray for d in ok],
-                   [d.over_range for d in ok])
+                   [d.over_range for d in ok], [d.file_stat for d in decoded], [d.mask_stat for d in decoded])
 
     def pixel_array(self, shape: tuple) -> np.ndarray:
         """(decoded files, *shape) uint8 view of the pixels."""
@@ -106,24 +111,27 @@ def default_workers() -> int:
 
 def decode_one(path, mask_path, policy: Preprocess, max_pixels: int) -> Decoded:
     """Read, hash and decode one file (and its mask) under `policy`; never raises for bad input."""
+    stat = mask_stat = None
     try:
-        data = read_file_bytes(path)
+        data, stat = read_file(path)
         img = open_image(data, max_pixels)
         mask = None
         if mask_path is not None:
             try:
-                mask = mask_pixels(read_file_bytes(mask_path), policy, max_pixels).tobytes()
+                mask_data, mask_stat = read_file(mask_path)
+                mask = mask_pixels(mask_data, policy, max_pixels).tobytes()
             except Rejected as exc:
                 raise Rejected(f"its mask {os.fsdecode(mask_path)!r} is unusable: {exc}") from None
         pixels = to_pixel_bytes(img, policy)
         bits = read_bit_depth(img, policy)  # (the maximum from NumPy: Pillow has none for big-endian 16-bit)
         over = bits is not None and img.mode[:1] == "I" and int(np.asarray(img).max(initial=0)) >= 2 ** bits
         return Decoded(pixels, mask, img.height, img.width, img.mode,
-                       sha256_hex(data), is_gray(img), over_range=over)
+                       sha256_hex(data), is_gray(img), over_range=over, file_stat=stat, mask_stat=mask_stat)
     except Rejected as exc:
-        return Decoded(None, None, 0, 0, "", "", False, str(exc))
+        return Decoded(None, None, 0, 0, "", "", False, str(exc), file_stat=stat, mask_stat=mask_stat)
     except MemoryError:
-        return Decoded(None, None, 0, 0, "", "", False, "not enough memory to decode this image")
+        return Decoded(None, None, 0, 0, "", "", False, "not enough memory to decode this image", file_stat=stat,
+                       mask_stat=mask_stat)
 
 
 def _decode_chunk(jobs, policy_dict, max_pixels) -> Chunk:

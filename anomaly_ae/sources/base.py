@@ -33,14 +33,16 @@ class Listing:
     The items may be given as a function that loads them: they are then loaded on first use, so
     that checking whether a dataset is up to date (which needs only the description and the
     fingerprint parts) does not load a bundled sample. The fingerprint parts may be a function
-    too (a folder's file sizes and times: a system call per file), gathered on first use, which
-    ingest makes while the images decode.
+    too (a folder's file sizes and times: a system call per file), gathered on first use: it is
+    given the facts already known, {path: (size, modification time in ns)}, and looks up only the
+    others (ingest knows those of every file it read, from reading it).
     """
 
     _items: list[Item] | Callable[[], list[Item]]
     classes: list[str]
     description: dict = field(default_factory=dict)  # kind, spec, root, layout... (JSON-able)
-    _fingerprint_parts: list | Callable[[], list] = field(default_factory=list)  # cheap facts that change with the data
+    # Cheap facts that change with the data, or a function of the known file facts giving them.
+    _fingerprint_parts: list | Callable[[dict], list] = field(default_factory=list)
 
     @property
     def items(self) -> list[Item]:
@@ -52,8 +54,13 @@ class Listing:
     @property
     def fingerprint_parts(self) -> list:
         """Facts that change when the data does (gathered now if they were given as a function)."""
+        return self.fingerprint_parts_knowing({})
+
+    def fingerprint_parts_knowing(self, known: dict) -> list:
+        """The fingerprint parts, taking the file facts in `known` ({path: (size, modification
+        time in ns)}, None where not known) instead of looking them up again."""
         if callable(self._fingerprint_parts):
-            self._fingerprint_parts = self._fingerprint_parts()
+            self._fingerprint_parts = self._fingerprint_parts(known)
         return self._fingerprint_parts
 
 

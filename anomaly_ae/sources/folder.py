@@ -106,20 +106,15 @@ class FolderSource:
             if entry.is_dir(follow_symlinks=False):
                 if entry.name == MASK_FOLDER and top == self.root:
                     continue
-                found = walker.folder_items(entry)
+                found = walker.folder_items(entry, display_name(entry.name))
                 if len(found) == 1 and found[0].reject_reason and str(found[0].path) == entry.path:
-                    items += found  # an empty folder named like an image: a reject, not a class
-                else:
-                    cls = display_name(entry.name)
-                    items += [_with_class(i, cls) for i in found]
+                    found[0].class_name = None  # an empty folder named like an image: a reject, not a class
+                items += found
             else:
-                items += walker.file_item(entry)
+                item = walker.file_item(entry)
+                if item is not None:
+                    items.append(item)
         return items
-
-
-def _with_class(item: Item, cls: str) -> Item:
-    item.class_name = cls
-    return item
 
 
 def _stem(path: Path | None) -> str:
@@ -145,8 +140,8 @@ class _Walker:
             self.ignored += 1
             return []
 
-    def files_under(self, top: Path) -> list[Item]:
-        """Every image under `top`, depth first in name order.
+    def files_under(self, top: Path, class_name: str | None = None) -> list[Item]:
+        """Every image under `top` (of class `class_name`), depth first in name order.
 
         Walked with an explicit stack, not recursion, so folders of any depth can be listed.
         """
@@ -161,32 +156,38 @@ class _Walker:
             if entry is None:
                 stack.pop()
                 if opened is not None and len(out) == opened[1] and is_image_name(opened[0].name):
-                    out.append(self._folder_reject(opened[0]))
+                    out.append(self._folder_reject(opened[0], class_name))
             elif entry.is_dir(follow_symlinks=False):
                 stack.append((iter(self.children(entry.path)), (entry, len(out))))
             else:
-                out += self.file_item(entry)
+                item = self.file_item(entry, class_name)
+                if item is not None:
+                    out.append(item)
         return out
 
-    def folder_items(self, entry: os.DirEntry) -> list[Item]:
+    def folder_items(self, entry: os.DirEntry, class_name: str | None = None) -> list[Item]:
         """Images under a sub-folder; a folder named like an image but holding none is a reject."""
-        items = self.files_under(entry.path)
+        items = self.files_under(entry.path, class_name)
         if not items and is_image_name(entry.name):
-            return [self._folder_reject(entry)]
+            return [self._folder_reject(entry, class_name)]
         return items
 
-    def _folder_reject(self, entry: os.DirEntry) -> Item:
-        return Item(key=self.relative(entry.path), path=entry.path, reject_reason="is a directory, not an image file")
+    def _folder_reject(self, entry: os.DirEntry, class_name: str | None = None) -> Item:
+        return Item(key=self.relative(entry.path), path=entry.path, class_name=class_name,
+                    reject_reason="is a directory, not an image file")
 
-    def file_item(self, entry: os.DirEntry) -> list[Item]:
-        """[] for a non-image name, else one Item (with a reject reason when unusable)."""
-        if not is_image_name(entry.name):
+    def file_item(self, entry: os.DirEntry, class_name: str | None = None) -> Item | None:
+        """None for a non-image name, else its Item (with a reject reason when unusable)."""
+        if not entry.name.lower().endswith(IMAGE_EXTENSIONS):
             self.ignored += 1
-            return []
-        rel = self.relative(entry.path)
-        item = Item(key=rel, path=entry.path)  # a plain string: listing 100k files stays quick
-        self.files.append((rel, entry.path))
-        reason = None
+            return None
+        path = entry.path  # a plain string: listing 100k files stays quick
+        rel = self.relative(path)
+        self.files.append((rel, path))
+        item = Item(rel, path, class_name=class_name)
+        if entry.is_file(follow_symlinks=False):  # a regular file (the directory entry's type: no system call)
+            return item
+        reason = "not a regular file"
         if entry.is_symlink():
             reason = self._link_problem(entry)
             try:
@@ -194,20 +195,22 @@ class _Walker:
                     reason = "not a regular file"
             except OSError:
                 reason = reason or "broken symbolic link (its target does not exist)"
-        elif not entry.is_file(follow_symlinks=False):  # the directory entry's type: no system call
-            reason = "not a regular file"
         item.reject_reason = reason
-        return [item]
+        return item
 
-    def file_stats(self) -> list[tuple[str, int, int]]:
-        """(key, size, modification time) of every listed file that can be looked up, in order."""
+    def file_stats(self, known: dict) -> list[tuple[str, int, int]]:
+        """(key, size, modification time) of every listed file that can be looked up, in order;
+        those in `known` ({path: (size, time)}, from reading the file) are not looked up again."""
         out = []
         for rel, path in self.files:
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue
-            out.append((rel, st.st_size, st.st_mtime_ns))
+            facts = known.get(path)
+            if facts is None:
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                facts = st.st_size, st.st_mtime_ns
+            out.append((rel, *facts))
         return out
 
     def relative(self, path: str) -> str:
@@ -238,10 +241,10 @@ class _Walker:
                 continue
             for entry in self.children(Path(cls_entry.path)):
                 found = self.file_item(entry)  # the same checks as images: links, special files
-                if not found:
+                if found is None:
                     continue
-                if found[0].reject_reason:
-                    log.warning("mask %s not used: %s", found[0].key, found[0].reject_reason)
+                if found.reject_reason:
+                    log.warning("mask %s not used: %s", found.key, found.reject_reason)
                     continue
                 stem = _stem(Path(entry.name))
                 for suffix in MASK_SUFFIXES:

@@ -127,10 +127,11 @@ def _readable_meta(out: Path, replace: bool) -> dict | None:
 def _told(summary: dict, out: Path) -> dict:
     """Log the ingest's line (rejected files by name) and return its summary."""
     from anomaly_ae import facts
-    from anomaly_ae.dataset import Dataset
 
     rejects = []
     if summary["counts"]["rejects"] and not summary["cached"]:
+        from anomaly_ae.dataset import Dataset  # (pyarrow.compute with it: a twentieth of a second)
+
         table = Dataset(out).rejects().slice(0, facts.MAX_NAMED)
         rejects = list(zip(table["source"].to_pylist(), table["reason"].to_pylist()))
     log.info(facts.ingest(summary, rejects))

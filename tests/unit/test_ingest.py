@@ -146,6 +146,38 @@ def test_a_file_rewritten_in_place_makes_the_dataset_out_of_date(tmp_path):
         steps.ingest(str(tmp_path / "src"), tmp_path / "ds")
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_fingerprint_from_reading_the_files_is_the_one_a_listing_computes(tmp_path, workers):
+    """Ingest takes each file's size and time from reading it (in the decode workers), not from
+    a lookup by name; the dataset's fingerprint must still be the one a later listing computes
+    (the up-to-date check), for masks, an unused mask, files that fail to decode and files that
+    listing rejected."""
+    src = tmp_path / "src"
+    for k in range(60):  # past the pool's threshold with two workers
+        write_png(src / "train" / "good" / f"{k:02d}.png", RNG.integers(0, 256, (8, 8), dtype=np.uint8))
+    write_png(src / "test" / "hole" / "1.png", np.zeros((8, 8), np.uint8))
+    write_png(src / "ground_truth" / "hole" / "1_mask.png", np.full((8, 8), 255, np.uint8))
+    write_png(src / "ground_truth" / "hole" / "9_mask.png", np.full((8, 8), 255, np.uint8))  # no image of its own
+    (src / "train" / "good" / "text.png").write_text("not an image")
+    (src / "train" / "good" / "zero.png").write_bytes(b"")
+    write_png(tmp_path / "outside.png", np.zeros((8, 8), np.uint8))
+    (src / "train" / "good" / "away.png").symlink_to(tmp_path / "outside.png")
+    meta = ingest(open_source(str(src)).list(), tmp_path / "ds", workers=workers)
+    assert meta["counts"]["images"] == 61 and meta["counts"]["masks"] == 1 and meta["counts"]["rejects"] == 3
+    listing = open_source(str(src)).list()
+    assert meta["fingerprint"] == fingerprint(listing, IngestConfig())
+    assert len(listing.fingerprint_parts) == 66  # every listed file, the unused mask and the link among them
+
+
+def test_known_file_facts_are_taken_not_looked_up_again(tmp_path):
+    make_folder(tmp_path / "src", n=2)
+    listing = open_source(str(tmp_path / "src")).list()
+    known = {str(tmp_path / "src" / "a" / "00.png"): (7, 11)}
+    parts = listing.fingerprint_parts_knowing(known)
+    size = (tmp_path / "src" / "b" / "01.png").stat().st_size
+    assert [p[:2] for p in parts] == [("a/00.png", 7), ("b/01.png", size)]
+
+
 def test_empty_and_unusable_sources(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="No images found"):

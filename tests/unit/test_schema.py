@@ -54,6 +54,11 @@ def test_wrong_table_and_newer_version_are_refused(tmp_path):
     ([1, None, -3, 2**31 - 1, -(2**31)], pa.int32()),
     ([], pa.string()),
     ([None] * 9, pa.int32()),
+    (["plain", "names", ""], pa.string()),
+    (["bé", "ü/ß.png", "x"], pa.string()),
+    ([b"x", b"", b"yz"], pa.binary()),
+    ([0, 7, -1], pa.int32()),
+    ([None, "a"], pa.string()),
 ])
 def test_columns_built_from_buffers_equal_pyarrows_conversion(values, type_):
     from anomaly_ae.schema import column

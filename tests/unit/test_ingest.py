@@ -138,7 +138,7 @@ def test_existing_output_needs_overwrite_and_up_to_date_is_skipped(tmp_path):
 def test_a_file_rewritten_in_place_makes_the_dataset_out_of_date(tmp_path):
     make_folder(tmp_path / "src")
     first = steps.ingest(str(tmp_path / "src"), tmp_path / "ds")
-    # The fingerprint gathered while the images decoded is the one a later listing computes.
+    # The fingerprint made from reading the files is the one a later listing computes.
     assert first["fingerprint"] == fingerprint(open_source(str(tmp_path / "src")).list(), IngestConfig())
     victim = sorted((tmp_path / "src").rglob("*.png"))[0]
     write_png(victim, np.full((12, 10), 200, np.uint8))  # same name, new size and time

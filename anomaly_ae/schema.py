@@ -124,6 +124,9 @@ def fixed_binary(data: bytes, n: int) -> pa.BinaryArray:
     return pa.BinaryArray.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(data)])
 
 
+OFFSETS_LIMIT = 2**31  # bytes one string or binary array's 32-bit offsets address
+
+
 def column(values: list, type_: pa.DataType) -> pa.Array:
     """An Arrow array of Python values (None for null) built from its buffers, for the string,
     binary and int32 columns ingest writes: pyarrow's own conversion of a list imports pandas on
@@ -135,25 +138,25 @@ def column(values: list, type_: pa.DataType) -> pa.Array:
     if kind is None or not set(map(type, values)) <= {kind, type(None)}:
         return pa.array(values, type_)
     nulls = values.count(None)
-    bitmap = None
+    bitmap, filled = None, values  # `filled`: the values with each null as an empty one, for the buffers
     if nulls:
         valid = np.fromiter(map(operator.is_not, values, itertools.repeat(None)), bool, n)
         bitmap = pa.py_buffer(np.packbits(valid, bitorder="little").tobytes())
         empty = 0 if kind is int else kind()
-        values = [empty if v is None else v for v in values]
+        filled = [empty if v is None else v for v in values]
     if kind is int:
-        numbers = np.array(values, np.int64)
+        numbers = np.array(filled, np.int64)
         if n and (numbers.min() < -(2**31) or numbers.max() >= 2**31):
             return pa.array(values, type_)
         return pa.Array.from_buffers(type_, n, [bitmap, pa.py_buffer(numbers.astype(np.int32))], nulls)
     try:
-        data = "".join(values).encode() if kind is str else b"".join(values)
+        data = "".join(filled).encode() if kind is str else b"".join(filled)
     except UnicodeEncodeError:  # (a name that is not valid text)
         return pa.array(values, type_)
-    ascii_or_bytes = kind is bytes or len(data) == sum(map(len, values))
-    sizes = map(len, values if ascii_or_bytes else map(str.encode, values))
+    ascii_or_bytes = kind is bytes or len(data) == sum(map(len, filled))
+    sizes = map(len, filled if ascii_or_bytes else map(str.encode, filled))
     ends = np.fromiter(sizes, np.int64, n).cumsum()
-    if n and ends[-1] >= 2**31:  # past what one array's 32-bit offsets address
+    if n and ends[-1] >= OFFSETS_LIMIT:  # past what one array's 32-bit offsets address
         return pa.array(values, type_)
     offsets = np.concatenate([np.zeros(1, np.int32), ends.astype(np.int32)])
     return pa.Array.from_buffers(type_, n, [bitmap, pa.py_buffer(offsets), pa.py_buffer(data)], nulls)

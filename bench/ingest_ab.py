@@ -39,7 +39,8 @@ def ingest_seconds(tree: Path, folder: Path, out: Path) -> tuple[float, float]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tempfile.gettempdir())
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
+    proc.returncode = os.waitstatus_to_exitcode(status)  # (collected here: Popen must not wait for it again)
+    if proc.returncode != 0:
         raise RuntimeError(f"ingest from {tree} failed")
     return wall, usage.ru_utime + usage.ru_stime
 

@@ -69,6 +69,16 @@ def test_columns_built_from_buffers_equal_pyarrows_conversion(values, type_):
     assert built.null_count == sum(v is None for v in values)
 
 
+def test_a_column_past_its_offsets_goes_to_pyarrow_with_its_nulls(monkeypatch):
+    """Values too long for one array's offsets are converted by pyarrow, nulls kept as nulls."""
+    from anomaly_ae import schema
+
+    monkeypatch.setattr(schema, "OFFSETS_LIMIT", 4)
+    for values, type_ in [([b"abc", None, b"xy"], pa.binary()), (["abc", None, "xy"], pa.string())]:
+        built = schema.column(values, type_)
+        assert built.equals(pa.array(values, type_)) and built.null_count == 1
+
+
 @pytest.mark.parametrize("values, type_", [(["\udcff"], pa.string()), ([2**31], pa.int32())])
 def test_a_column_refuses_what_pyarrow_refuses(values, type_):
     from anomaly_ae.schema import column

@@ -58,6 +58,41 @@ def test_flat_layout_and_links(tmp_path):
     assert all(i.class_name is None and i.label is None for i in listing.items)
 
 
+@pytest.mark.parametrize("layout", ["class", "split", "flat"])
+def test_folders_listed_in_bulk_give_what_listing_file_by_file_gives(tmp_path, monkeypatch, layout):
+    """Folders of plain image files are listed in bulk; every other folder file by file. Both
+    must give the same items, in the same order, with the same file facts and counts."""
+    from anomaly_ae.sources import folder
+
+    root = tmp_path / "data"
+    top = root / "train" if layout == "split" else root
+    for k in range(4):
+        write_png(top / ("" if layout == "flat" else "plain") / f"{k}.png", IMG)
+    if layout != "flat":
+        write_png(top / "mixed" / "a.png", IMG)
+        (top / "mixed" / "notes.txt").write_text("not an image")
+        write_png(top / "mixed" / "deeper" / "b.png", IMG)
+        write_png(top / "mixed" / "deeper" / "more" / "c.png", IMG)
+        (top / "mixed" / "empty.png").mkdir()
+        write_png(top / "cafés" / "é.png", IMG)
+        (top / "linked").mkdir()
+        os.symlink(top / "plain" / "0.png", top / "linked" / "l.png")
+    if layout == "split":
+        write_png(root / "test" / "plain" / "9.png", IMG)
+        write_png(root / "ground_truth" / "plain" / "9_mask.png", IMG)
+
+    def listed():
+        listing = open_source(str(root)).list()
+        items = [(i.key, str(i.path), i.class_name, i.label, i.split, str(i.mask_path), i.reject_reason)
+                 for i in listing.items]
+        return items, listing.classes, listing.description, listing.fingerprint_parts
+
+    bulk = listed()
+    monkeypatch.setattr(folder._Walker, "plain_items", lambda self, entries, class_name: None)
+    assert listed() == bulk
+    assert len(bulk[0]) == {"flat": 4, "class": 10, "split": 11}[layout]
+
+
 def test_missing_and_not_a_folder(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         open_source(str(tmp_path / "nope")).list()

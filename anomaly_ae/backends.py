@@ -83,19 +83,21 @@ def with_backend(det, backend: str = "auto"):
     if backend != "auto" and not on_cpu:
         raise ConfigError(f"The {backend} backend scores on the CPU; this run uses the GPU. Pass --device cpu, "
                           "or --backend torch (or auto).")
-    from anomaly_ae.export import to_onnx_bytes
+    from anomaly_ae import graphcache
 
     if backend != "auto":
-        return _graph_scorer(det, backend, to_onnx_bytes(det))
+        return _checked_scorer(det, backend, *graphcache.graph_bytes(det))
     runtimes = [r for r in RUNTIMES if _installed(r)] if on_cpu else []
     if not runtimes:
         return det
-    graph, scorers = to_onnx_bytes(det), {"torch": det}
+    (graph, cached), scorers = graphcache.graph_bytes(det), {"torch": det}
     for runtime in runtimes:
         try:  # auto never fails a run that PyTorch can score: a runtime that cannot is left out
-            scorers[runtime] = _graph_scorer(det, runtime, graph)
+            scorers[runtime] = _checked_scorer(det, runtime, graph, cached)
         except Exception as exc:  # noqa: BLE001 - a runtime's own errors (unsupported operator, parity)
             log.warning("scoring backend %s left out: %s", runtime, exc)
+            continue
+        graph, cached = scorers[runtime]._graph, False  # (a graph that failed was exported afresh)
     trial = _trial_images(det.shape_)
     seconds = {name: _time(d, trial) for name, d in scorers.items()}
     chosen = min(seconds, key=seconds.get)
@@ -113,6 +115,20 @@ def _installed(runtime: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(runtime) is not None
+
+
+def _checked_scorer(det, runtime: str, graph: bytes, cached: bool) -> GraphScorer:
+    """`_graph_scorer`; a graph from the cache that fails (a damaged file, say) is exported afresh
+    (and the cache's copy replaced) before giving up."""
+    from anomaly_ae import graphcache
+
+    if not cached:
+        return _graph_scorer(det, runtime, graph)
+    try:
+        return _graph_scorer(det, runtime, graph)
+    except Exception as exc:  # noqa: BLE001 - whatever the cached graph did, a fresh export decides
+        log.debug("the cached graph failed in %s (%s): exported afresh", runtime, exc)
+    return _graph_scorer(det, runtime, graphcache.graph_bytes(det, refresh=True)[0])
 
 
 def _graph_scorer(det, runtime: str, graph: bytes) -> GraphScorer:

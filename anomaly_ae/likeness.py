@@ -99,7 +99,7 @@ def _shown(sizes: list) -> str:
     return ", ".join(f"{w}x{h}" for h, w, _ in sizes[:3]) + (" ..." if len(sizes) > 3 else "")
 
 
-def of_files(paths: list[Path], sample: int = SAMPLE) -> dict | None:
+def of_files(paths: list[Path | str], sample: int = SAMPLE) -> dict | None:
     """`summarise` of up to `sample` of `paths`, spread evenly, from their headers (unreadable ones
     left out: scoring rejects them with a reason); None when none could be opened."""
     from PIL import Image
@@ -136,7 +136,9 @@ def of_parts(parts) -> dict | None:
     sample of their headers, a dataset's from its index."""
     from anomaly_ae.dataset import Dataset
 
-    files = [Path(f[1]) for p in parts if p.kind == "files" for f in p.files if f[5] is None]
+    # (the paths as planned: a Path made for each of a large batch's files would cost more than
+    # reading the sample's headers)
+    files = [f[1] for p in parts if p.kind == "files" for f in p.files if f[5] is None]
     if files:
         return of_files(files)
     rows = [r for p in parts if p.kind == "dataset" for r in p.rows]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,12 @@ def _write_flagged_csv(path: Path, flagged: pa.Table) -> None:
 
 
 def _concat_parts(part_dirs: list[Path], out: Path, name: str) -> None:
-    """Stream the parts' `name` tables into one file, row group by row group."""
+    """Stream the parts' `name` tables into one file, row group by row group; a single part's table
+    is moved into place as it is (it was written as the run's own table is: the same schema and
+    footer), which saves copying every flagged item's error map once more."""
+    if len(part_dirs) == 1:
+        os.replace(part_dirs[0] / f"{name}.parquet", out / f"{name}.parquet")
+        return
     writer = TableWriter(out / f"{name}.parquet", name)
     for d in part_dirs:
         pf = pq.ParquetFile(d / f"{name}.parquet")

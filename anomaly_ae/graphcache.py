@@ -42,7 +42,7 @@ def folder() -> Path | None:
 
 def digest(det) -> str:
     """A digest of everything `det`'s exported graph is made from: every tensor of its scoring module
-    (weights, buffers, a memory of images), every module's settings (layer shapes, the score
+    (weights, buffers, a memory of images, tensors held as plain attributes), every module's settings (layer shapes, the score
     method and its parameters, tiles, how an ensemble combines), the image shape, the versions of
     torch and the exporter's opset, and the source of anomaly-ae itself."""
     import torch
@@ -52,11 +52,13 @@ def digest(det) -> str:
     graph = export.scoring_graph(det)
     h = hashlib.sha256()
     h.update(repr((torch.__version__, export.OPSET, tuple(map(int, det.shape_)))).encode())
+    tensors = dict(graph.state_dict())
     for name, module in graph.named_modules():
-        settings = {k: v for k, v in vars(module).items() if not k.startswith("_") and k != "training"
-                    and not isinstance(v, (torch.Tensor, torch.nn.Module))}
+        settings = {k: v for k, v in vars(module).items() if not k.startswith("_") and k != "training"}
+        tensors.update({f"{name}.{k}": v for k, v in settings.items() if isinstance(v, torch.Tensor)})
+        settings = {k: v for k, v in settings.items() if not isinstance(v, torch.Tensor)}
         h.update(_ADDRESS.sub("", f"{name}|{type(module).__qualname__}|{sorted(settings.items())!r}").encode())
-    for name, tensor in graph.state_dict().items():
+    for name, tensor in sorted(tensors.items()):
         t = tensor.detach().cpu().reshape(-1)
         h.update(f"{name}|{t.dtype}|{tuple(tensor.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")

@@ -86,18 +86,16 @@ def with_backend(det, backend: str = "auto"):
     from anomaly_ae import graphcache
 
     if backend != "auto":
-        return _checked_scorer(det, backend, *graphcache.graph_bytes(det))
+        return _checked_scorer(det, backend, list(graphcache.graph_bytes(det)))
     runtimes = [r for r in RUNTIMES if _installed(r)] if on_cpu else []
     if not runtimes:
         return det
-    (graph, cached), scorers = graphcache.graph_bytes(det), {"torch": det}
+    graph, scorers = list(graphcache.graph_bytes(det)), {"torch": det}
     for runtime in runtimes:
         try:  # auto never fails a run that PyTorch can score: a runtime that cannot is left out
-            scorers[runtime] = _checked_scorer(det, runtime, graph, cached)
+            scorers[runtime] = _checked_scorer(det, runtime, graph)
         except Exception as exc:  # noqa: BLE001 - a runtime's own errors (unsupported operator, parity)
             log.warning("scoring backend %s left out: %s", runtime, exc)
-            continue
-        graph, cached = scorers[runtime]._graph, False  # (a graph that failed was exported afresh)
     trial = _trial_images(det.shape_)
     seconds = {name: _time(d, trial) for name, d in scorers.items()}
     chosen = min(seconds, key=seconds.get)
@@ -117,18 +115,19 @@ def _installed(runtime: str) -> bool:
     return importlib.util.find_spec(runtime) is not None
 
 
-def _checked_scorer(det, runtime: str, graph: bytes, cached: bool) -> GraphScorer:
-    """`_graph_scorer`; a graph from the cache that fails (a damaged file, say) is exported afresh
-    (and the cache's copy replaced) before giving up."""
+def _checked_scorer(det, runtime: str, graph: list) -> GraphScorer:
+    """`_graph_scorer` of `graph` = [the graph's bytes, whether they came from the cache]; a graph
+    from the cache that fails (a damaged file, say) is exported afresh (the cache's copy replaced)
+    before giving up, and `graph` then holds the fresh one, for the next runtime to try."""
     from anomaly_ae import graphcache
 
-    if not cached:
-        return _graph_scorer(det, runtime, graph)
-    try:
-        return _graph_scorer(det, runtime, graph)
-    except Exception as exc:  # noqa: BLE001 - whatever the cached graph did, a fresh export decides
-        log.debug("the cached graph failed in %s (%s): exported afresh", runtime, exc)
-    return _graph_scorer(det, runtime, graphcache.graph_bytes(det, refresh=True)[0])
+    if graph[1]:
+        try:
+            return _graph_scorer(det, runtime, graph[0])
+        except Exception as exc:  # noqa: BLE001 - whatever the cached graph did, a fresh export decides
+            log.debug("the cached graph failed in %s (%s): exported afresh", runtime, exc)
+        graph[:] = graphcache.graph_bytes(det, refresh=True)
+    return _graph_scorer(det, runtime, graph[0])
 
 
 def _graph_scorer(det, runtime: str, graph: bytes) -> GraphScorer:

@@ -8,24 +8,31 @@ tensors, its settings and the code that builds the graph, so it is kept under a 
 (`digest`) in the cache folder (`folder`): a model retrained, recalibrated to another score, or
 scored by another version of anomaly-ae gets a new digest and a fresh export. A cached graph is
 still checked against PyTorch's scores before each use (`backends.with_backend`); one that fails
-is exported afresh. The cache holds the newest `MAX_GRAPHS` graphs; anything that stops it from
-working (a read-only home, a full disk) only costs the export.
+is exported afresh. The cache holds the newest `MAX_GRAPHS` graphs (at most `MAX_BYTES` in all) and
+touches no file it did not name; anything that stops it from working (a read-only home, no home at
+all, a full disk) only costs the export.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import re
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "ANOMALY_AE_CACHE"  # the cache folder; "off" keeps nothing
 MAX_GRAPHS = 16
+MAX_BYTES = 256 * 2**20  # (a nearest-kind graph holds its memory of images: up to 16 MiB)
+STALE_TEMP_SECONDS = 3600  # a temporary this old was left by a process killed while it wrote
 SUFFIX = ".onnx"
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+_OURS = re.compile(r"[0-9a-f]{64}" + re.escape(SUFFIX))
+_TEMP = re.compile(r"\.[0-9a-f]{64}" + re.escape(SUFFIX) + r"\.tmp-.*")
 
 
 def folder() -> Path | None:
@@ -83,19 +90,25 @@ def _source_digest() -> str:
 
 def graph_bytes(det, refresh: bool = False) -> tuple[bytes, bool]:
     """(`det`'s ONNX scoring graph, whether it came from the cache). `refresh` exports it afresh
-    and replaces the cached copy (one that failed its check, say)."""
+    and replaces the cached copy (one that failed its check, say). No cache folder to be had (no
+    home folder, say) only means no cache."""
     from anomaly_ae.export import to_onnx_bytes
 
-    where = folder()
+    try:
+        where = folder()
+    except (OSError, RuntimeError) as exc:  # (Path.home() without a home folder raises RuntimeError)
+        log.debug("no cache folder for exported graphs: %s", exc)
+        where = None
     path = where / (digest(det) + SUFFIX) if where is not None else None
     if path is not None and not refresh:
         try:
             data = path.read_bytes()
-            if data:
-                os.utime(path)  # (kept among the newest)
-                return data, True
         except OSError:
-            pass
+            data = b""
+        if data:
+            with contextlib.suppress(OSError):  # (kept among the newest where the cache allows it)
+                os.utime(path)
+            return data, True
     data = to_onnx_bytes(det)
     if path is not None:
         _keep(path, data)
@@ -103,14 +116,24 @@ def graph_bytes(det, refresh: bool = False) -> tuple[bytes, bool]:
 
 
 def _keep(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically and drop the oldest graphs past MAX_GRAPHS; a cache that
-    cannot be written is left as it is (the graph was exported, nothing else is lost)."""
+    """Write `data` to `path` atomically and drop the oldest graphs past MAX_GRAPHS or MAX_BYTES
+    (only files named as this module names them), and temporaries left by a process killed while
+    it wrote; a cache that cannot be written is left as it is (the graph was exported, nothing else
+    is lost)."""
     from anomaly_ae.fsio import atomic_write_bytes
 
     try:
         atomic_write_bytes(path, data)
-        kept = sorted(path.parent.glob("*" + SUFFIX), key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in kept[MAX_GRAPHS:]:
-            old.unlink(missing_ok=True)
+        ours = [(p, p.stat()) for p in path.parent.iterdir() if _OURS.fullmatch(p.name)]
+        ours.sort(key=lambda ps: ps[1].st_mtime, reverse=True)
+        total = 0
+        for k, (p, st) in enumerate(ours):
+            total += st.st_size
+            if k >= MAX_GRAPHS or (k and total > MAX_BYTES):
+                p.unlink(missing_ok=True)
+        stale = time.time() - STALE_TEMP_SECONDS
+        for p in path.parent.iterdir():
+            if _TEMP.fullmatch(p.name) and p.stat().st_mtime < stale:
+                p.unlink(missing_ok=True)
     except Exception as exc:  # noqa: BLE001 - a cache that cannot be written costs the next export, no more
         log.debug("exported graph not kept in %s: %s", path.parent, exc)

@@ -11,7 +11,7 @@ import flows.offline  # noqa: E402,F401,I001
 
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="anomaly-ae-prefect-"))
 # Exported scoring graphs are kept in a throwaway folder, never in the user's cache.
-os.environ.setdefault("ANOMALY_AE_CACHE", tempfile.mkdtemp(prefix="anomaly-ae-cache-"))
+os.environ["ANOMALY_AE_CACHE"] = tempfile.mkdtemp(prefix="anomaly-ae-cache-")
 
 from pathlib import Path
 

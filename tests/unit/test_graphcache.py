@@ -115,3 +115,49 @@ def test_the_default_folder_follows_xdg_and_home(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert graphcache.folder() == tmp_path / "home" / ".cache" / "anomaly-ae" / "graphs"
+
+
+def test_auto_exports_a_damaged_cached_graph_once_for_every_runtime(cache):
+    folder, exports = cache
+    det = _detector()
+    graphcache.graph_bytes(det)
+    [path] = folder.glob("*.onnx")
+    path.write_bytes(b"not a graph")
+    assert backends.name(backends.with_backend(det, "auto")) in ("torch", *backends.RUNTIMES)
+    assert len(exports) == 2 and path.read_bytes() != b"not a graph"
+
+
+def test_pruning_touches_only_the_caches_own_files(cache, monkeypatch):
+    folder, _ = cache
+    folder.mkdir(parents=True)
+    foreign = folder / "my-model.onnx"
+    foreign.write_bytes(b"a user's own file")
+    stale = folder / f".{'0' * 64}.onnx.tmp-host-1-abc"  # left by a process killed while it wrote
+    fresh = folder / f".{'1' * 64}.onnx.tmp-host-2-def"  # (another process writing now)
+    for p in (stale, fresh):
+        p.write_bytes(b"half a graph")
+    os.utime(stale, (1, 1))
+    monkeypatch.setattr(graphcache, "MAX_BYTES", 1)  # past the newest, nothing fits
+    dets = [_detector(seed=s) for s in range(2)]
+    for d in dets:
+        graphcache.graph_bytes(d)
+    assert {p.name for p in folder.iterdir()} == {foreign.name, fresh.name, graphcache.digest(dets[1]) + ".onnx"}
+
+
+def test_no_home_folder_or_a_read_only_cache_never_fails_a_run(cache, monkeypatch):
+    from pathlib import Path
+
+    folder, exports = cache
+    det = _detector()
+    graphcache.graph_bytes(det)
+    monkeypatch.setattr(graphcache.os, "utime", lambda *a: (_ for _ in ()).throw(PermissionError("read-only")))
+    assert graphcache.graph_bytes(det)[1] and len(exports) == 1  # read, though its time cannot be set
+
+    def no_home(cls):
+        raise RuntimeError("Could not determine home directory.")
+
+    for name in (graphcache.CACHE_ENV, "XDG_CACHE_HOME", "HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(Path, "home", classmethod(no_home))
+    assert graphcache.graph_bytes(det)[1] is False
+    assert backends.name(backends.with_backend(det, "onnxruntime")) == "onnxruntime"

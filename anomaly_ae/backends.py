@@ -8,6 +8,7 @@ same few generated images (after one warm-up call each) and the fastest scores t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -68,8 +69,11 @@ class GraphScorer:
         return out["score"].astype(np.float64), out["reconstruction"], out["anomaly_map"]
 
 
-def with_backend(det, backend: str = "auto"):
+def with_backend(det, backend: str = "auto", threads: int | None = None):
     """`det`, or a `GraphScorer` of it, as `backend` asks (``auto``: the fastest, measured here).
+    `threads`: torch's thread count while the run scores (`scoring.model_threads`), when it sets
+    one: the backends are then checked and timed with it (their ranking on one thread is not their
+    ranking on two), and a runtime starts with the count it will score with.
 
     Raises:
         ConfigError: an unknown backend, or a graph runtime asked for but not installed or on a GPU run.
@@ -79,6 +83,25 @@ def with_backend(det, backend: str = "auto"):
         raise ConfigError(f"Unknown scoring backend {backend!r}: one of {', '.join(BACKENDS)}.")
     if backend == "torch":
         return det
+    with _torch_threads(threads):
+        return _with_runtime(det, backend)
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None):
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _with_runtime(det, backend: str):
+    """`with_backend` for a graph runtime or ``auto``, with torch's thread count already set."""
     on_cpu = det.device_.type == "cpu"
     if backend != "auto" and not on_cpu:
         raise ConfigError(f"The {backend} backend scores on the CPU; this run uses the GPU. Pass --device cpu, "

@@ -193,22 +193,36 @@ _THREADS_LOCK = threading.Lock()
 _THREADS_USERS = [0, 0]  # partitions scoring in this process, torch's thread count before the first
 
 
-@contextlib.contextmanager
-def _model_threads(det, part: Partition):
-    """On the CPU, leave one core to the decode workers: measured 15% faster on 2 cores than
-    letting the model's threads and the decoders contend for every core. Torch's thread count
-    is process-wide, so concurrent partitions share one setting, restored by the last to finish."""
+def model_threads(det, part: Partition) -> int | None:
+    """The thread count `part` is scored with where scoring sets one (`_model_threads`): on the CPU,
+    beside decode workers, one core fewer than torch has; None where torch's own count stays."""
     import torch
 
     from anomaly_ae.parallel import MIN_FILES_FOR_POOL, default_workers
 
     if not (det.device_.type == "cpu" and part.kind == "files" and len(part) >= MIN_FILES_FOR_POOL):
+        return None
+    with _THREADS_LOCK:  # (torch's count before any partition of this process changed it)
+        before = _THREADS_USERS[1] if _THREADS_USERS[0] else torch.get_num_threads()
+    return max(1, min(before, default_workers() - 1))
+
+
+@contextlib.contextmanager
+def _model_threads(det, part: Partition):
+    """On the CPU, leave one core to the decode workers: measured faster on 2 cores than letting
+    the model's threads and the decoders contend for every core (15% on 2026-11-26, and again on
+    2026-12-07: bench/README.md). Torch's thread count is process-wide, so concurrent partitions
+    share one setting, restored by the last to finish."""
+    import torch
+
+    threads = model_threads(det, part)
+    if threads is None:
         yield
         return
     with _THREADS_LOCK:
         if _THREADS_USERS[0] == 0:
             _THREADS_USERS[1] = torch.get_num_threads()
-            torch.set_num_threads(max(1, min(_THREADS_USERS[1], default_workers() - 1)))
+            torch.set_num_threads(threads)
         _THREADS_USERS[0] += 1
     try:
         yield

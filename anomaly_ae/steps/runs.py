@@ -66,7 +66,7 @@ def score(input: str | Path, model: str | Path, out: str | Path, config=None, *,
         normal = normal if scoring.labels_known(parts, normal) else None
         part_dirs = [tmp / ".parts" / f"{k:05d}" for k in range(len(parts))]
         if map_partitions is None:
-            det = _backend_for(det, cfg.backend, sum(len(p) for p in parts))
+            det = _backend_for(det, cfg.backend, sum(len(p) for p in parts), scoring.model_threads(det, parts[0]))
             done = _score_here(det, parts, part_dirs, th["threshold"], normal, cfg.batch_size, cfg.workers, progress)
         else:
             done = map_partitions(parts, part_dirs, th["threshold"], normal)
@@ -148,7 +148,8 @@ def score_partition(model: str | Path, part, part_dir: str | Path, *, threshold:
     from anomaly_ae import scoring
     from anomaly_ae.detector import AutoencoderDetector
 
-    det = _backend_for(AutoencoderDetector.load(model, device=device), backend, len(part))
+    det = AutoencoderDetector.load(model, device=device)
+    det = _backend_for(det, backend, len(part), scoring.model_threads(det, part))
     return scoring.score_partition(det, part, Path(part_dir), threshold=threshold,
                                    normal=set(normal) if normal is not None else None)
 
@@ -158,12 +159,12 @@ def score_partition(model: str | Path, part, part_dir: str | Path, *, threshold:
 AUTO_MIN_ITEMS = 2000
 
 
-def _backend_for(det, backend: str, n_items: int):
+def _backend_for(det, backend: str, n_items: int, threads: int | None):
     from anomaly_ae import backends
 
     if backend == "auto" and n_items < AUTO_MIN_ITEMS:
         return det
-    return backends.with_backend(det, backend)
+    return backends.with_backend(det, backend, threads)
 
 
 def report_or_none(run_dir: str | Path, shown: str | Path | None = None) -> str | None:

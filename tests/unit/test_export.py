@@ -202,3 +202,26 @@ def test_readme_snippet_cuts_the_region_and_reads_12_bit_images_as_anomaly_ae_do
     steps.ingest(str(folder), tmp_path / "ds", crop="4,6,20,24", bit_depth=12, size="16x20", resize="bicubic")
     steps.train(tmp_path / "ds", tmp_path / "m", config=TINY)
     _readme_snippet(tmp_path / "m", folder, tmp_path)
+
+
+def test_auto_times_the_backends_with_the_threads_the_run_scores_with(mnist_model, mnist_folder, tmp_path,
+                                                                      monkeypatch):
+    import torch
+
+    from anomaly_ae import backends
+    from anomaly_ae.parallel import default_workers
+    from anomaly_ae.steps import runs
+
+    det = AutoencoderDetector.load(mnist_model, device="cpu")
+    seen = []
+    monkeypatch.setattr(backends, "_time", lambda d, images: seen.append(torch.get_num_threads()) or 1.0)
+    before = torch.get_num_threads()
+    backends.with_backend(det, "auto", threads=1)
+    assert seen and set(seen) == {1} and torch.get_num_threads() == before  # measured on one, then restored
+    # A folder scored beside decode workers: auto measures with the count scoring then sets.
+    asked = []
+    real = backends.with_backend
+    monkeypatch.setattr(backends, "with_backend", lambda d, b, threads=None: asked.append(threads) or real(d, b, threads))
+    monkeypatch.setattr(runs, "AUTO_MIN_ITEMS", 10)
+    steps.score(mnist_folder, mnist_model, tmp_path / "run", report=False)
+    assert asked == [max(1, min(before, default_workers() - 1))]

@@ -49,9 +49,10 @@ def folder() -> Path | None:
 
 def digest(det) -> str:
     """A digest of everything `det`'s exported graph is made from: every tensor of its scoring module
-    (weights, buffers, a memory of images, tensors held as plain attributes), every module's settings (layer shapes, the score
-    method and its parameters, tiles, how an ensemble combines), the image shape, the versions of
-    torch and the exporter's opset, and the source of anomaly-ae itself."""
+    (weights, buffers, a memory of images, tensors held as plain attributes), every module's
+    settings (layer shapes, the score method and its parameters, tiles, how an ensemble combines),
+    the image shape, the versions of torch and the exporter's opset, and the source of anomaly-ae
+    itself."""
     import torch
 
     from anomaly_ae import export
@@ -124,16 +125,17 @@ def _keep(path: Path, data: bytes) -> None:
 
     try:
         atomic_write_bytes(path, data)
-        ours = [(p, p.stat()) for p in path.parent.iterdir() if _OURS.fullmatch(p.name)]
+        stale, ours = time.time() - STALE_TEMP_SECONDS, []
+        for p in path.parent.iterdir():
+            if _OURS.fullmatch(p.name):
+                ours.append((p, p.stat()))
+            elif _TEMP.fullmatch(p.name) and p.stat().st_mtime < stale:
+                p.unlink(missing_ok=True)
         ours.sort(key=lambda ps: ps[1].st_mtime, reverse=True)
         total = 0
         for k, (p, st) in enumerate(ours):
             total += st.st_size
             if k >= MAX_GRAPHS or (k and total > MAX_BYTES):
-                p.unlink(missing_ok=True)
-        stale = time.time() - STALE_TEMP_SECONDS
-        for p in path.parent.iterdir():
-            if _TEMP.fullmatch(p.name) and p.stat().st_mtime < stale:
                 p.unlink(missing_ok=True)
     except Exception as exc:  # noqa: BLE001 - a cache that cannot be written costs the next export, no more
         log.debug("exported graph not kept in %s: %s", path.parent, exc)

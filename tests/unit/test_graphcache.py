@@ -71,12 +71,18 @@ def test_a_recalibrated_threshold_keeps_the_graph_but_changed_weights_do_not(cac
     assert not graphcache.graph_bytes(det)[1] and len(exports) == 2
 
 
-def test_a_damaged_cached_graph_is_exported_afresh_and_scores_like_torch(cache):
-    folder, exports = cache
+def _damaged(folder):
+    """A detector whose graph is in the cache, damaged; and the cached file."""
     det = _detector()
     graphcache.graph_bytes(det)
     [path] = folder.glob("*.onnx")
     path.write_bytes(b"not a graph")
+    return det, path
+
+
+def test_a_damaged_cached_graph_is_exported_afresh_and_scores_like_torch(cache):
+    folder, exports = cache
+    det, path = _damaged(folder)
     scorer = backends.with_backend(det, "onnxruntime")
     images = np.random.default_rng(3).integers(0, 256, (12, 20, 20, 1), dtype=np.uint8)
     np.testing.assert_allclose(scorer.score_samples(images), det.score_samples(images), rtol=export.PARITY_RTOL)
@@ -119,10 +125,7 @@ def test_the_default_folder_follows_xdg_and_home(monkeypatch, tmp_path):
 
 def test_auto_exports_a_damaged_cached_graph_once_for_every_runtime(cache):
     folder, exports = cache
-    det = _detector()
-    graphcache.graph_bytes(det)
-    [path] = folder.glob("*.onnx")
-    path.write_bytes(b"not a graph")
+    det, path = _damaged(folder)
     assert backends.name(backends.with_backend(det, "auto")) in ("torch", *backends.RUNTIMES)
     assert len(exports) == 2 and path.read_bytes() != b"not a graph"
 

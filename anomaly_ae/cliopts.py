@@ -34,7 +34,13 @@ class _HelpStyle:
 
 
 class Command(_HelpStyle, TyperCommand):
-    """A command with anomaly-ae's help style."""
+    """A command with anomaly-ae's help style; in the list of commands its summary is the first
+    paragraph of its help as one line (a docstring's line breaks are not kept there)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not self.short_help and self.help:
+            self.short_help = " ".join(inspect.cleandoc(self.help).split("\n\n")[0].split())
 
 
 class Group(_HelpStyle, TyperGroup):

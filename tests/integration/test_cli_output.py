@@ -79,6 +79,17 @@ def test_help_shows_plain_names_and_the_defaults():
     assert "{source}" not in cli("ingest", "--help", COLUMNS="200").stdout
 
 
+def test_the_list_of_commands_shows_each_summary_on_one_line():
+    import inspect
+
+    import flows.cli
+
+    text = cli("--help", COLUMNS="200").stdout
+    for command in flows.cli.app.registered_commands:
+        summary = " ".join(inspect.cleandoc(command.callback.__doc__).split("\n\n")[0].split())
+        assert summary in text, summary
+
+
 def test_max_pixels_must_be_a_positive_count(tmp_path):
     src = images(tmp_path / "src")
     for value in ("-1", "0"):

@@ -28,8 +28,9 @@ class GraphScorer:
     runtime (`backend`: onnxruntime or openvino); every other attribute is the detector's
     (threshold, p-values, metadata).
 
-    The runtime starts on first use with as many threads as PyTorch has then: scoring a folder
-    leaves a core to the decoders (`scoring._model_threads`), and the graph must not take it back.
+    The runtime starts on first use with as many threads as PyTorch has then, and starts again if
+    that count changes: scoring a folder leaves a core to the decoders (`scoring._model_threads`),
+    and the graph must not take it back unless scoring gives it back (decoding found cheap).
     """
 
     def __init__(self, det, graph: bytes, backend: str = "onnxruntime"):

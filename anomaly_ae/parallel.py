@@ -11,6 +11,7 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -78,6 +79,7 @@ class Chunk:
     over_range: list = field(default_factory=list)
     file_stats: list = field(default_factory=list)
     mask_stats: list = field(default_factory=list)
+    cpu_seconds: float = 0.0  # the decoding process's CPU time on the chunk (0 where not measured)
 
     @classmethod
     def pack(cls, decoded: list[Decoded], mask_size: int) -> Chunk:
@@ -135,9 +137,12 @@ def decode_one(path, mask_path, policy: Preprocess, max_pixels: int) -> Decoded:
 
 
 def _decode_chunk(jobs, policy_dict, max_pixels) -> Chunk:
+    start = time.process_time()
     policy = Preprocess.from_dict(policy_dict)
-    return Chunk.pack([decode_one(path, mask, policy, max_pixels) for path, mask in jobs],
-                      policy.height * policy.width)
+    chunk = Chunk.pack([decode_one(path, mask, policy, max_pixels) for path, mask in jobs],
+                       policy.height * policy.width)
+    chunk.cpu_seconds = time.process_time() - start
+    return chunk
 
 
 def _worker_init(owner) -> None:

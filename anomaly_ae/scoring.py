@@ -14,6 +14,7 @@ parts into the run folder:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -31,8 +32,16 @@ from anomaly_ae.metrics import PixelSamples
 from anomaly_ae.parallel import decode_chunks
 from anomaly_ae.schema import TableWriter, fixed_binary, rejects_columns, write_table
 
+log = logging.getLogger(__name__)
+
 EXAMPLES_PER_KIND = 16
 META_COLUMNS = ("image_id", "path", "split", "label", "class_name", "sha256")
+# Scoring a folder leaves a core to the decode workers (`_model_threads`). The model takes it back
+# when decoding an image costs the workers at most DECODE_SHARE of the CPU that scoring it costs
+# the model (large images through large networks: the decoders would leave their core idle);
+# decided once, after DECIDE_AFTER seconds in the model, when its first call weighs little.
+DECODE_SHARE = 0.5
+DECIDE_AFTER = 2.0
 
 
 @dataclass
@@ -115,10 +124,11 @@ def batch_size_for(policy: Preprocess) -> int:
 
 
 def iter_batches(part: Partition, policy: Preprocess, batch_size: int, workers: int | None,
-                 rejects: list) -> Iterator[tuple[dict, np.ndarray, list]]:
+                 rejects: list, decode_cost: list | None = None) -> Iterator[tuple[dict, np.ndarray, list]]:
     """(metadata columns, pixels (n,h,w,c), masks (list of (h,w) or None)) per batch.
 
-    Files that cannot be decoded are appended to `rejects` as (path, reason).
+    Files that cannot be decoded are appended to `rejects` as (path, reason); `decode_cost`
+    ([CPU seconds, files]) adds up what decoding the files cost the decoding processes.
     """
     if part.kind == "dataset":
         ds = Dataset(part.dataset)
@@ -134,6 +144,9 @@ def iter_batches(part: Partition, policy: Preprocess, batch_size: int, workers: 
     meta, pix, masks, pos = _empty_meta(), [], [], 0
     for jobs, chunk in chunks:
         files, pos = usable[pos: pos + len(jobs)], pos + len(jobs)
+        if decode_cost is not None:
+            decode_cost[0] += chunk.cpu_seconds
+            decode_cost[1] += len(jobs)
         rejects.extend((f[0], r) for f, r in zip(files, chunk.reasons) if r is not None)
         ok = [f for f, r in zip(files, chunk.reasons) if r is None]
         for k, col in zip(META_COLUMNS, ([image_id(f[0]) for f in ok], [f[0] for f in ok], [f[4] for f in ok],
@@ -207,17 +220,42 @@ def model_threads(det, part: Partition) -> int | None:
     return max(1, min(before, default_workers() - 1))
 
 
+class _ModelThreads:
+    """The model's thread count while one partition scores: `threads` (one core left to the
+    decoders), or None where torch's own count stays. `review` gives the core back to the model
+    once, when decoding turns out cheap beside scoring (DECODE_SHARE)."""
+
+    def __init__(self, threads: int | None):
+        self.threads, self.decided = threads, threads is None
+
+    def review(self, decode_cost: list, model_seconds: float, scored: int) -> None:
+        """After each batch: `decode_cost` as `iter_batches` adds it up, the seconds spent in the
+        model so far and the items it scored."""
+        if self.decided or model_seconds < DECIDE_AFTER or not scored or not decode_cost[1]:
+            return
+        import torch
+
+        self.decided = True
+        decode, model = decode_cost[0] / decode_cost[1], model_seconds * self.threads / scored
+        with _THREADS_LOCK:
+            if decode <= DECODE_SHARE * model and _THREADS_USERS[0] == 1 and _THREADS_USERS[1] > self.threads:
+                torch.set_num_threads(_THREADS_USERS[1])
+                log.debug("decoding costs %.2g CPU s an item, the model %.2g: the model now scores on %d threads",
+                          decode, model, _THREADS_USERS[1])
+
+
 @contextlib.contextmanager
 def _model_threads(det, part: Partition):
     """On the CPU, leave one core to the decode workers: measured faster on 2 cores than letting
     the model's threads and the decoders contend for every core (15% on 2026-11-26, and again on
-    2026-12-07: bench/README.md). Torch's thread count is process-wide, so concurrent partitions
-    share one setting, restored by the last to finish."""
+    2026-12-07: bench/README.md) where decoding costs about what the model does (small images). Torch's
+    thread count is process-wide, so concurrent partitions share one setting, restored by the
+    last to finish; it yields the partition's `_ModelThreads`."""
     import torch
 
     threads = model_threads(det, part)
     if threads is None:
-        yield
+        yield _ModelThreads(None)
         return
     with _THREADS_LOCK:
         if _THREADS_USERS[0] == 0:
@@ -225,7 +263,7 @@ def _model_threads(det, part: Partition):
             torch.set_num_threads(threads)
         _THREADS_USERS[0] += 1
     try:
-        yield
+        yield _ModelThreads(threads)
     finally:
         with _THREADS_LOCK:
             _THREADS_USERS[0] -= 1
@@ -241,9 +279,11 @@ def score_partition(det, part: Partition, part_dir: Path, *, threshold: float, n
     """
     policy = Preprocess.from_dict(det.meta_["preprocess"])
     rejects: list = []
-    batches = iter_batches(part, policy, batch_size or batch_size_for(policy), workers, rejects)
+    decode_cost = [0.0, 0]
+    batches = iter_batches(part, policy, batch_size or batch_size_for(policy), workers, rejects, decode_cost)
     timing = {"decode": 0.0, "model": 0.0}
-    with _model_threads(det, part), contextlib.closing(batches), _PartWriter(part_dir, threshold, part.masks) as out:
+    with (_model_threads(det, part) as threads, contextlib.closing(batches),
+          _PartWriter(part_dir, threshold, part.masks) as out):
         while True:
             t0 = time.perf_counter()
             batch = next(batches, None)
@@ -256,6 +296,7 @@ def score_partition(det, part: Partition, part_dir: Path, *, threshold: float, n
             timing["model"] += time.perf_counter() - t0
             anomalous = [None if normal is None or c is None else c not in normal for c in meta["class_name"]]
             out.add(meta, anomalous, scores, det.p_values(scores), px, recon, maps, masks)
+            threads.review(decode_cost, timing["model"], out.done)
             if progress:
                 progress(out.done, len(part))
         out.finish(rejects)

@@ -6,9 +6,12 @@ and runs, round after round: the decode-only pass (`bench.speed.decode_only_rate
 `anomaly-ae ingest` of the same folder from this tree and from `BASE` (the order alternating), and
 prints each round and the medians: the ratio to decode-only of each, and new time / base time.
 With ``--command score`` the command is `anomaly-ae score` of the folder (its defaults: ``--backend
-auto``) with `bench.speed`'s small digit model, trained once by this tree.
+auto``) with `bench.speed`'s small digit model, trained once by this tree. ``--folder`` and
+``--model`` time another folder and model instead (a folder of large images scored by a model
+trained on them, say: what a scoring run does where the model, not decoding, is the cost).
 
     python -m bench.ingest_ab BASE [--rounds 10] [--images 100000] [--command ingest|score]
+    python -m bench.ingest_ab BASE --command score --folder ../shared/data/elpv/test --model M --rounds 2
 """
 
 from __future__ import annotations
@@ -54,9 +57,12 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--images", type=int, default=100_000)
     p.add_argument("--command", choices=("ingest", "score"), default="ingest")
+    p.add_argument("--folder", type=Path, help="images to time (default: --images generated MNIST PNGs)")
+    p.add_argument("--model", type=Path, help="the model --command score scores with (default: a small digit model)")
     args = p.parse_args(argv)
-    folder = mnist_pngs(WORK / "mnist_pngs", args.images)
-    more = ("score", "--model", str(_model(WORK)), "--no-report") if args.command == "score" else ()
+    folder = args.folder.resolve() if args.folder else mnist_pngs(WORK / "mnist_pngs", args.images)
+    model = args.model.resolve() if args.model else _model(WORK)
+    more = ("score", "--model", str(model), "--no-report") if args.command == "score" else ()
     files = sorted(str(f) for f in folder.rglob("*.png"))
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "base"

@@ -197,3 +197,45 @@ def test_drift_check_is_quiet_on_a_batch_of_normal_images(mnist_folder, mnist_mo
 def write_dir(path):
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.mark.parametrize("seconds_an_item, takes_it_back", [(0.01, True), (0.0, False)])
+def test_the_model_takes_back_the_decoders_core_only_where_decoding_is_cheap_beside_it(
+        mnist_model, tmp_path, monkeypatch, seconds_an_item, takes_it_back):
+    import time
+
+    import torch
+
+    from anomaly_ae import parallel, scoring
+    from anomaly_ae.detector import AutoencoderDetector
+    from anomaly_ae.imaging import Preprocess
+
+    det = AutoencoderDetector.load(mnist_model, device="cpu")
+    rng = np.random.default_rng(0)
+    for k in range(64):
+        write_png(tmp_path / "in" / f"{k:02d}.png", rng.integers(0, 256, (28, 28), dtype=np.uint8))
+    seen = []
+
+    class Model:  # the detector, its model's cost per item set by the test
+        def __getattr__(self, name):
+            return getattr(det, name)
+
+        def score_with_maps(self, px):
+            seen.append(torch.get_num_threads())
+            time.sleep(seconds_an_item * len(px))
+            return np.zeros(len(px)), px / 255.0, np.zeros(px.shape[:3], np.float32)
+
+    monkeypatch.setattr(parallel, "default_workers", lambda: 2)
+    monkeypatch.setattr(scoring, "DECIDE_AFTER", 0.0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        [part] = scoring.plan(tmp_path / "in", Preprocess.from_dict(det.meta_["preprocess"]))
+        done = scoring.score_partition(Model(), part, tmp_path / "part", threshold=1.0, normal=None, batch_size=16)
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert done["scored"] == 64 and len(seen) == 4
+    assert seen[0] == 1  # one core left to the decoders at first
+    assert seen[1:] == ([2] * 3 if takes_it_back else [1] * 3)
+    assert after == 2  # torch's count restored when the partition is done
